@@ -94,3 +94,49 @@ def build_model(
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, experts_implementation=experts_implementation)
     return model.eval()
+
+
+def hf_experts_class(config) -> type[torch.nn.Module]:
+    """The transformers experts class (`@use_experts_implementation`) of the family `config` belongs to."""
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    model_class = AutoModelForCausalLM._model_mapping[type(config)]
+    modeling = sys.modules[model_class.__module__]
+    for obj in vars(modeling).values():
+        if isinstance(obj, type) and issubclass(obj, torch.nn.Module) and obj.__name__.endswith("Experts") \
+                and obj.__module__ == modeling.__name__ and hasattr(obj.__init__, "__wrapped__"):
+            return obj
+    raise ValueError(f"{modeling.__name__} has no experts class decorated with @use_experts_implementation")
+
+
+def init_expert_weights_(experts: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Fill every parameter with seeded random values: weights ~ N(0, 1/fan_in), biases ~ N(0, 0.01)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in experts.named_parameters():
+            if p.dim() >= 3:
+                fan_in = p.shape[1] if getattr(experts, "is_transposed", False) else p.shape[-1]
+                values = torch.randn(p.shape, generator=gen) / fan_in**0.5
+            elif "norm" in name:
+                values = 1 + 0.1 * torch.randn(p.shape, generator=gen)
+            else:
+                values = 0.1 * torch.randn(p.shape, generator=gen)
+            p.copy_(values)
+    return experts
+
+
+def build_hf_experts(
+    name: str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    experts_implementation: str = "eager", seed: int = 0,
+) -> torch.nn.Module:
+    """The family's own transformers experts module for model `name`, seeded random weights.
+
+    transformers' backends (`experts_implementation`) and moe_lab's (called as functions on the module)
+    then run on the very same weights.
+    """
+    config = build_config(name, experts_implementation=experts_implementation)
+    with torch.device(device):
+        experts = hf_experts_class(config)(config)
+    return init_expert_weights_(experts.to(dtype), seed).eval()
