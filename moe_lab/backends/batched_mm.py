@@ -33,4 +33,4 @@ def batched_mm_experts(
     y_SH = post_expert_norm(experts, y_SH)
 
     y_SH = y_SH.float() * topk_weights_TK.reshape(-1, 1).float()
-    return y_SH.view(T, K, -1).sum(dim=1).to(x_TH.dtype)
+    return y_SH.view(T, K, x_TH.shape[1]).sum(dim=1).to(x_TH.dtype)

@@ -36,4 +36,4 @@ def grouped_mm_experts(
 
     y_SH = y_SH.float() * topk_weights_TK.reshape(-1)[perm_S, None].float()
     y_unsorted_SH = torch.empty_like(y_SH).index_copy(0, perm_S, y_SH)  # back to (token, k) order
-    return y_unsorted_SH.view(T, K, -1).sum(dim=1).to(x_TH.dtype)
+    return y_unsorted_SH.view(T, K, x_TH.shape[1]).sum(dim=1).to(x_TH.dtype)
