@@ -32,5 +32,6 @@ def batched_mm_experts(
         y_SH = y_SH + b_down_EH[ids_S]
     y_SH = post_expert_norm(experts, y_SH)
 
-    y_SH = y_SH.float() * topk_weights_TK.reshape(-1, 1).float()
+    acc_dtype = torch.promote_types(x_TH.dtype, torch.float32)  # never below the input's precision
+    y_SH = y_SH.to(acc_dtype) * topk_weights_TK.reshape(-1, 1).to(acc_dtype)
     return y_SH.view(T, K, x_TH.shape[1]).sum(dim=1).to(x_TH.dtype)

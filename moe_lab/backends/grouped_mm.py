@@ -34,6 +34,7 @@ def grouped_mm_experts(
         y_SH = y_SH + b_down_EH[ids_sorted_S]
     y_SH = post_expert_norm(experts, y_SH)
 
-    y_SH = y_SH.float() * topk_weights_TK.reshape(-1)[perm_S, None].float()
+    acc_dtype = torch.promote_types(x_TH.dtype, torch.float32)  # never below the input's precision
+    y_SH = y_SH.to(acc_dtype) * topk_weights_TK.reshape(-1)[perm_S, None].to(acc_dtype)
     y_unsorted_SH = torch.empty_like(y_SH).index_copy(0, perm_S, y_SH)  # back to (token, k) order
     return y_unsorted_SH.view(T, K, x_TH.shape[1]).sum(dim=1).to(x_TH.dtype)
