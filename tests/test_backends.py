@@ -210,3 +210,15 @@ def test_relative_error():
     assert relative_error(ref, ref) == 0
     assert relative_error(ref + torch.tensor([0.0, 0.5]), ref) == pytest.approx(0.1)
     assert relative_error(torch.tensor([float("nan"), 4.0]), ref) == float("inf")
+
+
+FP64_RTOL = 1e-12  # float64 inputs are computed (and accumulated) in float64, not through float32
+
+
+@pytest.mark.parametrize("layout", [LAYOUTS["gated_silu"], LAYOUTS["everything"]], ids=["gated_silu", "everything"])
+def test_float64_stays_float64(backend, device, layout, seed):
+    case = CASES["unaligned"]
+    experts = make_experts(case, layout, torch.float64, device, seed)
+    x_TH, ids_TK, weights_TK = make_inputs(case, torch.float64, device, seed)
+    out_TH = run(backend, experts, x_TH, ids_TK, weights_TK)
+    assert_close_to_reference(out_TH, experts, x_TH, ids_TK, weights_TK, FP64_RTOL, f"{backend} float64")
