@@ -13,6 +13,7 @@ import torch
 from moe_lab.backends.batched_mm import batched_mm_experts
 from moe_lab.backends.eager import eager_experts
 from moe_lab.backends.grouped_mm import grouped_mm_experts
+from moe_lab.backends.triton_fused import triton_fused_experts
 
 ExpertsFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -20,6 +21,7 @@ BACKENDS: dict[str, ExpertsFn] = {
     "eager": eager_experts,
     "batched_mm": batched_mm_experts,
     "grouped_mm": grouped_mm_experts,
+    "triton_fused": triton_fused_experts,  # CUDA only (device_types)
 }
 
 

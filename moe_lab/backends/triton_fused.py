@@ -1,0 +1,158 @@
+"""`triton_fused`: moe_lab's own fused Triton kernels (CUDA; bf16, fp16 and fp32).
+
+Prefill: pairs aligned by expert on the device, one gathered grouped GEMM for gate/up with the
+gating in its epilogue (one write of the (P, I) intermediate), one grouped GEMM for down with the
+routing weight in its epilogue, then the top-k sum. Decode (few pairs): two kernels, one program per
+pair for gate/up and one per (token, hidden tile) for down + top-k sum; nothing sorted or padded.
+Tile configs per token bucket come from tuned data in the package (`moe_lab.kernels.configs`).
+
+No host synchronisation anywhere (capturable in a CUDA graph): launch sizes come from shapes, and
+the inputs are checked from metadata only. Expert ids must lie in [0, E) (not checked on the device).
+
+Every layout of `ExpertsLayout` runs: gated (concatenated or interleaved) or not, transposed storage,
+biases, post-expert norm (then the down kernel writes per-pair outputs and the norm, weighting and sum
+follow in torch), silu / gelu / relu / gpt-oss clamped swiglu. A transformers experts module runs if
+its gate is transformers' default one with a silu, gelu or relu activation, or gpt-oss's; anything
+else is refused with an error naming it, never computed by another backend.
+
+CUDA only: `device_types` lists where it runs, for test suites to skip it elsewhere. On CPU it runs
+only when the kernels were imported under Triton's interpreter (`TRITON_INTERPRET=1`), for tests.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moe_lab.backends.common import down_bias_EH, down_weight_EIH, num_experts, up_bias_EN, up_weight_EHN
+from moe_lab.devices import device_kind
+
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_ACT_CODES = {"silu": 0, "gelu": 1, "relu": 2, "gelu_tanh": 3, "clamped_swiglu": 4}
+
+
+class UnsupportedLayoutError(NotImplementedError):
+    """The experts module's layout (gate function, activation) has no fused kernel."""
+
+
+def _activation_name(act_fn) -> str | None:
+    """silu / gelu / gelu_tanh / relu for the activation modules and functions transformers and torch use."""
+    import torch.nn.functional as F
+
+    if act_fn in (F.silu,):
+        return "silu"
+    if act_fn in (F.relu,):
+        return "relu"
+    if act_fn in (F.gelu,):
+        return "gelu"
+    name = type(act_fn).__name__
+    if name in ("SiLUActivation", "SiLU"):
+        return "silu"
+    if name == "ReLU":
+        return "relu"
+    if name == "GELU":  # torch.nn.GELU
+        return "gelu_tanh" if getattr(act_fn, "approximate", "none") == "tanh" else "gelu"
+    if name == "GELUActivation":  # transformers: F.gelu or its erf python twin
+        return "gelu"
+    if name in ("GELUTanh", "NewGELUActivation", "FastGELUActivation", "PytorchGELUTanh"):
+        return "gelu_tanh"
+    return None
+
+
+def gate_spec(experts: torch.nn.Module):
+    """The epilogue of the gate/up kernel for this module, or UnsupportedLayoutError naming what is not fused."""
+    from moe_lab.kernels.ops import GateSpec
+
+    gate_mode = (1 if experts.is_concatenated else 2) if experts.has_gate else 0
+    layout = getattr(experts, "layout", None)
+    if layout is not None and hasattr(layout, "gate_fn"):  # moe_lab's Experts
+        return GateSpec(gate_mode, _ACT_CODES[layout.gate_fn], float(layout.swiglu_limit), float(layout.swiglu_alpha))
+    cls = type(experts)
+    if experts.has_gate and cls.__name__ == "GptOssExperts":
+        return GateSpec(gate_mode, _ACT_CODES["clamped_swiglu"], float(experts.limit), float(experts.alpha))
+    if experts.has_gate:
+        from transformers.integrations.moe import _default_apply_gate
+
+        if getattr(cls, "_apply_gate", None) is not _default_apply_gate:
+            raise UnsupportedLayoutError(f"triton_fused: {cls.__name__} has its own _apply_gate, which has no fused "
+                                         "kernel; use another backend")
+    act = _activation_name(experts.act_fn)
+    if act is None:
+        raise UnsupportedLayoutError(f"triton_fused: activation {type(experts.act_fn).__name__} of {cls.__name__} has "
+                                     "no fused kernel (silu, gelu, gelu_tanh, relu are fused); use another backend")
+    return GateSpec(gate_mode, _ACT_CODES[act])
+
+
+def _check(experts, x_TH, topk_ids_TK, topk_weights_TK) -> None:
+    """The metadata checks of common.check_inputs, without its data-dependent expert-range check."""
+    E, H = num_experts(experts), up_weight_EHN(experts).shape[1]
+    dev = experts.down_proj.device
+    if x_TH.dim() != 2 or x_TH.shape[1] != H:
+        raise ValueError(f"hidden states must be (tokens, {H}), got shape {tuple(x_TH.shape)}")
+    if topk_ids_TK.dim() != 2 or topk_ids_TK.shape[0] != x_TH.shape[0]:
+        raise ValueError(f"top_k_index must be (tokens={x_TH.shape[0]}, k), got shape {tuple(topk_ids_TK.shape)}")
+    if topk_weights_TK.shape != topk_ids_TK.shape:
+        raise ValueError(f"top_k_weights shape {tuple(topk_weights_TK.shape)} != top_k_index shape "
+                         f"{tuple(topk_ids_TK.shape)}")
+    if topk_ids_TK.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise TypeError(f"top_k_index must be an integer tensor, got {topk_ids_TK.dtype}")
+    if not topk_weights_TK.dtype.is_floating_point:
+        raise TypeError(f"top_k_weights must be floating, got {topk_weights_TK.dtype}")
+    if x_TH.dtype != experts.down_proj.dtype:
+        raise TypeError(f"hidden states are {x_TH.dtype} but the expert weights are {experts.down_proj.dtype}")
+    if x_TH.dtype not in DTYPES:
+        raise TypeError(f"triton_fused runs bfloat16, float16 and float32, not {x_TH.dtype}")
+    for name, t in (("hidden states", x_TH), ("top_k_index", topk_ids_TK), ("top_k_weights", topk_weights_TK)):
+        if t.device != dev:
+            raise ValueError(f"{name} are on {t.device} but the expert weights are on {dev}")
+    del E
+
+
+def _runnable(device: torch.device) -> None:
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError as err:
+            raise RuntimeError("triton_fused needs the `triton` package (pip install 'moe-lab[triton]')") from err
+        return
+    if device.type == "cpu":
+        try:
+            import moe_lab.kernels.fused_moe  # noqa: F401  (builds the kernels, interpreted or not)
+            from moe_lab.kernels import INTERPRETED
+        except ImportError:
+            INTERPRETED = False
+        if INTERPRETED:
+            return
+    raise RuntimeError(f"triton_fused runs on CUDA devices only, not {device.type} (on CPU only under Triton's "
+                       "interpreter, TRITON_INTERPRET=1 set before moe_lab.kernels is imported); "
+                       "pick another backend, e.g. grouped_mm")
+
+
+def triton_fused_experts(
+    experts: torch.nn.Module, x_TH: torch.Tensor, topk_ids_TK: torch.Tensor, topk_weights_TK: torch.Tensor,
+    *, config: dict | None = None,
+) -> torch.Tensor:
+    """out[t] = sum_k w[t,k] * expert_{ids[t,k]}(x[t]); `config` overrides the tuned tile config (for tuning)."""
+    _runnable(x_TH.device)
+    _check(experts, x_TH, topk_ids_TK, topk_weights_TK)
+    spec = gate_spec(experts)
+    from moe_lab.kernels.configs import get_config
+    from moe_lab.kernels.ops import fused_experts
+
+    T, K = topk_ids_TK.shape
+    E = num_experts(experts)
+    w_up_ENH = up_weight_EHN(experts).transpose(1, 2)
+    w_down_EHI = down_weight_EIH(experts).transpose(1, 2)
+    H, I = w_up_ENH.shape[2], w_down_EHI.shape[2]
+    if config is None:
+        config = get_config(device_kind(x_TH.device), str(x_TH.dtype).removeprefix("torch."), T, E, H, I, K)
+    norm = getattr(experts, "has_post_expert_norm", False)
+    out = fused_experts(x_TH, topk_ids_TK, topk_weights_TK, w_up_ENH, w_down_EHI, up_bias_EN(experts),
+                        down_bias_EH(experts), spec, config, reduce=not norm)
+    if not norm:
+        return out
+    y_SH = experts.post_expert_norm(out)  # unweighted per-pair outputs, (t, k) order
+    y_SH = y_SH.float() * topk_weights_TK.reshape(-1, 1).float()
+    return y_SH.view(T, K, -1).sum(dim=1).to(x_TH.dtype)
+
+
+triton_fused_experts.device_types = ("cuda",)

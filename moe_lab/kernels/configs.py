@@ -1,0 +1,73 @@
+"""Tile configurations of `triton_fused`, per token-count bucket, kept as data in the package.
+
+`configs/triton_fused.json` maps device kind -> dtype -> shape key (`E60_H2048_I1408_K4`, or
+`default`) -> token bucket (a power of two, as a string) -> a config:
+
+- `{"path": "decode", "up": {BLOCK_N, BLOCK_K, num_warps, num_stages}, "down": {...}}`: one program
+  per pair (gate/up) and per (token, hidden tile) (down + top-k sum), no alignment;
+- `{"path": "grouped", "BLOCK_M": m, "up": {BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages},
+  "down": {...}}`: expert-aligned grouped GEMMs.
+
+The file is written ahead of time by `benchmarks/triton_gpu.py --tune` on the device; users pay no
+autotuning. A call picks the largest bucket <= T (the smallest bucket if T is below all of them).
+Shapes or devices the file does not name get `heuristic_config`. Importing this needs no triton.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+CONFIG_FILE = Path(__file__).resolve().parent / "configs" / "triton_fused.json"
+DECODE_MAX_PAIRS = 64  # heuristic: the decode path up to this many (token, expert) pairs
+
+
+def shape_key(E: int, H: int, I: int, K: int) -> str:
+    return f"E{E}_H{H}_I{I}_K{K}"
+
+
+@cache
+def load_table(path: str | None = None) -> dict:
+    p = Path(path) if path else CONFIG_FILE
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def heuristic_config(T: int, E: int, H: int, I: int, K: int) -> dict:
+    """A reasonable config where nothing was tuned: decode for few pairs, else BLOCK_M from pairs per expert."""
+    S = T * K
+    if S <= DECODE_MAX_PAIRS:
+        return {"path": "decode",
+                "up": {"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 4, "num_stages": 2},
+                "down": {"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 4, "num_stages": 2}}
+    per_expert = S / E
+    if per_expert <= 16:
+        bm, up, down = 16, dict(BLOCK_N=64, BLOCK_K=128, GROUP_M=1, num_warps=4, num_stages=4), \
+            dict(BLOCK_N=64, BLOCK_K=128, GROUP_M=1, num_warps=4, num_stages=4)
+    elif per_expert <= 64:
+        bm, up, down = 32, dict(BLOCK_N=64, BLOCK_K=128, GROUP_M=4, num_warps=4, num_stages=4), \
+            dict(BLOCK_N=128, BLOCK_K=64, GROUP_M=4, num_warps=4, num_stages=4)
+    elif per_expert <= 256:
+        bm, up, down = 64, dict(BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4), \
+            dict(BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)
+    else:
+        bm, up, down = 128, dict(BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3), \
+            dict(BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+    return {"path": "grouped", "BLOCK_M": bm, "up": up, "down": down}
+
+
+def bucket_of(T: int, buckets: list[int]) -> int:
+    below = [b for b in buckets if b <= T]
+    return max(below) if below else min(buckets)
+
+
+def get_config(device_kind: str, dtype: str, T: int, E: int, H: int, I: int, K: int,
+               table: dict | None = None) -> dict:
+    """The tuned config for this call, else the device's `default` shape entry, else the heuristic."""
+    table = load_table() if table is None else table
+    by_dtype = table.get(device_kind, {}).get(dtype, {})
+    for key in (shape_key(E, H, I, K), "default"):
+        by_bucket = by_dtype.get(key)
+        if by_bucket:
+            return by_bucket[str(bucket_of(T, [int(b) for b in by_bucket]))]
+    return heuristic_config(T, E, H, I, K)

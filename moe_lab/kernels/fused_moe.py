@@ -1,0 +1,300 @@
+"""Fused experts kernels: a gathered gate/up grouped GEMM with the gating in its epilogue, a down GEMM
+with the routing weight in its epilogue, and a two-kernel decode path with no padding at all.
+
+Legend: T tokens, H hidden, I intermediate, E experts, K top-k, S = T*K pairs (s = t*K + k),
+N = 2I (gated) or I, P = padded rows of the expert-aligned order (see `align`).
+
+Weights are read through strides, so every stored orientation works unchanged: the up weight as an
+(E, N, H) view with `stride_wn`, `stride_wh` (transposed storage just swaps them), the down weight as
+(E, H, I). Gate and up rows are `n` and `I + n` (concatenated) or `2n` and `2n + 1` (interleaved).
+
+Prefill path (`gate_up_grouped` then `down_grouped`): one program per (row block, column tile); the
+row block's expert comes from `block_expert`, its rows from `sorted_ids` (token = pair // K), so the
+tokens are gathered while loading and never copied. Accumulation in float32.
+
+Decode path (`gate_up_decode` then `down_decode`): one program per (pair, column tile) for gate/up,
+one per (token, hidden tile) for down, which loops over the token's K pairs and so also does the
+top-k reduction: two launches, nothing sorted, nothing padded, each pair's weights read once.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# activation codes (constexpr)
+ACT_SILU, ACT_GELU, ACT_RELU, ACT_GELU_TANH, ACT_CLAMPED_SWIGLU = 0, 1, 2, 3, 4
+# gate modes (constexpr)
+GATE_NONE, GATE_CONCAT, GATE_INTERLEAVED = 0, 1, 2
+
+
+@triton.jit
+def _act(g, ACT: tl.constexpr, alpha):
+    if ACT == 0:  # silu
+        return g / (1.0 + tl.exp(-g))
+    elif ACT == 1:  # gelu (erf)
+        return 0.5 * g * (1.0 + tl.erf(g * 0.7071067811865476))
+    elif ACT == 2:  # relu
+        return tl.maximum(g, 0.0)
+    elif ACT == 3:  # gelu (tanh approximation)
+        inner = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+        return 0.5 * g * (1.0 + (2.0 / (1.0 + tl.exp(-2.0 * inner)) - 1.0))
+    else:  # gpt-oss's clamped swiglu, gate part: g * sigmoid(alpha * g) on the clamped gate
+        return g / (1.0 + tl.exp(-alpha * g))
+
+
+@triton.jit
+def _gate(g, u, ACT: tl.constexpr, limit, alpha):
+    """act(gate) * up in float32, or gpt-oss's (clamp(up) + 1) * swish_alpha(clamp(gate))."""
+    if ACT == 4:
+        g = tl.minimum(g, limit)
+        u = tl.minimum(tl.maximum(u, -limit), limit)
+        return (u + 1.0) * _act(g, ACT, alpha)
+    else:
+        return _act(g, ACT, alpha) * u
+
+
+@triton.jit
+def _dot(a, b, acc, DOT_MODE: tl.constexpr):
+    """0: tensor-core default; 1: exact float32 (ieee); 2: upcast first (Triton's interpreter mishandles bf16 dots)."""
+    if DOT_MODE == 0:
+        return tl.dot(a, b, acc)
+    elif DOT_MODE == 1:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+
+
+@triton.jit
+def _tile_ids(pid, num_blocks_m, num_pid_n, GROUP_M: tl.constexpr):
+    """Grouped ordering: GROUP_M consecutive row blocks (mostly one expert) share each weight tile in L2."""
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_m = group_id * GROUP_M
+    group_size = tl.minimum(num_blocks_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % num_pid_in_group) % group_size
+    pid_n = (pid % num_pid_in_group) // group_size
+    return pid_m, pid_n
+
+
+@triton.jit
+def _gate_up_grouped_kernel(
+    x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr,
+    S, TOPK, H, I, num_blocks_m,
+    stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
+    limit, alpha,
+    GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
+    pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, tl.cdiv(I, BLOCK_N), GROUP_M)
+    expert = tl.load(block_expert_ptr + pid_m)
+    if expert < 0:
+        return
+    offs_p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pair = tl.load(sorted_ptr + offs_p)
+    row_ok = pair < S
+    token = tl.where(row_ok, pair // TOPK, 0).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < I
+    offs_n_safe = tl.where(n_ok, offs_n, 0)
+    if GATE_MODE == 2:
+        gate_rows = 2 * offs_n_safe
+        up_rows = 2 * offs_n_safe + 1
+    else:
+        gate_rows = offs_n_safe
+        up_rows = offs_n_safe + I
+    offs_k = tl.arange(0, BLOCK_K)
+    x_ptrs = x_ptr + token[:, None] * stride_xt + offs_k[None, :] * stride_xh
+    w_base = w_ptr + expert.to(tl.int64) * stride_we
+    wg_ptrs = w_base + offs_k[:, None] * stride_wh + gate_rows[None, :] * stride_wn  # (BLOCK_K, BLOCK_N)
+    wu_ptrs = w_base + offs_k[:, None] * stride_wh + up_rows[None, :] * stride_wn
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(H, BLOCK_K)):
+        if EVEN_K:
+            xa = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
+            wg = tl.load(wg_ptrs)
+        else:
+            k_ok = offs_k < H - k * BLOCK_K
+            xa = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            wg = tl.load(wg_ptrs, mask=k_ok[:, None], other=0.0)
+        acc_g = _dot(xa, wg, acc_g, DOT_MODE)
+        if GATE_MODE != 0:
+            if EVEN_K:
+                wu = tl.load(wu_ptrs)
+            else:
+                wu = tl.load(wu_ptrs, mask=k_ok[:, None], other=0.0)
+            acc_u = _dot(xa, wu, acc_u, DOT_MODE)
+            wu_ptrs += BLOCK_K * stride_wh
+        x_ptrs += BLOCK_K * stride_xh
+        wg_ptrs += BLOCK_K * stride_wh
+    if HAS_BIAS:
+        b_base = b_ptr + expert.to(tl.int64) * stride_be
+        acc_g += tl.load(b_base + gate_rows * stride_bn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        if GATE_MODE != 0:
+            acc_u += tl.load(b_base + up_rows * stride_bn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if GATE_MODE != 0:
+        out = _gate(acc_g, acc_u, ACT, limit, alpha)
+    else:
+        out = _act(acc_g, ACT, alpha)
+    a_ptrs = a_ptr + offs_p.to(tl.int64)[:, None] * stride_ap + offs_n[None, :]
+    tl.store(a_ptrs, out.to(a_ptr.dtype.element_ty), mask=n_ok[None, :])
+
+
+@triton.jit
+def _down_grouped_kernel(
+    a_ptr, w_ptr, b_ptr, y_ptr, topk_w_ptr, sorted_ptr, block_expert_ptr,
+    S, H, I, num_blocks_m,
+    stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys,
+    MUL_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
+    pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, tl.cdiv(H, BLOCK_N), GROUP_M)
+    expert = tl.load(block_expert_ptr + pid_m)
+    if expert < 0:
+        return
+    offs_p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pair = tl.load(sorted_ptr + offs_p)
+    row_ok = pair < S
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < H
+    offs_n_safe = tl.where(n_ok, offs_n, 0)
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + offs_p.to(tl.int64)[:, None] * stride_ap + offs_k[None, :]
+    w_ptrs = w_ptr + expert.to(tl.int64) * stride_we + offs_k[:, None] * stride_wi + offs_n_safe[None, :] * stride_wh
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(I, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            k_ok = offs_k < I - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+        acc = _dot(a, w, acc, DOT_MODE)
+        a_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K * stride_wi
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + expert.to(tl.int64) * stride_be + offs_n_safe * stride_bh).to(tl.float32)[None, :]
+    if MUL_WEIGHT:
+        rw = tl.load(topk_w_ptr + pair, mask=row_ok, other=0.0).to(tl.float32)
+        acc = acc * rw[:, None]
+    y_ptrs = y_ptr + tl.where(row_ok, pair, 0).to(tl.int64)[:, None] * stride_ys + offs_n[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _gate_up_decode_kernel(
+    x_ptr, ids_ptr, w_ptr, b_ptr, a_ptr,
+    TOPK, H, I, E,
+    stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn,
+    limit, alpha,
+    GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+):
+    """a[s, n-tile] = gate(x[t] @ W_up[e]^T) for one pair s = (t, k), e its expert; float32 out (S, I)."""
+    s = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    t = s // TOPK
+    e = tl.load(ids_ptr + s).to(tl.int32)
+    e = tl.where((e >= 0) & (e < E), e, 0)  # an out-of-range pair is computed on expert 0, then dropped in down
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < I
+    offs_n_safe = tl.where(n_ok, offs_n, 0)
+    if GATE_MODE == 2:
+        gate_rows = 2 * offs_n_safe
+        up_rows = 2 * offs_n_safe + 1
+    else:
+        gate_rows = offs_n_safe
+        up_rows = offs_n_safe + I
+    offs_k = tl.arange(0, BLOCK_K)
+    w_base = w_ptr + e.to(tl.int64) * stride_we
+    x_ptrs = x_ptr + t.to(tl.int64) * stride_xt + offs_k * stride_xh
+    wg_ptrs = w_base + gate_rows[:, None] * stride_wn + offs_k[None, :] * stride_wh  # (BLOCK_N, BLOCK_K)
+    wu_ptrs = w_base + up_rows[:, None] * stride_wn + offs_k[None, :] * stride_wh
+    acc_g = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for k in range(0, tl.cdiv(H, BLOCK_K)):
+        if EVEN_K:
+            xk = tl.load(x_ptrs).to(tl.float32)
+            wg = tl.load(wg_ptrs)
+        else:
+            k_ok = offs_k < H - k * BLOCK_K
+            xk = tl.load(x_ptrs, mask=k_ok, other=0.0).to(tl.float32)
+            wg = tl.load(wg_ptrs, mask=k_ok[None, :], other=0.0)
+        acc_g += wg.to(tl.float32) * xk[None, :]
+        if GATE_MODE != 0:
+            if EVEN_K:
+                wu = tl.load(wu_ptrs)
+            else:
+                wu = tl.load(wu_ptrs, mask=k_ok[None, :], other=0.0)
+            acc_u += wu.to(tl.float32) * xk[None, :]
+            wu_ptrs += BLOCK_K * stride_wh
+        x_ptrs += BLOCK_K * stride_xh
+        wg_ptrs += BLOCK_K * stride_wh
+    g = tl.sum(acc_g, axis=1)
+    if HAS_BIAS:
+        b_base = b_ptr + e.to(tl.int64) * stride_be
+        g += tl.load(b_base + gate_rows * stride_bn).to(tl.float32)
+    if GATE_MODE != 0:
+        u = tl.sum(acc_u, axis=1)
+        if HAS_BIAS:
+            u += tl.load(b_base + up_rows * stride_bn).to(tl.float32)
+        out = _gate(g, u, ACT, limit, alpha)
+    else:
+        out = _act(g, ACT, alpha)
+    tl.store(a_ptr + s.to(tl.int64) * I + offs_n, out, mask=n_ok)
+
+
+@triton.jit
+def _down_decode_kernel(
+    a_ptr, ids_ptr, topk_w_ptr, w_ptr, b_ptr, out_ptr,
+    TOPK, H, I, E,
+    stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ot,
+    REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+):
+    """REDUCE: out[t, h-tile] = sum_k w[t,k] * (a[t*K+k] @ W_down[e]^T + b[e]), one program per (t, tile).
+    Otherwise out[s, h-tile] = a[s] @ W_down[e]^T + b[e] per pair (for a post-expert norm)."""
+    row = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < H
+    offs_n_safe = tl.where(n_ok, offs_n, 0)
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    if REDUCE:
+        first = row * TOPK
+        count = TOPK
+    else:
+        first = row
+        count = 1
+    for j in range(0, count):
+        s = first + j
+        e = tl.load(ids_ptr + s).to(tl.int32)
+        valid = (e >= 0) & (e < E)
+        if valid:
+            if REDUCE:
+                rw = tl.load(topk_w_ptr + s).to(tl.float32)
+            else:
+                rw = 1.0
+            w_ptrs = w_ptr + e.to(tl.int64) * stride_we + offs_n_safe[:, None] * stride_wh + offs_k[None, :] * stride_wi
+            a_ptrs = a_ptr + s.to(tl.int64) * I + offs_k
+            for k in range(0, tl.cdiv(I, BLOCK_K)):
+                if EVEN_K:
+                    ak = tl.load(a_ptrs)
+                    wd = tl.load(w_ptrs)
+                else:
+                    k_ok = offs_k < I - k * BLOCK_K
+                    ak = tl.load(a_ptrs, mask=k_ok, other=0.0)
+                    wd = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
+                acc += wd.to(tl.float32) * (ak * rw)[None, :]
+                a_ptrs += BLOCK_K
+                w_ptrs += BLOCK_K * stride_wi
+            if HAS_BIAS:
+                bias += rw * tl.load(b_ptr + e.to(tl.int64) * stride_be + offs_n_safe * stride_bh).to(tl.float32)
+    out = tl.sum(acc, axis=1) + bias
+    tl.store(out_ptr + row.to(tl.int64) * stride_ot + offs_n, out.to(out_ptr.dtype.element_ty), mask=n_ok)
