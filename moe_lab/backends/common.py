@@ -21,13 +21,20 @@ def _warn_once(message: str) -> None:
         logger.warning(message)
 
 
-# under torch.compile the warning is emitted after the graph runs instead of breaking it
-torch._dynamo.config.reorderable_logging_functions.add(_warn_once)
+@torch._dynamo.assume_constant_result
+def _warn_once_while_tracing(message: str) -> bool:
+    # dynamo calls this at trace time instead of tracing it, so the warning is emitted once per compile and the
+    # graph stays whole (`reorderable_logging_functions` silently drops calls made from inlined functions)
+    _warn_once(message)
+    return True
 
 
 def log_once(message: str) -> None:
     """Warn about a backend's fallback once per process, never silently (also inside torch.compile)."""
-    _warn_once(message)
+    if torch.compiler.is_compiling():
+        _warn_once_while_tracing(message)
+    else:
+        _warn_once(message)
 
 
 def num_experts(experts: torch.nn.Module) -> int:
