@@ -78,13 +78,19 @@ class Experts(nn.Module):
         E, H, I = num_experts, hidden_size, intermediate_size
         N = 2 * I if layout.has_gate else I
         gen = torch.Generator().manual_seed(seed)
+        on_meta = device is not None and torch.device(device).type == "meta"  # shapes only: no host memory
 
         def weight(out_dim: int, in_dim: int) -> nn.Parameter:
+            if on_meta:
+                dims = (E, in_dim, out_dim) if layout.is_transposed else (E, out_dim, in_dim)
+                return nn.Parameter(torch.empty(dims, device="meta", dtype=dtype))
             w = torch.randn(E, out_dim, in_dim, generator=gen) / math.sqrt(in_dim)
             w = w.transpose(1, 2).contiguous() if layout.is_transposed else w
             return nn.Parameter(w.to(device=device, dtype=dtype))
 
         def bias(dim: int) -> nn.Parameter:
+            if on_meta:
+                return nn.Parameter(torch.empty(E, dim, device="meta", dtype=dtype))
             return nn.Parameter((0.1 * torch.randn(E, dim, generator=gen)).to(device=device, dtype=dtype))
 
         up_name = "gate_up_proj" if layout.has_gate else "up_proj"
