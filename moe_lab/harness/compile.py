@@ -11,13 +11,16 @@ transformers' table (docs/source/en/experts_interface.md, "torch.compile"):
 
 so grouped_mm with CUDA graphs (`reduce-overhead`, `max-autotune`) is unsupported, and compiled
 grouped_mm in another dtype than bfloat16 runs transformers' per-expert loop. `compat(cell)` turns that
-into a decision and row statuses; moe_lab's own backends report their fallbacks through the
-`moe_lab` logger, which the harness records while a cell runs (`capture_fallbacks`).
+into a decision and row statuses. moe_lab's backends may declare `device_types` (where they run)
+and `differentiable = False` (forward only); a cell outside those is `unsupported`. They report
+their fallbacks through the `moe_lab` logger, which the harness records while a cell runs
+(`capture_fallbacks`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -32,11 +35,31 @@ class Decision:
     notes: list[str] = field(default_factory=list)  # row statuses: 'fallback:...' or 'unsupported: ...'
 
 
+def _backend_refuses(name: str, level: str, device: str) -> str | None:
+    """What a moe_lab backend declares it cannot do: `device_types` it runs on, `differentiable = False`."""
+    from moe_lab.backends import BACKENDS
+
+    fn = BACKENDS.get(name)
+    device_types = getattr(fn, "device_types", None)
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"  # Triton kernels then run on the CPU too
+    if device_types is not None and device not in device_types and not (device == "cpu" and interpreted):
+        return f"{name} runs on {', '.join(device_types)} only (its device_types), not {device}"
+    if level == "train" and getattr(fn, "differentiable", True) is False:
+        return f"{name} is forward only (differentiable = False): no train level"
+    return None
+
+
 def compat(cell: Cell) -> Decision:
     """Whether `cell` runs, and what its status must say, from transformers' table and the device."""
     origin, name = split_backend(cell.backend)
     device = torch.device(cell.device).type
     decision = Decision()
+    if origin == "moe_lab":
+        reason = _backend_refuses(name, cell.level, device)
+        if reason:
+            decision.run = False
+            decision.notes.append(f"unsupported: {reason}")
+            return decision
     if not cell.is_compiled:
         return decision
     # at the decode level on a GPU transformers decodes with batched_mm instead of grouped_mm (see levels)
