@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "bf16 on a GPU, float32 on the CPU.")
     env.add_argument("--no-roofline", action="store_true", help="skip measuring the roofline")
     env.set_defaults(func=_env)
+
+    from moe_lab.batch import add_parser as add_batch_parser  # `moe-lab batch`: the sweep notebook per parameter set
+
+    add_batch_parser(sub)
     return parser
 
 
