@@ -14,6 +14,7 @@ from moe_lab.backends.batched_mm import batched_mm_experts
 from moe_lab.backends.eager import eager_experts
 from moe_lab.backends.grouped_mm import grouped_mm_experts
 from moe_lab.backends.triton_fused import triton_fused_experts
+from moe_lab.backends.auto import auto_experts  # noqa: E402  (after the backends it dispatches to)
 
 ExpertsFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -22,6 +23,7 @@ BACKENDS: dict[str, ExpertsFn] = {
     "batched_mm": batched_mm_experts,
     "grouped_mm": grouped_mm_experts,
     "triton_fused": triton_fused_experts,  # CUDA only (device_types)
+    "auto": auto_experts,  # the fastest of the above per call, from a measured table
 }
 
 

@@ -15,8 +15,8 @@ follow in torch), silu / gelu / relu / gpt-oss clamped swiglu. A transformers ex
 its gate is transformers' default one with a silu, gelu or relu activation, or gpt-oss's; anything
 else is refused with an error naming it, never computed by another backend.
 
-CUDA only: `device_types` lists where it runs, for test suites to skip it elsewhere. On CPU it runs
-only when the kernels were imported under Triton's interpreter (`TRITON_INTERPRET=1`), for tests.
+Forward only (`differentiable = False`): the output carries no gradient. CUDA only: `device_types`
+lists where it runs, for test suites to skip it elsewhere. On CPU it runs only when the kernels were imported under Triton's interpreter (`TRITON_INTERPRET=1`), for tests.
 """
 
 from __future__ import annotations
@@ -156,3 +156,4 @@ def triton_fused_experts(
 
 
 triton_fused_experts.device_types = ("cuda",)
+triton_fused_experts.differentiable = False  # forward only: the Triton kernels have no backward

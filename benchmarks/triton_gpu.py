@@ -1,0 +1,493 @@
+"""One GPU run for `triton_fused` and `auto`: check, (optionally) tune, benchmark against transformers.
+
+    PYTHONPATH=. python benchmarks/triton_gpu.py --out $OUT [--tune] [--budget-s 450]
+
+Stages, each guarded by the time budget (what is left undone is logged, never silently dropped):
+1. roofline: a 1 GiB device copy and an 8192^3 bf16 matmul (the floor's two ceilings);
+2. check: triton_fused against the float64 reference (relative Frobenius error, bf16 3e-2, fp16 5e-3,
+   fp32 1e-4) on unaligned sizes, experts without tokens, a hot expert, T=1, top-k=1, every layout,
+   both kernel paths, the real model shapes, and once inside a CUDA graph; output poisoned first;
+3. tune (--tune): per model shape and token bucket, every candidate tile config timed on the whole
+   call; the winners go to `triton_fused.json` (commit it to moe_lab/kernels/configs/), then
+   `moe_lab.tune` writes auto's dispatch table `auto_dispatch.csv` with those configs in force;
+4. bench: triton_fused, auto and transformers' backends (`transformers.integrations.moe` functions on
+   the family's own experts module, same weights and inputs) per model and token count, transformers
+   under compile none / default / max-autotune-no-cudagraphs / reduce-overhead where the budget allows;
+   median by CUDA events with the L2 flushed before each call; floor = max(hit-expert bytes / copy
+   bandwidth, flops / matmul peak); then one CUDA-graph decode step at T=1 per model.
+Writes under --out: triton_gpu.log, triton_gpu_check.csv, triton_gpu_bench.csv (+ the tuned files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import itertools
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moe_lab import Experts, ExpertsLayout, reference_experts, relative_error, synthetic_routing
+from moe_lab.shapes import build_experts, build_hf_experts, get_shape
+
+MODELS = ("qwen1.5-moe-a2.7b", "qwen3-30b-a3b", "olmoe-1b-7b")
+TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+TOLERANCE = {torch.bfloat16: 3e-2, torch.float16: 5e-3, torch.float32: 1e-4}
+COMPILE_TOKENS = (1, 4, 16, 128, 512, 2048, 8192, 16384)  # token counts timed under torch.compile
+T0 = time.time()
+LOG: list[str] = []
+DEV = "cuda"  # --dry-run: "cpu" under Triton's interpreter, tiny shapes, to check this script without a GPU
+
+
+def log(msg: str) -> None:
+    line = f"[{time.time() - T0:6.1f}s] {msg}"
+    print(line, flush=True)
+    LOG.append(line)
+
+
+def left(budget: float) -> float:
+    return budget - (time.time() - T0)
+
+
+# ---------------------------------------------------------------------------------------------- timing
+_FLUSH: dict[str, torch.Tensor] = {}
+
+
+def median_ms(fn, reps: int = 20, warmup: int = 2) -> float:
+    """Median of CUDA-event timings of `fn`, L2 flushed (256 MiB memset) before each call."""
+    for _ in range(warmup):
+        fn()
+    if DEV == "cpu":
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+    flush = _FLUSH.setdefault("l2", torch.empty(256 * 2**20, dtype=torch.int8, device="cuda"))
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(reps):
+        flush.zero_()
+        starts[i].record()
+        fn()
+        ends[i].record()
+    torch.cuda.synchronize()
+    return float(np.median([s.elapsed_time(e) for s, e in zip(starts, ends)]))
+
+
+def measure_roofline() -> tuple[float, float]:
+    """(copy bandwidth GB/s counting read + write, bf16 matmul TFLOP/s)."""
+    src = torch.ones(2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), reps=10)
+    bw = 2 * 2**30 / (ms * 1e-3) / 1e9
+    del src, dst
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    ms = median_ms(lambda: a @ b, reps=10)
+    del a, b
+    torch.cuda.empty_cache()
+    return bw, 2 * n**3 / (ms * 1e-3) / 1e12
+
+
+def floor_ms(shape, ids_TK: torch.Tensor, bw_gbps: float, peak_tflops: float, elem: int = 2) -> float:
+    T, K = ids_TK.shape
+    H, I = shape.hidden, shape.intermediate
+    N = 2 * I if shape.layout.has_gate else I
+    hit = int(torch.unique(ids_TK).numel()) if ids_TK.numel() else 0
+    bytes_ = hit * (H * N + I * H) * elem + 2 * T * H * elem
+    flops = 2.0 * T * K * (H * N + I * H)
+    return max(bytes_ / (bw_gbps * 1e9), flops / (peak_tflops * 1e12)) * 1e3
+
+
+def inputs(shape, T: int, dtype=torch.bfloat16, routing: str = "uniform", seed: int = 0):
+    ids_TK, w_TK = synthetic_routing(routing, T, shape.experts, shape.top_k, seed=seed + T, device=DEV)
+    x_TH = torch.randn(T, shape.hidden, generator=torch.Generator().manual_seed(seed + T)).to(DEV, dtype)
+    return x_TH, ids_TK, w_TK
+
+
+# ----------------------------------------------------------------------------------------------- check
+def check(budget: float) -> list[dict]:
+    from moe_lab.backends.triton_fused import triton_fused_experts
+    from moe_lab.kernels.configs import heuristic_config
+
+    decode = {"path": "decode", "up": {"BLOCK_N": 16, "BLOCK_K": 128, "num_warps": 4, "num_stages": 2},
+              "down": {"BLOCK_N": 16, "BLOCK_K": 128, "num_warps": 4, "num_stages": 2}}
+    grouped16 = {"path": "grouped", "BLOCK_M": 16,
+                 "up": {"BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 4, "num_warps": 4, "num_stages": 3},
+                 "down": {"BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 4, "num_warps": 4, "num_stages": 3}}
+    grouped128 = heuristic_config(100000, 8, 64, 64, 2)
+    layouts = {
+        "default": ExpertsLayout(),
+        "interleaved": ExpertsLayout(is_concatenated=False),
+        "transposed+bias": ExpertsLayout(is_transposed=True, has_bias=True),
+        "gpt-oss": ExpertsLayout(is_concatenated=False, is_transposed=True, has_bias=True, gate_fn="clamped_swiglu"),
+        "nogate-gelu": ExpertsLayout(has_gate=False, gate_fn="gelu"),
+        "relu": ExpertsLayout(gate_fn="relu"),
+        "norm": ExpertsLayout(has_post_expert_norm=True),
+    }
+    cases = []  # (name, E, H, I, K, T, routing, layout, dtype, config)
+    for cfg_name, cfg in (("decode", decode), ("grouped16", grouped16), ("grouped128", grouped128), ("tuned", None)):
+        if cfg_name in ("decode", "grouped16"):  # every layout, fp16 and fp32 on both kernel paths
+            for lname, lay in layouts.items():
+                cases.append((f"unaligned/{lname}", 8, 72, 40, 2, 37, "uniform", lay, torch.bfloat16, cfg, cfg_name))
+            cases += [
+                ("fp16", 8, 136, 88, 2, 50, "uniform", layouts["default"], torch.float16, cfg, cfg_name),
+                ("fp32", 8, 136, 88, 2, 50, "uniform", layouts["gpt-oss"], torch.float32, cfg, cfg_name),
+            ]
+        cases += [
+            ("aligned", 16, 256, 128, 4, 64, "uniform", layouts["default"], torch.bfloat16, cfg, cfg_name),
+            ("empty_experts", 64, 128, 96, 2, 5, "uniform", layouts["default"], torch.bfloat16, cfg, cfg_name),
+            ("hot_expert", 8, 128, 96, 2, 300, "hot", layouts["default"], torch.bfloat16, cfg, cfg_name),
+            ("skewed", 32, 128, 96, 4, 700, "skewed", layouts["default"], torch.bfloat16, cfg, cfg_name),
+            ("T=1", 8, 128, 96, 2, 1, "uniform", layouts["default"], torch.bfloat16, cfg, cfg_name),
+            ("top1", 8, 128, 96, 1, 33, "uniform", layouts["default"], torch.bfloat16, cfg, cfg_name),
+            ("T=0", 8, 128, 96, 2, 0, "uniform", layouts["default"], torch.bfloat16, cfg, cfg_name),
+        ]
+    cases.append(("many_pairs", 60, 256, 128, 4, 3000, "uniform", layouts["default"], torch.bfloat16, None, "tuned"))
+    cases.append(("many_pairs_hot", 60, 256, 128, 4, 3000, "hot", layouts["default"], torch.bfloat16, None, "tuned"))
+    rows = []
+    for name, E, H, I, K, T, routing, lay, dtype, cfg, cfg_name in cases:
+        if left(budget) < 0:
+            log(f"check: out of time budget, {name}/{cfg_name} and later cases not run")
+            break
+        ex = Experts(E, H, I, lay, dtype=dtype, device=DEV, seed=T + E)
+        ids, w = synthetic_routing(routing, T, E, K, seed=T + 1, device=DEV)
+        x = torch.randn(T, H, generator=torch.Generator().manual_seed(T + 2)).to(DEV, dtype)
+        ref = reference_experts(ex, x, ids, w)
+        errs = []
+        for _ in range(2):  # twice: a moving error is a race
+            out = triton_fused_experts(ex, x, ids, w, config=cfg)
+            errs.append(relative_error(out, ref) if T else float(out.abs().sum()))
+        ok = all(e <= TOLERANCE[dtype] for e in errs) and out.shape == (T, H)
+        rows.append(dict(case=name, config=cfg_name, E=E, H=H, I=I, K=K, T=T, routing=routing,
+                         dtype=str(dtype).removeprefix("torch."), rel_err=max(errs), ok=ok))
+        if not ok:
+            log(f"check FAIL {name}/{cfg_name}: errors {errs}")
+    # the real shapes, every bucket path, and one CUDA-graph capture
+    for model in MODELS:
+        shape = get_shape(model)
+        ex = build_experts(model, device=DEV, dtype=torch.bfloat16)
+        for T in (1, 3, 16, 200, 2500):
+            if left(budget) < 0:
+                break
+            x, ids, w = inputs(shape, T, routing="hot" if T == 200 else "uniform")
+            ref = reference_experts(ex, x, ids, w)
+            err = relative_error(triton_fused_experts(ex, x, ids, w), ref)
+            rows.append(dict(case=f"{model}", config="tuned", E=shape.experts, H=shape.hidden, I=shape.intermediate,
+                             K=shape.top_k, T=T, routing="hot" if T == 200 else "uniform", dtype="bfloat16",
+                             rel_err=err, ok=err <= 3e-2))
+        if DEV == "cpu":
+            continue
+        x, ids, w = inputs(shape, 1)
+        g = torch.cuda.CUDAGraph()
+        out = triton_fused_experts(ex, x, ids, w)
+        torch.cuda.synchronize()
+        with torch.cuda.graph(g):
+            out_g = triton_fused_experts(ex, x, ids, w)
+        x2, ids2, w2 = inputs(shape, 1, seed=7)
+        x.copy_(x2), ids.copy_(ids2), w.copy_(w2)
+        out_g.fill_(float("nan"))
+        g.replay()
+        err = relative_error(out_g, reference_experts(ex, x, ids, w))
+        rows.append(dict(case=f"{model} cuda-graph replay, new inputs", config="tuned", E=shape.experts,
+                         H=shape.hidden, I=shape.intermediate, K=shape.top_k, T=1, routing="uniform",
+                         dtype="bfloat16", rel_err=err, ok=err <= 3e-2))
+        del ex
+    npass = sum(r["ok"] for r in rows)
+    log(f"check: {npass}/{len(rows)} passed; worst bf16 error "
+        f"{max((r['rel_err'] for r in rows if r['dtype'] == 'bfloat16'), default=0):.2e}")
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ tune
+def _candidates(S: int, E: int) -> list[dict]:
+    """Tile configs worth timing for S pairs over E experts."""
+    out = []
+    if S <= 256:
+        for (bn, bk, w), (dn, dk, dw) in itertools.product(
+                [(16, 256, 4), (8, 256, 4), (32, 128, 4), (16, 512, 8), (32, 256, 8)],
+                [(16, 256, 4), (8, 256, 4), (32, 128, 4), (16, 512, 8)]):
+            out.append({"path": "decode", "up": {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "num_stages": 2},
+                        "down": {"BLOCK_N": dn, "BLOCK_K": dk, "num_warps": dw, "num_stages": 2}})
+    per_expert = S / E
+    grouped = {
+        16: ([(64, 128, 1, 4, 4), (128, 128, 1, 4, 3), (64, 256, 1, 4, 3), (32, 256, 1, 4, 4)],
+             [(64, 128, 1, 4, 4), (128, 128, 1, 4, 3), (64, 256, 1, 4, 3), (128, 64, 1, 4, 5)]),
+        32: ([(64, 128, 4, 4, 4), (128, 64, 4, 4, 4), (64, 64, 4, 4, 5)],
+             [(128, 64, 4, 4, 4), (64, 128, 4, 4, 4), (128, 128, 4, 8, 3)]),
+        64: ([(64, 64, 8, 4, 4), (128, 64, 8, 8, 3), (64, 128, 8, 4, 3)],
+             [(128, 64, 8, 4, 4), (128, 64, 8, 8, 3), (256, 64, 8, 8, 3)]),
+        128: ([(64, 64, 8, 4, 4), (128, 64, 8, 8, 3), (64, 64, 16, 8, 4)],
+              [(128, 64, 8, 8, 4), (256, 64, 8, 8, 3), (128, 64, 16, 4, 4)]),
+    }
+    for bm, (ups, downs) in grouped.items():
+        if bm > 16 and per_expert < bm / 4:
+            continue
+        if bm < 64 and per_expert > 8 * bm:
+            continue
+        for u, d in itertools.product(ups, downs):
+            out.append({"path": "grouped", "BLOCK_M": bm,
+                        "up": dict(zip(("BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"), u)),
+                        "down": dict(zip(("BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"), d))})
+    return out
+
+
+def tune(budget: float, out_dir: Path, models=MODELS, tokens=TOKENS) -> dict:
+    """Time candidate configs on the whole call; return the table {device: {dtype: {shape: {T: cfg}}}}."""
+    from moe_lab.backends.triton_fused import triton_fused_experts
+    from moe_lab.devices import device_kind
+    from moe_lab.kernels.configs import shape_key
+
+    kind = device_kind(DEV)
+    table: dict = {kind: {"bfloat16": {}}}
+    rows = []
+    for model in models:
+        shape = get_shape(model)
+        ex = build_experts(model, device=DEV, dtype=torch.bfloat16)
+        key = shape_key(shape.experts, shape.hidden, shape.intermediate, shape.top_k)
+        table[kind]["bfloat16"][key] = {}
+        # compile every candidate once, in parallel threads (ptxas runs outside the GIL)
+        all_cfgs = {json.dumps(c, sort_keys=True): c for T in tokens
+                    for c in _candidates(T * shape.top_k, shape.experts)}
+        x1, ids1, w1 = inputs(shape, 4)
+        t_c = time.time()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda c: _try(triton_fused_experts, ex, x1, ids1, w1, c), all_cfgs.values()))
+        if DEV == "cuda":
+            torch.cuda.synchronize()
+        log(f"tune {model}: compiled {len(all_cfgs)} configs in {time.time() - t_c:.1f}s")
+        for T in tokens:
+            if left(budget) < 0:
+                log(f"tune {model}: out of time budget at T={T}; later buckets keep the heuristic")
+                break
+            x, ids, w = inputs(shape, T)
+            timed = []
+            for cfg in _candidates(T * shape.top_k, shape.experts):
+                try:
+                    ms = median_ms(lambda: triton_fused_experts(ex, x, ids, w, config=cfg), reps=10, warmup=1)
+                except Exception as err:  # noqa: BLE001  (a config that does not fit: too much shared memory)
+                    log(f"tune {model} T={T}: config failed: {cfg} ({str(err).splitlines()[0][:100]})")
+                    continue
+                timed.append((ms, json.dumps(cfg, sort_keys=True)))
+                rows.append(dict(model=model, T=T, ms=ms, config=json.dumps(cfg, sort_keys=True)))
+            timed.sort()
+            best_ms, best = timed[0]
+            table[kind]["bfloat16"][key][str(T)] = json.loads(best)
+            log(f"tune {model} T={T}: best {best_ms:.4f} ms of {len(timed)}: {best}")
+        del ex
+    with open(out_dir / "tune_candidates.csv", "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=["model", "T", "ms", "config"])
+        wr.writeheader()
+        wr.writerows(rows)
+    return table
+
+
+def _try(fn, *args):
+    try:
+        fn(*args[:4], config=args[4])
+    except Exception:  # noqa: BLE001
+        pass
+
+
+# ----------------------------------------------------------------------------------------------- bench
+def bench(budget: float, bw: float, peak: float, compile_modes: bool) -> list[dict]:
+    import transformers
+    from transformers.integrations.moe import batched_mm_experts_forward, grouped_mm_experts_forward
+
+    from moe_lab.backends.auto import choose_backend
+    from moe_lab.backends.triton_fused import triton_fused_experts
+    from moe_lab.backends.auto import auto_experts
+
+    hf_fns = {"batched_mm": batched_mm_experts_forward, "grouped_mm": grouped_mm_experts_forward}
+    rows = []
+
+    def add(model, T, backend, mode, ms, floor, note=""):
+        rows.append(dict(model=model, T=T, backend=backend, compile_mode=mode, routing="uniform", dtype="bfloat16",
+                         ms=None if ms is None else round(ms, 5), floor_ms=round(floor, 5),
+                         frac=None if not ms else round(floor / ms, 4), note=note,
+                         device=torch.cuda.get_device_name(), torch=torch.__version__,
+                         transformers=transformers.__version__))
+
+    for model in MODELS:
+        shape = get_shape(model)
+        ex = build_hf_experts(model, device="cuda", dtype=torch.bfloat16)  # the family's own module
+        N, H, I = 2 * shape.intermediate, shape.hidden, shape.intermediate
+        for T in TOKENS:
+            if left(budget) < 60:
+                log(f"bench {model}: out of time budget at T={T}")
+                break
+            x, ids, w = inputs(shape, T)
+            fl = floor_ms(shape, ids, bw, peak)
+            with torch.no_grad():
+                for name, fn in (("triton_fused", triton_fused_experts), ("auto", auto_experts)):
+                    note = f"chose {choose_backend(ex, x, ids)}" if name == "auto" else ""
+                    add(model, T, name, "none", median_ms(lambda: fn(ex, x, ids, w)), fl, note)
+                for hname, hfn in hf_fns.items():
+                    gathered_gb = T * shape.top_k * (N * H + I * H) * 2 / 1e9
+                    if hname == "batched_mm" and gathered_gb > 8:
+                        add(model, T, f"transformers:{hname}", "none", None, fl, f"skip: gathers {gathered_gb:.0f} GB")
+                        continue
+                    add(model, T, f"transformers:{hname}", "none", median_ms(lambda: hfn(ex, x, ids, w)), fl)
+        log(f"bench {model}: eager rows done")
+        if compile_modes:
+            _bench_compiled(model, shape, ex, hf_fns, budget, bw, peak, add)
+        # one decode step at T=1 captured in a CUDA graph, fresh routing per replay
+        x, ids, w = inputs(shape, 1)
+        with torch.no_grad():
+            triton_fused_experts(ex, x, ids, w)
+            torch.cuda.synchronize()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                triton_fused_experts(ex, x, ids, w)
+        pool = [inputs(shape, 1, seed=100 + i) for i in range(50)]
+        samples = []
+        for i in range(200):
+            xi, idi, wi = pool[i % len(pool)]
+            x.copy_(xi), ids.copy_(idi), w.copy_(wi)
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            g.replay()
+            e.record()
+            e.synchronize()
+            samples.append(s.elapsed_time(e))
+        fl = floor_ms(shape, ids, bw, peak)
+        add(model, 1, "triton_fused", "cuda-graph", float(np.median(samples[20:])), fl, "one decode step, graph replay")
+        log(f"bench {model}: cuda-graph decode T=1 {np.median(samples[20:]) * 1e3:.1f} us (floor {fl * 1e3:.1f} us)")
+        del ex, g
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _bench_compiled(model, shape, ex, hf_fns, budget, bw, peak, add):
+    """transformers' functions under torch.compile, one compile per (mode, T) (dynamic=False), as budget allows."""
+    plan = []
+    for T in COMPILE_TOKENS:
+        plan.append(("grouped_mm", "default", T))
+        if T <= 16:
+            plan.append(("batched_mm", "default", T))
+            plan.append(("batched_mm", "reduce-overhead", T))
+        if T == 1:
+            plan.append(("batched_mm", "max-autotune-no-cudagraphs", T))
+    if model == MODELS[0]:  # the expensive one (40-57 s of autotuning each), where the issue's anchors are
+        plan += [("grouped_mm", "max-autotune-no-cudagraphs", T) for T in (16, 2048)]
+    for hname, mode, T in plan:
+        if left(budget) < 90:
+            log(f"bench {model}: compiled {hname} {mode} T={T} and later not run (time budget)")
+            break
+        x, ids, w = inputs(shape, T)
+        fl = floor_ms(shape, ids, bw, peak)
+        torch._dynamo.reset()
+        fn = hf_fns[hname]
+        compiled = torch.compile(lambda x_, i_, w_: fn(ex, x_, i_, w_), mode=mode, dynamic=False)
+        try:
+            t = time.time()
+            with torch.no_grad():
+                for _ in range(3):
+                    compiled(x, ids, w)
+                torch.cuda.synchronize()
+                compile_s = time.time() - t
+                ms = median_ms(lambda: compiled(x, ids, w))
+            add(model, T, f"transformers:{hname}", mode, ms, fl, f"compile {compile_s:.1f}s")
+        except Exception as err:  # noqa: BLE001
+            add(model, T, f"transformers:{hname}", mode, None, fl, f"error: {str(err).splitlines()[0][:150]}")
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv=None) -> int:
+    global DEV, MODELS, TOKENS
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "out"))
+    p.add_argument("--tune", action="store_true", help="tune tile configs and auto's table first")
+    p.add_argument("--budget-s", type=float, default=450.0, help="stop starting new work after this many seconds")
+    p.add_argument("--no-bench", action="store_true")
+    p.add_argument("--no-compile", action="store_true", help="skip transformers under torch.compile")
+    p.add_argument("--tune-models", default=",".join(MODELS))
+    p.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny shapes: checks the script")
+    args = p.parse_args(argv)
+    if args.dry_run:
+        DEV, MODELS, TOKENS = "cpu", ("tiny",), (1, 8, 64)
+        args.tune_models, args.no_bench = "tiny", True
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    budget = args.budget_s
+    if not torch.cuda.is_available() and not args.dry_run:
+        print("no CUDA device: this script runs on the GPU machine (see tests/test_triton_fused.py for the CPU check)")
+        return 2
+    import transformers
+    import triton
+
+    log(f"device {torch.cuda.get_device_name() if DEV == 'cuda' else 'cpu (dry run)'}, torch {torch.__version__}, triton {triton.__version__}, "
+        f"transformers {transformers.__version__}, python {sys.version.split()[0]}, "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    status = 0
+    try:
+        bw, peak = measure_roofline() if DEV == "cuda" else (1.0, 1.0)
+        log(f"roofline: copy {bw:.0f} GB/s, bf16 matmul {peak:.0f} TFLOP/s")
+        check_rows = check(budget * (0.2 if args.tune else 0.3))
+        _write_csv(out / "triton_gpu_check.csv", check_rows)
+        if not all(r["ok"] for r in check_rows):
+            status = 1
+        if args.tune:
+            from moe_lab.kernels import configs
+
+            table = tune(budget * 0.75, out, models=args.tune_models.split(","), tokens=TOKENS)
+            (out / "triton_fused.json").write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+            configs.CONFIG_FILE = out / "triton_fused.json"
+            configs.load_table.cache_clear()
+            from moe_lab import tune as auto_tune
+
+            os.environ["MOE_LAB_DISPATCH_TABLE"] = str(out / "auto_dispatch.csv")
+            if left(budget * 0.9) > 0:
+                auto_tune.tune(list(MODELS), list(TOKENS), torch.bfloat16, DEV, out=out / "auto_dispatch.csv",
+                               reps=10, log=log)
+        if not args.no_bench and left(budget) > 60:
+            rows = bench(budget, bw, peak, compile_modes=not args.no_compile)
+            _write_csv(out / "triton_gpu_bench.csv", rows)
+            _summary(rows)
+    except Exception:  # noqa: BLE001
+        log("ERROR\n" + traceback.format_exc())
+        status = 1
+    finally:
+        (out / "triton_gpu.log").write_text("\n".join(LOG) + "\n")
+    return status
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _summary(rows: list[dict]) -> None:
+    """Per model and T: triton_fused, auto, best transformers (mode), fractions of the floor."""
+    by = {}
+    for r in rows:
+        by.setdefault((r["model"], r["T"]), []).append(r)
+    log(f"{'model':18s} {'T':>6s} {'floor':>8s} {'fused':>8s} {'frac':>5s} {'auto':>8s} {'best transformers':>36s}")
+    for (model, T), rs in by.items():
+        get = {(r["backend"], r["compile_mode"]): r["ms"] for r in rs}
+        fused, auto = get.get(("triton_fused", "none")), get.get(("auto", "none"))
+        hf = [(r["ms"], f"{r['backend'].split(':')[1]}/{r['compile_mode']}") for r in rs
+              if r["backend"].startswith("transformers") and r["ms"]]
+        best = min(hf) if hf else (math.nan, "-")
+        fl = rs[0]["floor_ms"]
+        if fused is None:
+            continue
+        log(f"{model:18s} {T:6d} {fl:8.4f} {fused:8.4f} {fl / fused:5.2f} {auto or math.nan:8.4f} "
+            f"{best[0]:8.4f} {best[1]:>27s}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

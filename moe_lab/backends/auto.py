@@ -1,0 +1,105 @@
+"""`auto`: per call, the backend measured fastest for (device kind, dtype, shape, layout, token bucket).
+
+The dispatch table is a CSV written by `moe-lab tune` (`moe_lab.tune`), by default
+`data/dispatch/auto_dispatch.csv` (`MOE_LAB_DISPATCH_TABLE` names another): rows
+`device,dtype,E,H,I,K,layout,tokens,backend,ms,chosen`; the rows with `chosen` = 1 are the winners.
+A call with T tokens uses the winner of the largest measured bucket <= T (the smallest bucket when T
+is below all of them).
+
+Documented default where the table has no entry for the key: on CPU (and any non-CUDA device)
+`grouped_mm`; on CUDA `triton_fused` when triton is installed and the layout has a fused kernel,
+else `grouped_mm`.
+
+The choice reads only metadata (shapes, dtype, device) and cached tables, so auto adds no host
+synchronisation; what runs is the chosen backend, called as a plain function.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from moe_lab.backends.batched_mm import batched_mm_experts
+from moe_lab.backends.common import num_experts, up_weight_EHN
+from moe_lab.backends.eager import eager_experts
+from moe_lab.backends.grouped_mm import grouped_mm_experts
+from moe_lab.backends.triton_fused import UnsupportedLayoutError, gate_spec, triton_fused_experts
+from moe_lab.devices import device_kind
+
+DEFAULT_TABLE = Path(__file__).resolve().parent.parent.parent / "data" / "dispatch" / "auto_dispatch.csv"
+CANDIDATES = {"triton_fused": triton_fused_experts, "grouped_mm": grouped_mm_experts,
+              "batched_mm": batched_mm_experts, "eager": eager_experts}
+Key = tuple[str, str, int, int, int, int, str]  # device, dtype, E, H, I, K, layout
+
+
+def table_path() -> Path:
+    return Path(os.environ.get("MOE_LAB_DISPATCH_TABLE", DEFAULT_TABLE))
+
+
+def layout_tag(experts: torch.nn.Module) -> str:
+    """A short name of the weight layout: `default` (gated, concatenated, not transposed, no bias or norm) or its flags."""
+    flags = [name for name, on in (("nogate", not experts.has_gate),
+                                   ("interleaved", experts.has_gate and not experts.is_concatenated),
+                                   ("transposed", experts.is_transposed), ("bias", experts.has_bias),
+                                   ("norm", getattr(experts, "has_post_expert_norm", False))) if on]
+    gate_fn = getattr(getattr(experts, "layout", None), "gate_fn", None)
+    if gate_fn not in (None, "silu"):
+        flags.append(gate_fn)
+    return "+".join(flags) or "default"
+
+
+@cache
+def load_dispatch_table(path: str) -> dict[Key, list[tuple[int, str]]]:
+    """key -> [(token bucket, backend)] sorted by bucket, from the chosen rows of the CSV (empty if absent)."""
+    p = Path(path)
+    table: dict[Key, list[tuple[int, str]]] = {}
+    if not p.exists():
+        return table
+    with p.open() as f:
+        for row in csv.DictReader(f):
+            if str(row.get("chosen", "1")).strip() not in ("1", "True", "true"):
+                continue
+            if row["backend"] not in CANDIDATES:
+                raise ValueError(f"{p}: unknown backend {row['backend']!r}; valid: {', '.join(CANDIDATES)}")
+            key = (row["device"], row["dtype"], int(row["E"]), int(row["H"]), int(row["I"]), int(row["K"]),
+                   row["layout"])
+            table.setdefault(key, []).append((int(row["tokens"]), row["backend"]))
+    return {k: sorted(v) for k, v in table.items()}
+
+
+def default_backend(experts: torch.nn.Module, device: torch.device) -> str:
+    """The documented default: grouped_mm off CUDA; triton_fused on CUDA where it can run this layout."""
+    if device.type != "cuda":
+        return "grouped_mm"
+    try:
+        import triton  # noqa: F401
+
+        gate_spec(experts)
+    except (ImportError, UnsupportedLayoutError):
+        return "grouped_mm"
+    return "triton_fused"
+
+
+def choose_backend(experts: torch.nn.Module, x_TH: torch.Tensor, topk_ids_TK: torch.Tensor,
+                   table: dict[Key, list[tuple[int, str]]] | None = None) -> str:
+    """The backend auto runs for this call (metadata only)."""
+    table = load_dispatch_table(str(table_path())) if table is None else table
+    T, K = topk_ids_TK.shape
+    E, H = num_experts(experts), up_weight_EHN(experts).shape[1]
+    I = experts.down_proj.shape[1] if experts.is_transposed else experts.down_proj.shape[2]
+    key = (device_kind(x_TH.device), str(x_TH.dtype).removeprefix("torch."), E, H, I, K, layout_tag(experts))
+    rows = table.get(key)
+    if not rows:
+        return default_backend(experts, x_TH.device)
+    below = [name for bucket, name in rows if bucket <= T]
+    return below[-1] if below else rows[0][1]
+
+
+def auto_experts(
+    experts: torch.nn.Module, x_TH: torch.Tensor, topk_ids_TK: torch.Tensor, topk_weights_TK: torch.Tensor
+) -> torch.Tensor:
+    return CANDIDATES[choose_backend(experts, x_TH, topk_ids_TK)](experts, x_TH, topk_ids_TK, topk_weights_TK)
