@@ -20,8 +20,10 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(VENV)/bin/pytest
 
+# The default CPU tiny sweep (every level and backend, batch 1,4 x seq 16,128) into runs/ (git-ignored),
+# never into data/; run again, it resumes: only cells without a row run.
 sweep: setup
-	$(VENV)/bin/moe-lab check --model tiny
+	$(VENV)/bin/moe-lab sweep --out $(SWEEP_OUT)/sweep.csv
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

@@ -33,7 +33,7 @@ def cpu_name() -> str:
 def device_name(device: str | torch.device) -> str:
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return torch.cuda.get_device_name(device) if torch.cuda.is_available() else "(no CUDA device)"
     return cpu_name()
 
 
