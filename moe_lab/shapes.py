@@ -116,6 +116,8 @@ def init_expert_weights_(experts: torch.nn.Module, seed: int = 0) -> torch.nn.Mo
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in experts.named_parameters():
+            if p.is_meta:  # shapes only: drawing the values on the host would cost the whole layer's memory
+                continue
             if p.dim() >= 3:
                 fan_in = p.shape[1] if getattr(experts, "is_transposed", False) else p.shape[-1]
                 values = torch.randn(p.shape, generator=gen) / fan_in**0.5
