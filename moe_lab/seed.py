@@ -337,3 +337,21 @@ def missing_cells(tidy: pd.DataFrame) -> pd.DataFrame:
                             rows.append(dict(source=source, batch_size=b, seq_len=s, compile_mode=c, backend=k,
                                              status=status))
     return pd.DataFrame(rows, columns=["source", "batch_size", "seq_len", "compile_mode", "backend", "status"])
+
+
+def report(table: pd.DataFrame) -> str:
+    """The verdicts as plain text: each claim, then each source's verdict with the numbers behind it."""
+    lines = []
+    for claim, rows in table.groupby("claim", sort=False):
+        lines.append(f"{claim}: {CLAIMS.get(claim, '')}")
+        for r in rows.itertuples(index=False):
+            lines.append(f"  {r.source}: {r.verdict.upper()} ({r.cells} cells)")
+            lines += [f"      {part}" for part in str(r.evidence).split("; ")]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def source_counts(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Rows and ok rows per source."""
+    return tidy.assign(ok=tidy["status"] == "ok").groupby("source", sort=False).agg(
+        rows=("status", "size"), ok=("ok", "sum"))
