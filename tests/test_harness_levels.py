@@ -49,6 +49,13 @@ def test_rows_for_every_compile_mode():
             assert row["status"].startswith("fallback:no-cudagraphs"), row["status"]
 
 
+def test_a_backends_announced_fallback_is_the_status():
+    """moe_lab's grouped_mm announces its per-expert loop when compiled outside bf16: the row says so."""
+    row = run_cell(Cell("layer", "tiny", "grouped_mm", compile_mode="default", batch_size=1, seq_len=8,
+                        warmup=1, iters=2))
+    assert measured(row) and row["status"].startswith("fallback:") and "grouped_mm" in row["status"]
+
+
 def test_transformers_compatibility_table():
     """grouped_mm with CUDA graphs: unsupported; compiled grouped_mm outside bf16: its per-expert loop."""
     on_gpu = dict(model="tiny", backend="transformers:grouped_mm", device="cuda")

@@ -183,7 +183,8 @@ class SweepGrid:
         valid = [f.name for f in dataclasses.fields(cls)]
         unknown = [k for k in raw if k not in valid]
         if unknown:
-            raise ValueError(f"{path}: unknown grid field(s) {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
+            raise ValueError(f"{path}: unknown grid field(s) {', '.join(map(repr, unknown))}; "
+                             f"valid: {', '.join(valid)}")
         return cls(**{**raw, **{k: v for k, v in overrides.items() if v is not None}})
 
     def validate(self) -> SweepGrid:
@@ -208,7 +209,8 @@ class SweepGrid:
         devices = available_devices()
         for d in self.device:
             if d not in devices:
-                why = " (no GPU is visible to torch here)" if str(d).startswith("cuda") and not torch.cuda.is_available() else ""
+                no_gpu = str(d).startswith("cuda") and not torch.cuda.is_available()
+                why = " (no GPU is visible to torch here)" if no_gpu else ""
                 problems.append(f"device {d!r} is not available{why}; valid: {', '.join(devices)}")
         for name in ("batch_size", "seq_len"):
             for v in getattr(self, name):
@@ -222,7 +224,8 @@ class SweepGrid:
                 continue
             for m in self.model:
                 if m in shapes and v > shapes[m].layers:
-                    problems.append(f"num_layers {v} exceeds the {shapes[m].layers} layers of {m!r}; valid: 1..{shapes[m].layers}")
+                    problems.append(f"num_layers {v} exceeds the {shapes[m].layers} layers of {m!r}; "
+                                    f"valid: 1..{shapes[m].layers}")
         for name, low in (("warmup", 0), ("iters", 1), ("seed", 0)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < low:

@@ -169,7 +169,8 @@ def estimate_cell_bytes(cell) -> int:
     if cell.level == "decode":
         kv_heads = cfg.get("num_key_value_heads", heads)
         head_dim = cfg.get("head_dim", shape.hidden // heads)
-        kv_cache = 2 * (cell.num_layers or shape.layers) * B * kv_heads * head_dim * (S + cell.warmup + cell.iters + 8) * elem
+        positions = S + cell.warmup + cell.iters + 8
+        kv_cache = 2 * (cell.num_layers or shape.layers) * B * kv_heads * head_dim * positions * elem
     return params + workspace + logits + attention + hidden + kv_cache
 
 
