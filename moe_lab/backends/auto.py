@@ -88,7 +88,7 @@ def choose_backend(experts: torch.nn.Module, x_TH: torch.Tensor, topk_ids_TK: to
                    table: dict[Key, list[tuple[int, str]]] | None = None) -> str:
     """The backend auto runs for this call (metadata only)."""
     table = load_dispatch_table(str(table_path())) if table is None else table
-    T, K = topk_ids_TK.shape
+    T, K = topk_ids_TK.shape[0], topk_ids_TK.shape[-1]  # bad ranks are the chosen backend's clear error to raise
     E, H = num_experts(experts), up_weight_EHN(experts).shape[1]
     I = experts.down_proj.shape[1] if experts.is_transposed else experts.down_proj.shape[2]
     key = (device_kind(x_TH.device), str(x_TH.dtype).removeprefix("torch."), E, H, I, K, layout_tag(experts))
