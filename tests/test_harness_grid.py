@@ -36,8 +36,15 @@ def test_cells_normalise_num_layers_per_level():
     layer_cells = [c for c in cells if c.level == "layer"]
     model_cells = [c for c in cells if c.level == "model"]
     assert [c.num_layers for c in layer_cells] == [None]  # one cell, not one per num_layers
+    assert {c.routing for c in model_cells} == {"router"} and {c.routing for c in layer_cells} == {"uniform"}
     assert sorted(c.num_layers for c in model_cells) == [1, get_shape("tiny").layers]
     assert len(set(cells)) == len(cells)
+
+
+def test_whole_model_cells_use_the_models_router():
+    grid = SweepGrid(level=["layer", "decode"], backend="eager", batch_size=1, seq_len=16, routing="uniform,skewed")
+    cells = grid.cells()
+    assert len(cells) == 3 and sorted(c.routing for c in cells) == ["router", "skewed", "uniform"]
 
 
 def test_tokens_per_level():

@@ -21,6 +21,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 HF_PREFIX = "transformers:"
 HF_BACKENDS = ("eager", "batched_mm", "grouped_mm")
 WHOLE_MODEL_LEVELS = ("model", "decode")  # levels that build the whole transformers model
+MODEL_ROUTER = "router"  # the routing column of whole-model cells: the model's own (random-weight) router
 
 
 def moe_lab_backends() -> list[str]:
@@ -55,6 +56,8 @@ class Cell:
 
     `num_layers` cuts the whole model at the `model` and `decode` levels (the model's own count when
     a grid leaves it None); it is None at the `layer` and `train` levels, which build one experts layer.
+    `routing` is a synthetic routing at `layer`/`train`; whole-model cells route with the model's own
+    router, and a grid gives them the routing `router`.
     """
 
     level: str
@@ -247,8 +250,9 @@ class SweepGrid:
         product = itertools.product(self.level, self.model, self.device, self.dtype, self.num_layers,
                                     self.batch_size, self.seq_len, self.routing, self.compile_mode, self.backend)
         for level, model, device, dtype, num_layers, bs, seq, routing, mode, backend in product:
-            if level in WHOLE_MODEL_LEVELS:
+            if level in WHOLE_MODEL_LEVELS:  # the model routes with its own router: one cell, whatever `routing`
                 num_layers = get_shape(model).layers if num_layers is None else num_layers
+                routing = MODEL_ROUTER
             else:
                 num_layers = None
             cell = Cell(level=level, model=model, backend=backend, compile_mode=mode, dtype=dtype, device=device,

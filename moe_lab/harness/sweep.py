@@ -40,8 +40,8 @@ COLUMN_DOCS = [
     ("batch_size", "sequences per call"),
     ("seq_len", "tokens per sequence (the prompt length at the decode level)"),
     ("tokens", "tokens through the experts per timed call: batch_size x seq_len, or batch_size when decoding"),
-    ("routing", "synthetic routing at the layer/train levels (`uniform`, `skewed`, `hot`, `balanced`); the "
-                "model's own router at model/decode, where the column is only part of the cell's name"),
+    ("routing", "synthetic routing at the layer/train levels (`uniform`, `skewed`, `hot`, `balanced`); "
+                "`router` at model/decode: the model's own router (random weights)"),
     ("num_layers", "decoder layers of the model built at the model/decode levels (a cut for large models); "
                    "empty at layer/train"),
     ("experts", "routed experts E"),
