@@ -20,10 +20,20 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(VENV)/bin/pytest
 
-# The default CPU tiny sweep (every level and backend, batch 1,4 x seq 16,128) into runs/ (git-ignored),
-# never into data/; run again, it resumes: only cells without a row run.
+# The CPU tiny sweep through the papermill sweep notebook (every level and backend, batch 1,4 x seq 16,128),
+# then the figures notebook on its results: executed notebooks, results.csv and figures/ all go into
+# $(SWEEP_OUT) (under runs/, git-ignored), never into data/ or figures/. Run again, the sweep resumes: only
+# cells without a row run. `make sweep SWEEP_PARAMS='{...}'` sweeps other parameters (01_sweep.ipynb's).
+SWEEP_PARAMS ?= {level: "layer,model,decode,train", backends: [all], batch_sizes: [1, 4], seq_lens: [16, 128], warmup: 1, iters: 5}
+PAPERMILL := $(VENV)/bin/papermill --no-progress-bar
+
 sweep: setup
-	$(VENV)/bin/moe-lab sweep --out $(SWEEP_OUT)/sweep.csv
+	mkdir -p $(SWEEP_OUT)
+	$(PAPERMILL) notebooks/01_sweep.ipynb $(SWEEP_OUT)/01_sweep.ipynb -y '$(SWEEP_PARAMS)' \
+		-p results_path $(SWEEP_OUT)/results.csv
+	$(PAPERMILL) notebooks/02_figures.ipynb $(SWEEP_OUT)/02_figures.ipynb \
+		-y '{results: [$(SWEEP_OUT)/results.csv], out_dir: $(SWEEP_OUT)/figures}'
+	@echo "results: $(SWEEP_OUT)/results.csv; figures: $(SWEEP_OUT)/figures/; notebooks: $(SWEEP_OUT)/*.ipynb"
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
