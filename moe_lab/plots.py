@@ -172,10 +172,12 @@ def _footnote(fig: plt.Figure, df: pd.DataFrame, extra: str = "") -> None:
     lines = []
     if len(bad):
         x = x_column(df)
-        items = [f"{r.backend} {r.compile_mode} {x}={getattr(r, x, '?')}: {r.status}"
-                 for r in bad.itertuples(index=False)]
+        items = []  # one item per (backend, compile mode, status), listing its sizes
+        for (backend, mode, status), rows in bad.groupby(["backend", "compile_mode", "status"], sort=False):
+            sizes = ", ".join(f"{v:g}" for v in sorted(pd.to_numeric(rows[x], errors="coerce").dropna().unique()))
+            items.append(f"{backend} {mode} at {x} {sizes or '?'}: {status}")
         shown = items[:FOOTNOTE_MAX] + ([f"and {len(items) - FOOTNOTE_MAX} more"] if len(items) > FOOTNOTE_MAX else [])
-        lines.append(f"not drawn ({len(items)} rows without status ok): " + "; ".join(shown))
+        lines.append(f"not drawn ({len(bad)} rows without status ok): " + "; ".join(shown))
     if extra:
         lines.append(extra)
     if lines:
