@@ -7,9 +7,10 @@ draws four claims (`CLAIMS`); `verdicts` checks each of them against any source 
 published table included (where every claim, as phrased here, holds: a check of the logic itself).
 
 Everything works on a tidy frame (`seed_data`): one row per (source, batch_size, seq_len,
-compile_mode, backend) with median_ms, peak_mem_mb and status. A source is the published table, or
-our results of one backend family on one device: `<device> · transformers` for transformers' own
-backends (`transformers:eager` ...; what the seed measured), `<device> · moe_lab` for moe_lab's.
+compile_mode, backend) with median_ms, peak_mem_mb and status. A source is the published table, the
+H100 reference (transformers 5.17, no compile: data/reference/), or our results of one backend family
+on one device: `<device> · transformers` for transformers' own backends (`transformers:eager` ...;
+what the seed measured), `<device> · moe_lab` for moe_lab's.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from moe_lab.plots import TRANSFORMERS_PREFIX, device_label, is_ok, status_kind
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PUBLISHED_CSV = REPO_ROOT / "data" / "reference" / "pr42697_a100_qwen15moe_prefill.csv"
 PUBLISHED_SOURCE = "A100 · published (PR #42697)"
+# a measured baseline of the same cells on an H100, transformers 5.17's backends, no compile (../shared/reference)
+H100_REFERENCE_CSV = REPO_ROOT / "data" / "reference" / "h100_transformers-5.17_qwen15moe_prefill_nocompile.csv"
+H100_REFERENCE_SOURCE = "H100 · transformers 5.17, no compile (reference)"
+REFERENCE_SOURCES = (PUBLISHED_SOURCE, H100_REFERENCE_SOURCE)
 
 SEED_MODEL = "qwen1.5-moe-a2.7b"
 SEED_DTYPE = "bfloat16"
@@ -74,6 +79,15 @@ def load_published(path: str | Path = PUBLISHED_CSV) -> pd.DataFrame:
     return df[TIDY_COLUMNS]
 
 
+def load_h100_reference(path: str | Path = H100_REFERENCE_CSV) -> pd.DataFrame:
+    """The H100 baseline (transformers 5.17, uncompiled prefill of the same cells) as tidy rows."""
+    raw = pd.read_csv(path)
+    df = raw.rename(columns={"bs": "batch_size", "seq": "seq_len", "impl": "backend", "peak_mb": "peak_mem_mb"})
+    df = df.assign(source=H100_REFERENCE_SOURCE, device_name="NVIDIA H100", family="transformers",
+                   compile_mode="none", status="ok", p90_ms=np.nan, tokens=df["batch_size"] * df["seq_len"])
+    return df[TIDY_COLUMNS]
+
+
 def _norm_dtype(value) -> str:
     value = str(value).removeprefix("torch.")
     return DTYPE_ALIASES.get(value, value)
@@ -111,9 +125,12 @@ def our_rows(results: pd.DataFrame, *, model: str = SEED_MODEL, dtype: str = SEE
 
 
 def seed_data(results: pd.DataFrame | None = None, published: str | Path | None = PUBLISHED_CSV,
-              **cells) -> pd.DataFrame:
-    """The published table (unless `published` is None) and our rows of the seed's cells, tidy."""
+              reference: str | Path | None = H100_REFERENCE_CSV, **cells) -> pd.DataFrame:
+    """The published table, the H100 reference (either left out when None) and our rows of the seed's
+    cells, tidy. `cells` (model, dtype, level, ...) selects other cells of our results than the seed's."""
     parts = [load_published(published)] if published is not None else []
+    if reference is not None:
+        parts.append(load_h100_reference(reference))
     ours = our_rows(results, **cells)
     if len(ours):
         parts.append(ours)
@@ -123,9 +140,10 @@ def seed_data(results: pd.DataFrame | None = None, published: str | Path | None 
 
 
 def sources(tidy: pd.DataFrame) -> list[str]:
-    """The published source first, then ours in order."""
+    """The published source first, the H100 reference next, then ours in order."""
     names = list(dict.fromkeys(tidy["source"]))
-    return sorted(names, key=lambda s: (s != PUBLISHED_SOURCE, s))
+    rank = {s: i for i, s in enumerate(REFERENCE_SOURCES)}
+    return sorted(names, key=lambda s: (rank.get(s, len(rank)), s))
 
 
 # ----------------------------------------------------------------------------------------- tables
@@ -242,7 +260,8 @@ def _fastest_claim(lat: pd.DataFrame, winner: str, small: bool, compiled_only: b
             fastest = min(values, key=values.get)
             notes.append(f"{_cell_name(r)} {r.compile_mode}: {fastest} fastest ({values[fastest]:.3g} ms), "
                          f"{winner} {values[winner] / values[fastest]:.2f}x slower")
-    return _of(wins, checked), checked, "; ".join(notes) or "no cell with both backends measured"
+    scope = f"{'compiled ' if compiled_only else ''}cell of {'<=' if small else '>'} {SMALL_TOKENS} tokens"
+    return _of(wins, checked), checked, "; ".join(notes) or f"no {scope} with {winner} and another backend measured"
 
 
 def _spike(tidy_src: pd.DataFrame, mode: str) -> tuple[list, str]:
@@ -317,14 +336,14 @@ def verdict_matrix(table: pd.DataFrame) -> pd.DataFrame:
     """claim x source grid of verdicts (what `verdicts` returns, at a glance)."""
     grid = table.pivot(index="claim", columns="source", values="verdict")
     return grid.reindex(index=[c for c in CLAIMS if c in grid.index],
-                        columns=sorted(grid.columns, key=lambda s: (s != PUBLISHED_SOURCE, s)))
+                        columns=[s for s in sources(table) if s in grid.columns])
 
 
 def missing_cells(tidy: pd.DataFrame) -> pd.DataFrame:
     """Seed cells each of our sources lacks or could not measure (status other than ok)."""
     rows = []
     for source in sources(tidy):
-        if source == PUBLISHED_SOURCE:
+        if source in REFERENCE_SOURCES:
             continue
         src = tidy[tidy["source"] == source]
         have = {(r.batch_size, r.seq_len, r.compile_mode, r.backend): r.status for r in src.itertuples()}

@@ -63,6 +63,9 @@ def test_layout_is_the_published_one_with_a_column_block_per_source(published):
     ours = as_our_results(published)
     tidy = seed.seed_data(ours)
     layout = seed.published_layout(tidy)
+    assert list(dict.fromkeys(layout.columns.get_level_values(0))) == [
+        seed.PUBLISHED_SOURCE, seed.H100_REFERENCE_SOURCE, "h100-80gb-hbm3 · transformers"]
+    layout = seed.published_layout(seed.seed_data(ours, reference=None))
     assert layout.index.names == ["Batch Size", "Seq Length", "Torch Compile", "Implementation"]
     raw = pd.read_csv(seed.PUBLISHED_CSV, dtype={"torch_compile": str})
     assert list(layout.index) == list(zip(raw.batch_size, raw.seq_len, raw.torch_compile, raw.backend))
@@ -70,6 +73,15 @@ def test_layout_is_the_published_one_with_a_column_block_per_source(published):
     assert sources == [seed.PUBLISHED_SOURCE, "h100-80gb-hbm3 · transformers"]
     assert layout[(seed.PUBLISHED_SOURCE, "median_ms")].astype(float).tolist() == raw.median_ms.tolist()
     assert np.allclose(layout[("h100-80gb-hbm3 · transformers", "median_ms")].astype(float), raw.median_ms * 0.5)
+
+
+def test_the_h100_reference_has_uncompiled_cells_only():
+    tidy = seed.seed_data(published=None)
+    assert set(tidy["source"]) == {seed.H100_REFERENCE_SOURCE} and len(tidy) == 12
+    table = seed.verdicts(tidy).set_index("claim")["verdict"]
+    assert table.to_dict() == {"batched_mm_small_compiled": "no data", "grouped_mm_larger": "holds",
+                               "batched_mm_memory_spike": "holds", "compile_effect": "no data"}
+    assert seed.missing_cells(tidy).empty  # references are not ours: nothing to run
 
 
 def test_ratios_per_cell(published):
@@ -106,7 +118,7 @@ def test_a_claim_that_fails_on_our_data_says_so(published):
 def test_no_memory_spike_does_not_hold(published):
     ours = as_our_results(published)
     flat = ours.assign(peak_mem_mb=27000.0)
-    table = seed.verdicts(seed.seed_data(flat, published=None))
+    table = seed.verdicts(seed.seed_data(flat, published=None, reference=None))
     assert verdict(table, "batched_mm_memory_spike", "h100-80gb-hbm3 · transformers") == "does not hold"
 
 
@@ -128,8 +140,8 @@ def test_missing_and_failed_cells_are_excluded_and_listed(published):
 
 def test_no_rows_of_ours_gives_no_data(published):
     table = seed.verdicts(seed.seed_data(pd.DataFrame()))
-    assert set(table["source"]) == {seed.PUBLISHED_SOURCE}
-    ours_only = seed.verdicts(seed.seed_data(as_our_results(published).iloc[:0], published=None))
+    assert set(table["source"]) == {seed.PUBLISHED_SOURCE, seed.H100_REFERENCE_SOURCE}
+    ours_only = seed.verdicts(seed.seed_data(as_our_results(published).iloc[:0], published=None, reference=None))
     assert ours_only.empty
 
 
@@ -151,5 +163,5 @@ def test_only_the_seed_cells_of_our_results_count_and_the_latest_row_wins(publis
 def test_other_cells_can_be_checked_the_same_way(published):
     """The same layout on another model's rows (how the notebook runs on CPU-sized data)."""
     tiny = as_our_results(published).assign(model="tiny", dtype="float32")
-    tidy = seed.seed_data(tiny, published=None, model="tiny", dtype="float32")
+    tidy = seed.seed_data(tiny, published=None, reference=None, model="tiny", dtype="float32")
     assert len(tidy) == 36 and set(seed.verdicts(tidy)["verdict"]) == {"holds"}
