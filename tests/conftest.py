@@ -7,6 +7,10 @@ without it a backend is taken to run everywhere. A test that also takes a `devic
 device type that the backend supports and this machine has (CPU always, CUDA where present); a backend
 with none of them here is one skipped test with the reason, never silently dropped.
 
+Two more optional attributes narrow what is asked of a backend, each case skipped with its reason:
+`dtypes` (the dtypes it computes in; tests with a `dtype` parameter outside them are skipped) and
+`differentiable = False` (forward only; tests marked `needs_grad` are skipped).
+
 Legend: T tokens, H hidden, I expert intermediate, E experts, K top-k.
 """
 
@@ -63,6 +67,24 @@ def pytest_generate_tests(metafunc):
     else:  # CPU-only tests: compile, transformers integration
         metafunc.parametrize("backend", [pytest.param(n, id=n) if "cpu" in backend_devices(n) else _skip_param(n, n)
                                          for n in BACKENDS])
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_grad: the test differentiates through the backend")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the cases a backend declares it does not handle (`dtypes`, `differentiable`), saying why."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("backend") not in BACKENDS:
+            continue
+        name, fn = params["backend"], BACKENDS[params["backend"]]
+        dtypes = getattr(fn, "dtypes", None)
+        if "dtype" in params and dtypes is not None and params["dtype"] not in dtypes:
+            item.add_marker(pytest.mark.skip(reason=f"backend {name!r} computes in {dtypes}, not {params['dtype']}"))
+        if item.get_closest_marker("needs_grad") and not getattr(fn, "differentiable", True):
+            item.add_marker(pytest.mark.skip(reason=f"backend {name!r} is forward only (differentiable = False)"))
 
 
 @pytest.fixture

@@ -215,10 +215,11 @@ def test_relative_error():
 FP64_RTOL = 1e-12  # float64 inputs are computed (and accumulated) in float64, not through float32
 
 
+@pytest.mark.parametrize("dtype", [torch.float64], ids=["fp64"])
 @pytest.mark.parametrize("layout", [LAYOUTS["gated_silu"], LAYOUTS["everything"]], ids=["gated_silu", "everything"])
-def test_float64_stays_float64(backend, device, layout, seed):
+def test_float64_stays_float64(backend, device, layout, dtype, seed):
     case = CASES["unaligned"]
-    experts = make_experts(case, layout, torch.float64, device, seed)
-    x_TH, ids_TK, weights_TK = make_inputs(case, torch.float64, device, seed)
+    experts = make_experts(case, layout, dtype, device, seed)
+    x_TH, ids_TK, weights_TK = make_inputs(case, dtype, device, seed)
     out_TH = run(backend, experts, x_TH, ids_TK, weights_TK)
     assert_close_to_reference(out_TH, experts, x_TH, ids_TK, weights_TK, FP64_RTOL, f"{backend} float64")

@@ -14,6 +14,8 @@ from test_backends import CASES, LAYOUTS, Case, make_experts, make_inputs
 
 from moe_lab import Experts, ExpertsLayout, get_backend, relative_error
 
+pytestmark = pytest.mark.needs_grad
+
 
 def gradients(backend: str, experts: Experts, x_TH, ids_TK, weights_TK, grad_out_TH) -> dict[str, torch.Tensor]:
     """d(sum(out * grad_out)) with respect to every input that carries one, by name."""
