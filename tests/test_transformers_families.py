@@ -103,6 +103,8 @@ def tiny_overrides(values: dict, sizes: dict) -> dict:
             small[key] = 16
         elif key == "vocab_size" and is_int:
             small[key] = 128
+        elif key == "swiglu_limit" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            small[key] = 0.5  # low enough that the clamps of clamped SwiGLU gates bite on these inputs
     return small
 
 
@@ -216,9 +218,13 @@ def test_discovery_finds_the_families():
     assert set(MAIN_FAMILIES) <= families
     assert not set(MAIN_FAMILIES) & set(NOT_GENERIC)
     assert set(NOT_GENERIC) <= families, "a listed family no longer exists: drop it from NOT_GENERIC"
-    for family, class_name in discover_families():  # hf_experts_class agrees for families with a causal LM
-        assert is_moe_experts_class(experts_class(family, class_name),
-                                    importlib.import_module(f"transformers.models.{family}.modeling_{family}"))
+    with_causal_lm = 0
+    for family, _ in discover_families():  # moe_lab.shapes.hf_experts_class finds a discovered class
+        config_class = transformers.CONFIG_MAPPING[family] if family in transformers.CONFIG_MAPPING else None
+        if config_class in AutoModelForCausalLM._model_mapping:
+            assert (family, hf_experts_class(config_class()).__name__) in discover_families()
+            with_causal_lm += 1
+    assert with_causal_lm >= 40
 
 
 @pytest.mark.parametrize(("family", "class_name"), family_params())
@@ -334,14 +340,18 @@ def test_shape_layout_is_the_familys(name, rtol):
     shape = get_shape(name)
     config = build_config(name)
     for key, value in tiny_overrides(config.to_dict(), EXPERTS_SIZES).items():
-        setattr(config, key, value)
+        if key != "swiglu_limit":  # the yaml's own limit, made to bite by larger inputs below
+            setattr(config, key, value)
+    if shape.layout.gate_fn == "clamped_swiglu":
+        assert (shape.layout.swiglu_limit, shape.layout.swiglu_alpha) == (config.swiglu_limit, config.swiglu_alpha)
     config._experts_implementation = "eager"
     family_experts = init_expert_weights_(hf_experts_class(config)(config), seed=3).eval()
     for flag in ("has_gate", "is_concatenated", "is_transposed", "has_bias", "has_post_expert_norm"):
         assert getattr(shape.layout, flag) == getattr(family_experts, flag), f"{name}: {flag}"
     ours = Experts(EXPERTS_SIZES["experts"], EXPERTS_SIZES["hidden"], EXPERTS_SIZES["intermediate"], shape.layout)
     ours.load_state_dict(family_experts.state_dict())
-    inputs = routed_inputs(ours, seed=3)
+    x_TH, ids_TK, weights_TK = routed_inputs(ours, seed=3)
+    inputs = (10 * x_TH, ids_TK, weights_TK)  # gate and up values beyond the clamp limit
     with torch.no_grad():
         err = relative_error(moe_lab.get_backend("eager")(ours, *inputs), family_experts(*inputs))
     assert err <= rtol[torch.float32], f"{name}: the yaml layout computes something else ({err:.3g})"
