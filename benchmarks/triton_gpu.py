@@ -209,40 +209,62 @@ def check(budget: float) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------ tune
-def _candidates(S: int, E: int) -> list[dict]:
-    """Tile configs worth timing for S pairs over E experts."""
-    out = []
-    if S <= 256:
-        for (bn, bk, w), (dn, dk, dw) in itertools.product(
-                [(16, 256, 4), (8, 256, 4), (32, 128, 4), (16, 512, 8), (32, 256, 8)],
-                [(16, 256, 4), (8, 256, 4), (32, 128, 4), (16, 512, 8)]):
-            out.append({"path": "decode", "up": {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "num_stages": 2},
-                        "down": {"BLOCK_N": dn, "BLOCK_K": dk, "num_warps": dw, "num_stages": 2}})
+DECODE_UP = [(4, 512, 4), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 512, 8), (32, 256, 8), (4, 1024, 4)]
+DECODE_DOWN = [(4, 512, 4), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 512, 8), (4, 256, 2)]
+GROUPED = {  # BLOCK_M: (up candidates, down candidates), each (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages)
+    16: ([(64, 128, 1, 4, 4), (128, 128, 1, 4, 3), (64, 256, 1, 4, 3), (32, 256, 1, 4, 4)],
+         [(64, 128, 1, 4, 4), (128, 128, 1, 4, 3), (64, 256, 1, 4, 3), (128, 64, 1, 4, 5)]),
+    32: ([(64, 128, 4, 4, 4), (128, 64, 4, 4, 4), (64, 64, 4, 4, 5)],
+         [(128, 64, 4, 4, 4), (64, 128, 4, 4, 4), (128, 128, 4, 8, 3)]),
+    64: ([(64, 64, 8, 4, 4), (128, 64, 8, 8, 3), (64, 128, 8, 4, 3)],
+         [(128, 64, 8, 4, 4), (128, 64, 8, 8, 3), (256, 64, 8, 8, 3), (64, 128, 8, 4, 3)]),
+    128: ([(64, 64, 8, 4, 4), (64, 128, 8, 8, 3), (128, 64, 8, 8, 3), (64, 64, 16, 8, 4)],
+          [(64, 256, 8, 8, 3), (128, 64, 8, 8, 4), (128, 128, 8, 8, 3), (256, 64, 8, 8, 3)]),
+}
+TILE_KEYS = ("BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
+
+
+def _decode_cfg(u, d) -> dict:
+    return {"path": "decode", "up": {"BLOCK_N": u[0], "BLOCK_K": u[1], "num_warps": u[2], "num_stages": 2},
+            "down": {"BLOCK_N": d[0], "BLOCK_K": d[1], "num_warps": d[2], "num_stages": 2}}
+
+
+def _grouped_cfg(bm, u, d, one_dot) -> dict:
+    return {"path": "grouped", "BLOCK_M": bm, "up": {**dict(zip(TILE_KEYS, u)), "ONE_DOT": one_dot},
+            "down": dict(zip(TILE_KEYS, d))}
+
+
+def _block_ms(S: int, E: int) -> list[int]:
     per_expert = S / E
-    grouped = {
-        16: ([(64, 128, 1, 4, 4), (128, 128, 1, 4, 3), (64, 256, 1, 4, 3), (32, 256, 1, 4, 4)],
-             [(64, 128, 1, 4, 4), (128, 128, 1, 4, 3), (64, 256, 1, 4, 3), (128, 64, 1, 4, 5)]),
-        32: ([(64, 128, 4, 4, 4), (128, 64, 4, 4, 4), (64, 64, 4, 4, 5)],
-             [(128, 64, 4, 4, 4), (64, 128, 4, 4, 4), (128, 128, 4, 8, 3)]),
-        64: ([(64, 64, 8, 4, 4), (128, 64, 8, 8, 3), (64, 128, 8, 4, 3)],
-             [(128, 64, 8, 4, 4), (128, 64, 8, 8, 3), (256, 64, 8, 8, 3)]),
-        128: ([(64, 64, 8, 4, 4), (128, 64, 8, 8, 3), (64, 64, 16, 8, 4)],
-              [(128, 64, 8, 8, 4), (256, 64, 8, 8, 3), (128, 64, 16, 4, 4)]),
-    }
-    for bm, (ups, downs) in grouped.items():
-        if bm > 16 and per_expert < bm / 4:
-            continue
-        if bm < 64 and per_expert > 8 * bm:
-            continue
-        for u, d in itertools.product(ups, downs):
-            out.append({"path": "grouped", "BLOCK_M": bm,
-                        "up": dict(zip(("BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"), u)),
-                        "down": dict(zip(("BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"), d))})
+    return [bm for bm in GROUPED if not (bm > 16 and per_expert < bm / 4) and not (bm < 64 and per_expert > 8 * bm)]
+
+
+def _all_candidates(S: int, E: int) -> list[dict]:
+    out = [_decode_cfg(u, d) for u in DECODE_UP for d in DECODE_DOWN] if S <= 256 else []
+    for bm in _block_ms(S, E):
+        ups, downs = GROUPED[bm]
+        out += [_grouped_cfg(bm, u, d, od) for u in ups for od in (0, 1) for d in downs]
     return out
 
 
+def graph_ms(fn, reps: int = 10) -> float:
+    """GPU time of one call: the call captured in a CUDA graph, replays timed by events, L2 flushed before each."""
+    if DEV == "cpu":
+        return median_ms(fn, reps=1, warmup=0)
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    ms = median_ms(g.replay, reps=reps, warmup=1)
+    del g
+    return ms
+
+
 def tune(budget: float, out_dir: Path, models=MODELS, tokens=TOKENS) -> dict:
-    """Time candidate configs on the whole call; return the table {device: {dtype: {shape: {T: cfg}}}}."""
+    """Per model and token bucket: time (GPU time, in a CUDA graph) the decode configs (up x down) and, per
+    BLOCK_M, the gate/up candidates (two dots and one dot) with a fixed down, then the down candidates with
+    the best gate/up; keep the fastest. Returns {device: {dtype: {shape: {T: config}}}}."""
     from moe_lab.backends.triton_fused import triton_fused_experts
     from moe_lab.devices import device_kind
     from moe_lab.kernels.configs import shape_key
@@ -257,7 +279,7 @@ def tune(budget: float, out_dir: Path, models=MODELS, tokens=TOKENS) -> dict:
         table[kind]["bfloat16"][key] = {}
         # compile every candidate once, in parallel threads (ptxas runs outside the GIL)
         all_cfgs = {json.dumps(c, sort_keys=True): c for T in tokens
-                    for c in _candidates(T * shape.top_k, shape.experts)}
+                    for c in _all_candidates(T * shape.top_k, shape.experts)}
         x1, ids1, w1 = inputs(shape, 4)
         t_c = time.time()
         with ThreadPoolExecutor(8) as pool:
@@ -270,19 +292,31 @@ def tune(budget: float, out_dir: Path, models=MODELS, tokens=TOKENS) -> dict:
                 log(f"tune {model}: out of time budget at T={T}; later buckets keep the heuristic")
                 break
             x, ids, w = inputs(shape, T)
-            timed = []
-            for cfg in _candidates(T * shape.top_k, shape.experts):
+            S = T * shape.top_k
+
+            def timed(cfg):
                 try:
-                    ms = median_ms(lambda: triton_fused_experts(ex, x, ids, w, config=cfg), reps=10, warmup=1)
+                    ms = graph_ms(lambda: triton_fused_experts(ex, x, ids, w, config=cfg))
                 except Exception as err:  # noqa: BLE001  (a config that does not fit: too much shared memory)
                     log(f"tune {model} T={T}: config failed: {cfg} ({str(err).splitlines()[0][:100]})")
-                    continue
-                timed.append((ms, json.dumps(cfg, sort_keys=True)))
+                    return math.inf
                 rows.append(dict(model=model, T=T, ms=ms, config=json.dumps(cfg, sort_keys=True)))
-            timed.sort()
-            best_ms, best = timed[0]
+                return ms
+
+            results = []
+            if S <= 256:
+                results += [(timed(c), json.dumps(c, sort_keys=True)) for c in
+                            (_decode_cfg(u, d) for u in DECODE_UP for d in DECODE_DOWN)]
+            for bm in _block_ms(S, shape.experts):
+                ups, downs = GROUPED[bm]
+                first = min((timed(_grouped_cfg(bm, u, downs[0], od)), u, od) for u in ups for od in (0, 1))
+                _, u, od = first
+                results += [(timed(_grouped_cfg(bm, u, d, od)), json.dumps(_grouped_cfg(bm, u, d, od), sort_keys=True))
+                             for d in downs]
+            results.sort()
+            best_ms, best = results[0]
             table[kind]["bfloat16"][key][str(T)] = json.loads(best)
-            log(f"tune {model} T={T}: best {best_ms:.4f} ms of {len(timed)}: {best}")
+            log(f"tune {model} T={T}: best {best_ms:.4f} ms (GPU time) of {len(results)}: {best}")
         del ex
     with open(out_dir / "tune_candidates.csv", "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=["model", "T", "ms", "config"])

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moe_lab.backends.auto import CANDIDATES, load_dispatch_table, layout_tag, table_path
+from moe_lab.backends.auto import CANDIDATES, layout_tag, reload_dispatch_table, table_path
 from moe_lab.devices import device_kind
 from moe_lab.routing import synthetic_routing
 from moe_lab.shapes import build_experts, get_shape
@@ -88,7 +88,7 @@ def tune(models: list[str], tokens: list[int] = list(DEFAULT_TOKENS), dtype: tor
             log(f"tune: {model} T={T}: " + ", ".join(f"{n} {ms:.4f} ms" for ms, n in sorted(timed)))
         del experts
     _merge(out, new_rows)
-    load_dispatch_table.cache_clear()
+    reload_dispatch_table()
     return new_rows
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import os
+import weakref
 from functools import cache
 from pathlib import Path
 
@@ -99,7 +100,28 @@ def choose_backend(experts: torch.nn.Module, x_TH: torch.Tensor, topk_ids_TK: to
     return below[-1] if below else rows[0][1]
 
 
+_GENERATION = [0]
+
+
+def reload_dispatch_table() -> None:
+    """Forget the loaded tables and every remembered choice (after a tuning sweep rewrote the file)."""
+    load_dispatch_table.cache_clear()
+    _GENERATION[0] += 1
+
+
+_CHOICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {call metadata: backend function}
+
+
 def auto_experts(
     experts: torch.nn.Module, x_TH: torch.Tensor, topk_ids_TK: torch.Tensor, topk_weights_TK: torch.Tensor
 ) -> torch.Tensor:
-    return CANDIDATES[choose_backend(experts, x_TH, topk_ids_TK)](experts, x_TH, topk_ids_TK, topk_weights_TK)
+    """The backend the table names for this call, remembered per module and call metadata."""
+    key = (x_TH.shape[0], topk_ids_TK.shape[1], x_TH.dtype, x_TH.device, os.environ.get("MOE_LAB_DISPATCH_TABLE"),
+           _GENERATION[0])  # a reloaded table invalidates the remembered choices
+    choices = _CHOICES.get(experts)
+    if choices is None:
+        choices = _CHOICES[experts] = {}
+    fn = choices.get(key)
+    if fn is None:
+        fn = choices[key] = CANDIDATES[choose_backend(experts, x_TH, topk_ids_TK)]
+    return fn(experts, x_TH, topk_ids_TK, topk_weights_TK)

@@ -21,9 +21,12 @@ lists where it runs, for test suites to skip it elsewhere. On CPU it runs only w
 
 from __future__ import annotations
 
+import json
+import weakref
+
 import torch
 
-from moe_lab.backends.common import down_bias_EH, down_weight_EIH, num_experts, up_bias_EN, up_weight_EHN
+from moe_lab.backends.common import down_weight_EIH, num_experts, up_weight_EHN
 from moe_lab.devices import device_kind
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -127,32 +130,79 @@ def _runnable(device: torch.device) -> None:
                        "pick another backend, e.g. grouped_mm")
 
 
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {call metadata: Plan}
+
+
+def _stored_weights(experts: torch.nn.Module):
+    """(up, down, up bias, down bias) as stored, and the strides of their (E, N, H) and (E, H, I) views."""
+    w_up = experts.gate_up_proj if experts.has_gate else experts.up_proj
+    w_down = experts.down_proj
+    u, d = w_up.stride(), w_down.stride()
+    if experts.is_transposed:  # stored (E, H, N) and (E, I, H)
+        up_strides, down_strides = (u[0], u[2], u[1]), (d[0], d[2], d[1])
+    else:  # stored (E, N, H) and (E, H, I)
+        up_strides, down_strides = (u[0], u[1], u[2]), (d[0], d[1], d[2])
+    if experts.has_bias:
+        b_up = experts.gate_up_proj_bias if experts.has_gate else experts.up_proj_bias
+        b_down = experts.down_proj_bias
+        return w_up, w_down, b_up, b_down, up_strides, down_strides, (*b_up.stride(), *b_down.stride())
+    return w_up, w_down, None, None, up_strides, down_strides, None
+
+
+def _aligned(*ts) -> tuple[bool, ...]:
+    return tuple(t is None or t.data_ptr() % 16 == 0 for t in ts)
+
+
 def triton_fused_experts(
     experts: torch.nn.Module, x_TH: torch.Tensor, topk_ids_TK: torch.Tensor, topk_weights_TK: torch.Tensor,
     *, config: dict | None = None,
 ) -> torch.Tensor:
-    """out[t] = sum_k w[t,k] * expert_{ids[t,k]}(x[t]); `config` overrides the tuned tile config (for tuning)."""
+    """out[t] = sum_k w[t,k] * expert_{ids[t,k]}(x[t]); `config` overrides the tuned tile config (for tuning).
+
+    The checks, the layout's epilogue, the config and the launch plan are worked out once per module and
+    call metadata (shapes, strides, dtypes, device, 16-byte alignment) and cached with the module.
+    """
+    w_up, w_down, b_up, b_down, up_strides, down_strides, bias_strides = _stored_weights(experts)
+    if not topk_ids_TK.is_contiguous():
+        topk_ids_TK = topk_ids_TK.contiguous()
+    if not topk_weights_TK.is_contiguous():
+        topk_weights_TK = topk_weights_TK.contiguous()
+    key = (x_TH.shape, x_TH.stride(), x_TH.dtype, x_TH.device, topk_ids_TK.shape, topk_ids_TK.dtype,
+           topk_weights_TK.shape, topk_weights_TK.dtype, w_up.dtype, up_strides, down_strides, bias_strides,
+           _aligned(x_TH, topk_ids_TK, topk_weights_TK, w_up, w_down, b_up, b_down),
+           None if config is None else json.dumps(config, sort_keys=True))
+    plans = _PLANS.get(experts)
+    if plans is None:
+        plans = _PLANS[experts] = {}
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans[key] = _build_plan(experts, x_TH, topk_ids_TK, topk_weights_TK, config, up_strides,
+                                        down_strides, bias_strides)
+    norm = plan.reduce is False
+    out = plan(x_TH, topk_ids_TK, topk_weights_TK, w_up, w_down, b_up, b_down)
+    if not norm:
+        return out
+    T, K = topk_ids_TK.shape
+    y_SH = experts.post_expert_norm(out)  # unweighted per-pair outputs, (t, k) order
+    y_SH = y_SH.float() * topk_weights_TK.reshape(-1, 1).float()
+    return y_SH.view(T, K, -1).sum(dim=1).to(x_TH.dtype)
+
+
+def _build_plan(experts, x_TH, topk_ids_TK, topk_weights_TK, config, up_strides, down_strides, bias_strides):
     _runnable(x_TH.device)
     _check(experts, x_TH, topk_ids_TK, topk_weights_TK)
     spec = gate_spec(experts)
     from moe_lab.kernels.configs import get_config
-    from moe_lab.kernels.ops import fused_experts
+    from moe_lab.kernels.ops import Plan
 
     T, K = topk_ids_TK.shape
-    E = num_experts(experts)
-    w_up_ENH = up_weight_EHN(experts).transpose(1, 2)
-    w_down_EHI = down_weight_EIH(experts).transpose(1, 2)
-    H, I = w_up_ENH.shape[2], w_down_EHI.shape[2]
+    E, H = num_experts(experts), x_TH.shape[1]
+    I = down_weight_EIH(experts).shape[1]
     if config is None:
         config = get_config(device_kind(x_TH.device), str(x_TH.dtype).removeprefix("torch."), T, E, H, I, K)
-    norm = getattr(experts, "has_post_expert_norm", False)
-    out = fused_experts(x_TH, topk_ids_TK, topk_weights_TK, w_up_ENH, w_down_EHI, up_bias_EN(experts),
-                        down_bias_EH(experts), spec, config, reduce=not norm)
-    if not norm:
-        return out
-    y_SH = experts.post_expert_norm(out)  # unweighted per-pair outputs, (t, k) order
-    y_SH = y_SH.float() * topk_weights_TK.reshape(-1, 1).float()
-    return y_SH.view(T, K, -1).sum(dim=1).to(x_TH.dtype)
+    norm = bool(getattr(experts, "has_post_expert_norm", False))
+    return Plan(T, K, E, H, I, x_TH.dtype, spec, config, up_strides, down_strides, bias_strides,
+                tuple(x_TH.stride()), reduce=not norm)
 
 
 triton_fused_experts.device_types = ("cuda",)

@@ -78,6 +78,55 @@ def _tile_ids(pid, num_blocks_m, num_pid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _gate_up_one_dot(
+    x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr, S, TOPK, H, I, num_blocks_m,
+    stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap, limit, alpha,
+    GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
+):
+    """Gate and up in one (BLOCK_M, 2*BLOCK_N) dot: weight-tile column 2j is gate row n_j, column 2j+1 up row n_j
+    (contiguous rows for an interleaved layout); the epilogue splits the accumulator into its two halves."""
+    pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, tl.cdiv(I, BLOCK_N), GROUP_M)
+    expert = tl.load(block_expert_ptr + pid_m)
+    if expert < 0:
+        return
+    offs_p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pair = tl.load(sorted_ptr + offs_p)
+    row_ok = pair < S
+    token = tl.where(row_ok, pair // TOPK, 0).to(tl.int64)
+    offs_c = tl.arange(0, 2 * BLOCK_N)  # weight-tile columns
+    n_c = pid_n * BLOCK_N + offs_c // 2
+    n_c = tl.where(n_c < I, n_c, 0)
+    is_up = (offs_c % 2) == 1
+    if GATE_MODE == 2:
+        rows_c = 2 * n_c + is_up.to(tl.int32)
+    else:
+        rows_c = n_c + is_up.to(tl.int32) * I
+    offs_k = tl.arange(0, BLOCK_K)
+    x_ptrs = x_ptr + token[:, None] * stride_xt + offs_k[None, :] * stride_xh
+    w_ptrs = w_ptr + expert.to(tl.int64) * stride_we + offs_k[:, None] * stride_wh + rows_c[None, :] * stride_wn
+    acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(H, BLOCK_K)):
+        if EVEN_K:
+            xa = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
+            wt = tl.load(w_ptrs)
+        else:
+            k_ok = offs_k < H - k * BLOCK_K
+            xa = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            wt = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+        acc = _dot(xa, wt, acc, DOT_MODE)
+        x_ptrs += BLOCK_K * stride_xh
+        w_ptrs += BLOCK_K * stride_wh
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + expert.to(tl.int64) * stride_be + rows_c * stride_bn).to(tl.float32)[None, :]
+    g, u = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N, 2)))
+    out = _gate(g, u, ACT, limit, alpha)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    a_ptrs = a_ptr + offs_p.to(tl.int64)[:, None] * stride_ap + offs_n[None, :]
+    tl.store(a_ptrs, out.to(a_ptr.dtype.element_ty), mask=(offs_n < I)[None, :])
+
+
+@triton.jit
 def _gate_up_grouped_kernel(
     x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr,
     S, TOPK, H, I, num_blocks_m,
@@ -85,8 +134,13 @@ def _gate_up_grouped_kernel(
     limit, alpha,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr,
+    EVEN_K: tl.constexpr, ONE_DOT: tl.constexpr,
 ):
+    if ONE_DOT and GATE_MODE != 0:
+        _gate_up_one_dot(x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr, S, TOPK, H, I, num_blocks_m,
+                         stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
+                         limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K)
+        return
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, tl.cdiv(I, BLOCK_N), GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:

@@ -1,7 +1,11 @@
-"""Launchers of the fused experts kernels: tensors in, tensors out, no host synchronisation.
+"""Launch plans for the fused experts kernels: tensors in, tensors out, no host synchronisation.
 
-Every launch size comes from shapes (T, K, E, H, I) and the config, never from routing data, so a
-call can be captured in a CUDA graph. Legend as in `fused_moe`.
+Every launch size comes from shapes (T, K, E, H, I) and the config, never from routing data, so a call
+can be captured in a CUDA graph. A `Plan` is built once per (module, input metadata) and holds every
+launch's grid and scalar arguments; after a launch has compiled, later calls go straight to the
+compiled kernel's launcher (`CompiledKernel.run`, the call Triton's own `JITFunction.run` ends in),
+skipping the per-call argument binding: the host cost of a call is then a few allocations and
+launches. Legend as in `fused_moe`.
 """
 
 from __future__ import annotations
@@ -11,10 +15,17 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from moe_lab.backends.common import log_once
 from moe_lab.kernels import INTERPRETED
-from moe_lab.kernels.align import align_by_expert, max_blocks
+from moe_lab.kernels.align import (BLOCKS_PER_STEP, CHUNK, SINGLE_MAX_PAIRS, SUB, _align_count_kernel,
+                                   _align_scan_kernel, _align_scatter_kernel, _align_single_kernel, max_blocks)
 from moe_lab.kernels.fused_moe import (_down_decode_kernel, _down_grouped_kernel, _gate_up_decode_kernel,
                                        _gate_up_grouped_kernel)
+
+try:
+    from triton import knobs as _knobs
+except ImportError:  # older triton: no hooks object, always the JIT path
+    _knobs = None
 
 
 @dataclass(frozen=True)
@@ -27,8 +38,138 @@ class GateSpec:
     alpha: float = 1.702
 
 
-def _kernel_opts(cfg: dict) -> dict:
+class _Launch:
+    """One kernel launch with a fixed grid and fixed scalars; the per-call tensors are passed at call time.
+
+    The first call goes through `kernel[grid](...)` (which compiles); later calls through the compiled
+    kernel's launcher with the same argument list, unless a launch hook is set (profilers) or the
+    kernels are interpreted, where the JIT path stays.
+    """
+
+    __slots__ = ("kernel", "grid", "consts", "opts", "compiled", "tail", "direct")
+
+    def __init__(self, kernel, grid, consts: dict, opts: dict):
+        self.kernel, self.grid, self.consts, self.opts = kernel, tuple(grid) + (1,) * (3 - len(grid)), consts, opts
+        self.compiled = None
+        self.tail = None
+        self.direct = not INTERPRETED and _knobs is not None
+
+    def __call__(self, stream: int, *args):
+        c = self.compiled
+        if c is not None and not (_knobs.runtime.launch_enter_hook.calls or _knobs.runtime.launch_exit_hook.calls):
+            g0, g1, g2 = self.grid
+            try:
+                c.run(g0, g1, g2, stream, c.function, c.packed_metadata, None, None, None, *args, *self.tail)
+                return
+            except (TypeError, ValueError, SystemError, AttributeError) as err:  # launcher rejected the arguments
+                self.compiled, self.direct = None, False
+                log_once(f"moe_lab triton_fused: direct launch of {getattr(self.kernel, '__name__', 'a kernel')} failed ({err}); "
+                         "using Triton's JIT launch path")
+        k = self.kernel[self.grid](*args, **self.consts, **self.opts)
+        if c is None and self.direct and hasattr(k, "packed_metadata"):
+            names = list(self.kernel.arg_names)
+            if names[:len(args)] and set(names[len(args):]) == set(self.consts):
+                self.tail = tuple(self.consts[n] for n in names[len(args):])
+                self.compiled = k
+
+
+def _opts(cfg: dict) -> dict:
     return {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+
+
+class Plan:
+    """Every launch of one experts call for fixed shapes, layout, dtype and config."""
+
+    def __init__(self, T: int, K: int, E: int, H: int, I: int, dtype: torch.dtype, spec: GateSpec, config: dict,
+                 up_strides: tuple[int, int, int], down_strides: tuple[int, int, int],
+                 bias_strides: tuple[int, int, int, int] | None, x_strides: tuple[int, int], reduce: bool):
+        self.T, self.K, self.E, self.H, self.I, self.dtype, self.reduce = T, K, E, H, I, dtype, reduce
+        self.S = S = T * K
+        self.has_bias = bias_strides is not None
+        bu0, bu1, bd0, bd1 = bias_strides or (0, 0, 0, 0)
+        self.out_rows = T if reduce else S
+        self.decode = config["path"] == "decode"
+        common = dict(HAS_BIAS=self.has_bias)
+        if S == 0:
+            return
+        if self.decode:
+            up, down = config["up"], config["down"]
+            self.up = _Launch(_gate_up_decode_kernel, (S, triton.cdiv(I, up["BLOCK_N"])),
+                              dict(GATE_MODE=spec.gate_mode, ACT=spec.act, BLOCK_N=up["BLOCK_N"],
+                                   BLOCK_K=up["BLOCK_K"], EVEN_K=H % up["BLOCK_K"] == 0, **common), _opts(up))
+            self.up_scalars = (K, H, I, E, *x_strides, *up_strides, bu0, bu1, spec.limit, spec.alpha)
+            self.down = _Launch(_down_decode_kernel, (self.out_rows, triton.cdiv(H, down["BLOCK_N"])),
+                                dict(REDUCE=reduce, BLOCK_N=down["BLOCK_N"], BLOCK_K=down["BLOCK_K"],
+                                     EVEN_K=I % down["BLOCK_K"] == 0, **common), _opts(down))
+            self.down_scalars = (K, H, I, E, *down_strides, bd0, bd1, H)
+            return
+        bm, up, down = config["BLOCK_M"], config["up"], config["down"]
+        self.bm = bm
+        self.B = B = max_blocks(S, E, bm)
+        e_pad = max(16, triton.next_power_of_2(E))
+        self.single = S <= SINGLE_MAX_PAIRS
+        if self.single:
+            self.align = [_Launch(_align_single_kernel, (1,), dict(E_PAD=e_pad, BLOCK_M=bm, SUB=SUB,
+                                                                    BLOCKS_PER_STEP=BLOCKS_PER_STEP),
+                                  {"num_warps": 4, "num_stages": 1})]
+        else:
+            self.G = G = triton.cdiv(S, CHUNK)
+            self.e_pad = e_pad
+            self.align = [
+                _Launch(_align_count_kernel, (G,), dict(E_PAD=e_pad, CHUNK=CHUNK, SUB=SUB),
+                        {"num_warps": 4, "num_stages": 1}),
+                _Launch(_align_scan_kernel, (1,), dict(E_PAD=e_pad, BLOCK_M=bm, ROWS=16),
+                        {"num_warps": 4, "num_stages": 1}),
+                _Launch(_align_scatter_kernel, (G,), dict(E_PAD=e_pad, BLOCK_M=bm, CHUNK=CHUNK, SUB=SUB,
+                                                          BLOCKS_PER_STEP=BLOCKS_PER_STEP),
+                        {"num_warps": 4, "num_stages": 1}),
+            ]
+        dot_mode = 2 if INTERPRETED else (1 if dtype == torch.float32 else 0)
+        self.up = _Launch(_gate_up_grouped_kernel, (B * triton.cdiv(I, up["BLOCK_N"]),),
+                          dict(GATE_MODE=spec.gate_mode, ACT=spec.act, DOT_MODE=dot_mode, BLOCK_M=bm,
+                               BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"], GROUP_M=up["GROUP_M"],
+                               EVEN_K=H % up["BLOCK_K"] == 0, ONE_DOT=bool(up.get("ONE_DOT", 0)), **common),
+                          _opts(up))
+        self.up_scalars = (S, K, H, I, B, *x_strides, *up_strides, bu0, bu1, I, spec.limit, spec.alpha)
+        self.down = _Launch(_down_grouped_kernel, (B * triton.cdiv(H, down["BLOCK_N"]),),
+                            dict(MUL_WEIGHT=reduce, DOT_MODE=dot_mode, BLOCK_M=bm, BLOCK_N=down["BLOCK_N"],
+                                 BLOCK_K=down["BLOCK_K"], GROUP_M=down["GROUP_M"], EVEN_K=I % down["BLOCK_K"] == 0,
+                                 **common), _opts(down))
+        self.down_scalars = (S, H, I, B, I, *down_strides, bd0, bd1, H)
+
+    def __call__(self, x_TH, ids_S, rw_S, w_up, w_down, b_up, b_down) -> torch.Tensor:
+        """ids_S, rw_S: contiguous flat (S,) ids and weights; w_up / w_down / biases: the stored tensors."""
+        dev = x_TH.device
+        if self.S == 0:
+            return torch.zeros(self.out_rows, self.H, dtype=self.dtype, device=dev)
+        stream = torch.cuda.current_stream(dev).cuda_stream if dev.type == "cuda" else 0
+        b_up = b_up if self.has_bias else w_up  # a placeholder pointer when there is no bias
+        b_down = b_down if self.has_bias else w_down
+        S, H, I = self.S, self.H, self.I
+        if self.decode:
+            a_SI = torch.empty(S, I, dtype=torch.float32, device=dev)
+            self.up(stream, x_TH, ids_S, w_up, b_up, a_SI, *self.up_scalars)
+            out = torch.empty(self.out_rows, H, dtype=self.dtype, device=dev)
+            self.down(stream, a_SI, ids_S, rw_S, w_down, b_down, out, *self.down_scalars)
+            return out
+        B, bm = self.B, self.bm
+        sorted_P = torch.empty(B * bm, dtype=torch.int32, device=dev)
+        block_expert_B = torch.empty(B, dtype=torch.int32, device=dev)
+        if self.single:
+            self.align[0](stream, ids_S, sorted_P, block_expert_B, S, self.E, B)
+        else:
+            partial = torch.empty(self.G, self.e_pad, dtype=torch.int32, device=dev)
+            meta = torch.empty(2 * self.e_pad, dtype=torch.int32, device=dev)
+            self.align[0](stream, ids_S, partial, S, self.E)
+            self.align[1](stream, partial, meta, self.G)
+            self.align[2](stream, ids_S, partial, meta, sorted_P, block_expert_B, S, self.E, B, triton.cdiv(B, self.G))
+        a_PI = torch.empty(B * bm, I, dtype=self.dtype, device=dev)
+        self.up(stream, x_TH, w_up, b_up, a_PI, sorted_P, block_expert_B, *self.up_scalars)
+        y_SH = torch.empty(S, H, dtype=self.dtype, device=dev)
+        self.down(stream, a_PI, w_down, b_down, y_SH, rw_S, sorted_P, block_expert_B, *self.down_scalars)
+        if not self.reduce or self.K == 1:
+            return y_SH
+        return y_SH.view(self.T, self.K, H).sum(dim=1)  # float32 accumulation inside, output in the input dtype
 
 
 def fused_experts(
@@ -40,67 +181,14 @@ def fused_experts(
     per-pair outputs y (S, H) in (t, k) order (for a post-expert norm applied by the caller).
 
     w_up_ENH / w_down_EHI are views in those index orders, any strides (transposed storage included).
+    Builds a one-off plan; the backend caches its plans instead.
     """
     T, H = x_TH.shape
     K = topk_ids_TK.shape[1]
-    E, N, _ = w_up_ENH.shape
+    E, _, _ = w_up_ENH.shape
     I = w_down_EHI.shape[2]
-    S = T * K
-    dtype, dev = x_TH.dtype, x_TH.device
-    ids_S = topk_ids_TK.reshape(-1)
-    if not ids_S.is_contiguous():
-        ids_S = ids_S.contiguous()
-    rw_S = topk_weights_TK.reshape(-1)
-    if not rw_S.is_contiguous():
-        rw_S = rw_S.contiguous()
     has_bias = b_up_EN is not None
-    b_up = b_up_EN if has_bias else w_up_ENH  # a placeholder pointer when there is no bias
-    b_down = b_down_EH if has_bias else w_down_EHI
-    bstr_up = (b_up_EN.stride(0), b_up_EN.stride(1)) if has_bias else (0, 0)
-    bstr_down = (b_down_EH.stride(0), b_down_EH.stride(1)) if has_bias else (0, 0)
-    out_rows = T if reduce else S
-    if S == 0:
-        return torch.zeros(out_rows, H, dtype=dtype, device=dev)
-
-    if config["path"] == "decode":
-        up, down = config["up"], config["down"]
-        a_SI = torch.empty(S, I, dtype=torch.float32, device=dev)
-        _gate_up_decode_kernel[(S, triton.cdiv(I, up["BLOCK_N"]))](
-            x_TH, ids_S, w_up_ENH, b_up, a_SI, K, H, I, E,
-            x_TH.stride(0), x_TH.stride(1), w_up_ENH.stride(0), w_up_ENH.stride(1), w_up_ENH.stride(2), *bstr_up,
-            spec.limit, spec.alpha,
-            GATE_MODE=spec.gate_mode, ACT=spec.act, HAS_BIAS=has_bias,
-            BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"], EVEN_K=H % up["BLOCK_K"] == 0, **_kernel_opts(up))
-        out = torch.empty(out_rows, H, dtype=dtype, device=dev)
-        _down_decode_kernel[(out_rows, triton.cdiv(H, down["BLOCK_N"]))](
-            a_SI, ids_S, rw_S, w_down_EHI, b_down, out, K, H, I, E,
-            w_down_EHI.stride(0), w_down_EHI.stride(1), w_down_EHI.stride(2), *bstr_down, out.stride(0),
-            REDUCE=reduce, HAS_BIAS=has_bias,
-            BLOCK_N=down["BLOCK_N"], BLOCK_K=down["BLOCK_K"], EVEN_K=I % down["BLOCK_K"] == 0, **_kernel_opts(down))
-        return out
-
-    bm, up, down = config["BLOCK_M"], config["up"], config["down"]
-    sorted_P, block_expert_B = align_by_expert(ids_S, E, bm)
-    B = max_blocks(S, E, bm)
-    a_PI = torch.empty(B * bm, I, dtype=dtype, device=dev)
-    dot_mode = 2 if INTERPRETED else (1 if dtype == torch.float32 else 0)
-    _gate_up_grouped_kernel[(B * triton.cdiv(I, up["BLOCK_N"]),)](
-        x_TH, w_up_ENH, b_up, a_PI, sorted_P, block_expert_B, S, K, H, I, B,
-        x_TH.stride(0), x_TH.stride(1), w_up_ENH.stride(0), w_up_ENH.stride(1), w_up_ENH.stride(2), *bstr_up,
-        a_PI.stride(0), spec.limit, spec.alpha,
-        GATE_MODE=spec.gate_mode, ACT=spec.act, HAS_BIAS=has_bias, DOT_MODE=dot_mode,
-        BLOCK_M=bm, BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"], GROUP_M=up["GROUP_M"],
-        EVEN_K=H % up["BLOCK_K"] == 0, **_kernel_opts(up))
-    y_SH = torch.empty(S, H, dtype=dtype, device=dev)
-    _down_grouped_kernel[(B * triton.cdiv(H, down["BLOCK_N"]),)](
-        a_PI, w_down_EHI, b_down, y_SH, rw_S, sorted_P, block_expert_B, S, H, I, B,
-        a_PI.stride(0), w_down_EHI.stride(0), w_down_EHI.stride(1), w_down_EHI.stride(2), *bstr_down,
-        y_SH.stride(0),
-        MUL_WEIGHT=reduce, HAS_BIAS=has_bias, DOT_MODE=dot_mode,
-        BLOCK_M=bm, BLOCK_N=down["BLOCK_N"], BLOCK_K=down["BLOCK_K"], GROUP_M=down["GROUP_M"],
-        EVEN_K=I % down["BLOCK_K"] == 0, **_kernel_opts(down))
-    if not reduce:
-        return y_SH
-    if K == 1:
-        return y_SH
-    return y_SH.view(T, K, H).sum(dim=1)  # float32 accumulation inside, output in the input dtype
+    plan = Plan(T, K, E, H, I, x_TH.dtype, spec, config, tuple(w_up_ENH.stride()), tuple(w_down_EHI.stride()),
+                (*b_up_EN.stride(), *b_down_EH.stride()) if has_bias else None, tuple(x_TH.stride()), reduce)
+    return plan(x_TH, topk_ids_TK.reshape(-1).contiguous(), topk_weights_TK.reshape(-1).contiguous(),
+                w_up_ENH, w_down_EHI, b_up_EN, b_down_EH)
