@@ -1,11 +1,13 @@
 """The batch driver: one papermill run per parameter set; failures are recorded, the batch goes on, a rerun
-runs only what did not finish. Uses a small stand-in notebook so each run costs only a kernel start."""
+runs only what did not finish. Mostly a small stand-in notebook (each run costs only a kernel start), and once
+the sweep notebook itself."""
 
 from __future__ import annotations
 
 import textwrap
 
 import nbformat
+import pandas as pd
 import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_notebook
@@ -112,3 +114,19 @@ def test_the_default_notebook_is_the_sweep_notebook():
     params = batch.notebook_parameters(batch.DEFAULT_NOTEBOOK)
     assert {"device", "dtype", "model", "level", "backends", "compile_modes", "batch_sizes", "seq_lens", "routing",
             "warmup", "iters", "results_path"} <= set(params)
+
+
+def test_a_batch_of_the_real_sweep_notebook(tmp_path):
+    """One parameter set through the sweep notebook itself: its results land in out_dir/<name>.csv."""
+    spec = tmp_path / "cpu.yaml"
+    spec.write_text(yaml.safe_dump({
+        "out_dir": str(tmp_path / "out"),
+        "defaults": {"level": "layer", "backends": ["grouped_mm"], "batch_sizes": [1], "warmup": 0, "iters": 1},
+        "matrix": {"seq_lens": [[2, 4]]},
+    }))
+    summary = batch.run_batch(spec, echo=lambda *a: None)
+    assert list(summary["status"]) == ["ok"]
+    name = summary.loc[0, "name"]
+    rows = pd.read_csv(tmp_path / "out" / f"{name}.csv")
+    assert sorted(rows["seq_len"]) == [2, 4] and set(rows["backend"]) == {"grouped_mm"}
+    assert (tmp_path / "out" / f"{name}.ipynb").exists()
