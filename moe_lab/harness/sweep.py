@@ -12,6 +12,7 @@ import glob
 import io
 import math
 import os
+import sys
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 
 from moe_lab.harness.compile import capture_fallbacks, compat, min_warmup, reset_compiler
 from moe_lab.harness.env import env_info
-from moe_lab.harness.grid import KEY_FIELDS, Cell, SweepGrid
+from moe_lab.harness.grid import DTYPES, KEY_FIELDS, Cell, SweepGrid
 from moe_lab.harness.levels import build_workload, clear_caches, free_memory
 from moe_lab.harness.memory import GiB, PeakMemory, cpu_skip_reason
 from moe_lab.harness.roofline import floor_ms, measure_roofline
@@ -276,6 +277,9 @@ def run_sweep(grid: SweepGrid, out_csv: str | Path, *, progress: bool = True) ->
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {_row_key(r) for r in read_rows(out)}
     todo = [c for c in cells if c.key() not in done]
+    # the roofline of each (device, dtype), measured once per run before any model takes memory
+    for device, dtype in dict.fromkeys((c.device, c.dtype) for c in todo):
+        measure_roofline(device, DTYPES[dtype])
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", desc="sweep", disable=not progress,
                dynamic_ncols=True)
     try:
@@ -283,8 +287,8 @@ def run_sweep(grid: SweepGrid, out_csv: str | Path, *, progress: bool = True) ->
             bar.set_postfix_str(cell.label(), refresh=True)
             row = run_cell(cell, max_mem_gb=grid.max_mem_gb)
             append_row(out, row)
-            if not (row["status"] == "ok" or row["status"].startswith("fallback:")):
-                bar.write(f"{cell.label()}: {row['status']} {row['error']}".rstrip())
+            if row["status"].startswith(("error", "oom", "skipped")):  # unsupported and fallbacks are expected
+                bar.write(f"{cell.label()}: {row['status']} {row['error']}".rstrip(), file=sys.stderr)
             bar.update(1)
     finally:
         bar.close()
