@@ -60,6 +60,15 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"moe-lab sweep: {e}", file=sys.stderr)
         return 2
     cells = grid.cells()
+    if args.dry_run:
+        from moe_lab.harness.sweep import pending_cells
+
+        todo = pending_cells(grid, args.out)
+        for cell in todo:
+            print(cell.label())
+        print(f"{len(cells)} cells, {len(cells) - len(todo)} already in {args.out}, {len(todo)} to run",
+              file=sys.stderr)
+        return 0
     print(f"sweep: {len(cells)} cells -> {args.out}", file=sys.stderr)
     start = time.perf_counter()
     df = run_sweep(grid, args.out, progress=not args.no_progress)
@@ -110,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seed", type=int, help="seed of weights, inputs and routing (default 0)")
     sweep.add_argument("--max-mem-gb", type=float, help="skip CPU cells estimated to need more (default: available)")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.add_argument("--dry-run", action="store_true", help="list the cells still to run (not in --out), run none")
     sweep.set_defaults(func=_sweep)
 
     env = sub.add_parser("env", help="versions, devices and the measured roofline",

@@ -37,6 +37,22 @@ def test_sweep_from_flags(tmp_path, capsys):
     assert (df.status == "ok").all() and (df.iters == 2).all()
 
 
+def test_dry_run_lists_what_is_left(tmp_path, capsys):
+    out = tmp_path / "dry.csv"
+    argv = ["sweep", "--level", "layer", "--backend", "eager,grouped_mm", "--seq-len", "4", "--batch-size", "1",
+            "--iters", "1", "--no-progress", "--out", str(out)]
+    assert main(argv + ["--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["layer tiny eager none float32 cpu 1x4 uniform",
+                                                    "layer tiny grouped_mm none float32 cpu 1x4 uniform"]
+    assert not out.exists()
+    assert main(argv[:4] + ["eager"] + argv[5:]) == 0
+    capsys.readouterr()
+    assert main(argv + ["--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["layer tiny grouped_mm none float32 cpu 1x4 uniform"]
+    assert "1 already in" in captured.err
+
+
 def test_sweep_from_yaml_with_flags_overriding(tmp_path, capsys):
     config = tmp_path / "grid.yaml"
     config.write_text("level: model\nmodel: tiny\nbackend: [eager]\nbatch_size: [1]\nseq_len: [4, 8]\n"

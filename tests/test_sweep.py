@@ -15,7 +15,7 @@ ISSUE_COLUMNS = ["level", "model", "backend", "compile_mode", "dtype", "device",
                  "seq_len", "tokens", "routing", "mean_ms", "median_ms", "p90_ms", "peak_mem_mb", "extra_mem_mb",
                  "compile_s", "tflops", "gbps", "floor_ms", "status", "error", "torch", "transformers", "timestamp"]
 RECORDED = ["iters", "warmup", "cpu_threads", "triton", "roof_gbps", "roof_tflops", "experts", "top_k", "hidden",
-            "intermediate", "num_layers", "seed", "python", "timer"]
+            "intermediate", "num_layers", "seed", "python", "timer", "cell_s"]
 
 SMALL = dict(level="layer", model="tiny", batch_size=1, seq_len=[4, 8], warmup=1, iters=2)
 

@@ -13,6 +13,7 @@ import io
 import math
 import os
 import sys
+import time
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
@@ -72,6 +73,7 @@ COLUMN_DOCS = [
     ("roof_gbps", "copy bandwidth used for the floor, GB/s (measured once per run, see roof_method)"),
     ("roof_tflops", "dense matmul peak used for the floor in the cell's dtype, TFLOP/s (measured once per run)"),
     ("roof_method", "how roof_gbps and roof_tflops were measured"),
+    ("cell_s", "wall time of the whole cell (building, warm-up/compilation, timing, counting), s: for planning"),
     ("status", "`ok`; `fallback:<what ran>: <why>` (measured, but not as asked: transformers' table, decode "
                "switch, no CUDA graphs on CPU, a backend's announced fallback); no latency: `unsupported: ...`, "
                "`skipped: needs X GiB, Y GiB available`, `oom: ...`, `error: <exception>`"),
@@ -95,7 +97,7 @@ INT_COLUMNS = ["batch_size", "seq_len", "tokens", "num_layers", "experts", "top_
                "warmup", "iters", "seed", "cpu_threads"]
 FLOAT_COLUMNS = ["mean_ms", "median_ms", "p90_ms", "min_ms", "std_ms", "peak_mem_mb", "extra_mem_mb", "compile_s",
                  "gflop", "mbytes", "experts_hit", "tflops", "gbps", "floor_ms", "floor_frac", "roof_gbps",
-                 "roof_tflops"]
+                 "roof_tflops", "cell_s"]
 
 
 def columns_markdown() -> str:
@@ -166,16 +168,23 @@ def run_cell(cell: Cell, *, max_mem_gb: float | None = None) -> dict:
     Unsupported combinations (transformers' table), CPU cells whose estimated memory exceeds what is
     available (or `max_mem_gb`), out-of-memory errors and any other exception become the row's status.
     """
+    start = time.perf_counter()
     row = _base_row(cell)
+    row["status"], row["error"] = _fill(row, cell, max_mem_gb)
+    row["timestamp"] = env_info(cell.device)["timestamp"]
+    row["cell_s"] = time.perf_counter() - start
+    return row
+
+
+def _fill(row: dict, cell: Cell, max_mem_gb: float | None) -> tuple[str, str]:
+    """Run the cell into `row`; return its (status, error)."""
     decision = compat(cell)
     if not decision.run:
-        row["status"] = "; ".join(decision.notes)
-        return row
+        return "; ".join(decision.notes), ""
     if torch.device(cell.device).type == "cpu":
         reason = cpu_skip_reason(cell, None if max_mem_gb is None else int(max_mem_gb * GiB))
         if reason:
-            row["status"] = reason
-            return row
+            return reason, ""
     notes = list(decision.notes)
     failure = None
     try:
@@ -188,16 +197,13 @@ def run_cell(cell: Cell, *, max_mem_gb: float | None = None) -> dict:
             failure = (f"error: {type(e).__name__}",
                        _one_line(f"{e} (at {Path(where.filename).name}:{where.lineno})"))
         del e
-    finally:
+    finally:  # the failed cell's tensors are unreachable here, so the cache can really be emptied
         if cell.is_compiled:
             reset_compiler()
         free_memory(cell.device)
     if failure is not None:
-        row["status"], row["error"] = failure
-    else:
-        row["status"] = "; ".join(notes) if notes else "ok"
-    row["timestamp"] = env_info(cell.device)["timestamp"]
-    return row
+        return failure
+    return ("; ".join(notes) if notes else "ok"), ""
 
 
 # --- the CSV -----------------------------------------------------------------------------------------
@@ -261,6 +267,12 @@ def append_row(path: str | Path, row: dict) -> None:
 
 def _row_key(row: dict) -> tuple[str, ...]:
     return tuple(row.get(f, "") for f in KEY_FIELDS)
+
+
+def pending_cells(grid: SweepGrid, out_csv: str | Path) -> list[Cell]:
+    """The cells of `grid` that `out_csv` has no row for yet (what `run_sweep` would run)."""
+    done = {_row_key(r) for r in read_rows(out_csv)}
+    return [c for c in grid.validate().cells() if c.key() not in done]
 
 
 def run_sweep(grid: SweepGrid, out_csv: str | Path, *, progress: bool = True) -> pd.DataFrame:
