@@ -116,7 +116,7 @@ def auto_experts(
     experts: torch.nn.Module, x_TH: torch.Tensor, topk_ids_TK: torch.Tensor, topk_weights_TK: torch.Tensor
 ) -> torch.Tensor:
     """The backend the table names for this call, remembered per module and call metadata."""
-    key = (x_TH.shape[0], topk_ids_TK.shape[1], x_TH.dtype, x_TH.device, os.environ.get("MOE_LAB_DISPATCH_TABLE"),
+    key = (x_TH.shape[0], topk_ids_TK.shape[-1], x_TH.dtype, x_TH.device, os.environ.get("MOE_LAB_DISPATCH_TABLE"),
            _GENERATION[0])  # a reloaded table invalidates the remembered choices
     choices = _CHOICES.get(experts)
     if choices is None:
