@@ -163,7 +163,7 @@ def _title(df: pd.DataFrame) -> str:
         return "/".join(values) if values else "?"
 
     device = one("device_name") if "device_name" in df and df["device_name"].notna().any() else one("device")
-    return f"{one('model')} · {one('level')} · {one('dtype')} · {one('routing')} routing · {device}"
+    return f"{one('model')} · {one('level')} · {one('dtype')} · routing: {one('routing')} · {device}"
 
 
 def _footnote(fig: plt.Figure, df: pd.DataFrame, extra: str = "") -> None:
@@ -275,9 +275,14 @@ def roofline_fraction(df: pd.DataFrame) -> plt.Figure:
     has_floor = df["roofline_frac"].notna() & is_ok(df)
     if not has_floor.any():
         return _empty_figure(df, "no roofline floor recorded (floor_ms is empty)")
-    top = max(1.05, float(df.loc[has_floor, "roofline_frac"].max()) * 1.05)
-    return _curves(df, "roofline_frac", "fraction of roofline floor", logy=False,
-                   ylim=(0, top), extra_note="fraction = floor_ms / median_ms; floor = max(bytes of the experts hit / bandwidth, flops / matmul peak)")
+    top = max(1.5, float(df.loc[has_floor, "roofline_frac"].max()) * 1.5)
+    fig = _curves(df, "roofline_frac", "fraction of roofline floor (log)", logy=True, ylim=(None, top),
+                  extra_note="fraction = floor_ms / median_ms (1 = at the floor); floor = max(bytes of the experts "
+                             "hit / bandwidth, flops / matmul peak)")
+    for ax in fig.axes:
+        if ax.get_title().startswith("compile: "):
+            ax.axhline(1.0, color="0.4", lw=0.8, ls=":")
+    return fig
 
 
 def baseline_backend(backends: Iterable[str]) -> str | None:
