@@ -281,7 +281,7 @@ def roofline_fraction(df: pd.DataFrame) -> plt.Figure:
                              "hit / bandwidth, flops / matmul peak)")
     for ax in fig.axes:
         if ax.get_title().startswith("compile: "):
-            ax.axhline(1.0, color="0.4", lw=0.8, ls=":")
+            ax.axhline(1.0, color="0.4", lw=0.8, ls=":", gid="floor")
     return fig
 
 
