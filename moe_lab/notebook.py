@@ -32,7 +32,9 @@ def results_files(patterns: str | Path | Iterable[str | Path], *, must_exist: bo
     files: list[Path] = []
     for pattern in patterns:
         full = project_path(pattern)
-        if glob.has_magic(str(pattern)):
+        if full.is_dir():
+            files += sorted(full.rglob("*.csv"))
+        elif glob.has_magic(str(pattern)):
             files += [Path(p) for p in sorted(glob.glob(str(full), recursive=True))]
         elif full.exists():
             files.append(full)
@@ -41,14 +43,23 @@ def results_files(patterns: str | Path | Iterable[str | Path], *, must_exist: bo
     return list(dict.fromkeys(files))
 
 
+def is_results_file(path: str | Path) -> bool:
+    """Whether a CSV is a harness results file (its header has the key columns), not e.g. a batch_log.csv."""
+    with open(path, newline="") as f:
+        header = f.readline().strip().split(",")
+    return {"level", "model", "backend", "compile_mode", "median_ms", "status"} <= set(header)
+
+
 def read_results(patterns: str | Path | Iterable[str | Path], *, must_exist: bool = True) -> pd.DataFrame:
     """Every row of the results CSVs named by `patterns`, through the harness's `load_results`.
 
-    No file at all (a pattern that matched nothing) gives an empty frame with the harness's columns.
+    Patterns may be files, directories (every *.csv below them) or globs; CSVs that are not results
+    files (a batch's batch_log.csv beside its results) are passed over. No file at all (a pattern
+    that matched nothing) gives an empty frame with the harness's columns.
     """
     from moe_lab.harness import COLUMNS, load_results
 
-    files = results_files(patterns, must_exist=must_exist)
+    files = [f for f in results_files(patterns, must_exist=must_exist) if is_results_file(f)]
     if not files:
         return pd.DataFrame(columns=list(COLUMNS))
     return load_results(files)

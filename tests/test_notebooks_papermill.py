@@ -130,3 +130,21 @@ def test_every_notebook_is_collected_by_nbval():
     assert "--nbval-lax" in config and '"notebooks"' in config
     assert [p.name for p in ALL_NOTEBOOKS] == ["00_tour.ipynb", "01_sweep.ipynb", "02_figures.ipynb",
                                               "03_seed_reproduction.ipynb"]
+
+
+def test_notebooks_read_results_files_only_and_paths_from_the_repo_root(tmp_path):
+    from moe_lab.harness import COLUMNS
+    from moe_lab.notebook import REPO_ROOT, project_path, read_results
+
+    row = {c: "" for c in COLUMNS} | dict(level="layer", model="tiny", backend="eager", compile_mode="none",
+                                          batch_size=1, seq_len=4, tokens=4, median_ms=1.0, status="ok")
+    (tmp_path / "sub").mkdir()
+    pd.DataFrame([row]).to_csv(tmp_path / "sub" / "a.csv", index=False)
+    pd.DataFrame([dict(name="a", status="ok", error="")]).to_csv(tmp_path / "sub" / "batch_log.csv", index=False)
+    assert len(read_results([tmp_path])) == 1  # a directory: its CSVs, the batch log passed over
+    assert len(read_results([str(tmp_path / "**" / "*.csv")])) == 1
+    assert read_results([str(tmp_path / "none*.csv")], must_exist=False).empty
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_results([tmp_path / "missing.csv"])
+    assert project_path("runs/x.csv") == REPO_ROOT / "runs" / "x.csv"
+    assert project_path(tmp_path) == tmp_path
