@@ -206,4 +206,5 @@ def _build_plan(experts, x_TH, topk_ids_TK, topk_weights_TK, config, up_strides,
 
 
 triton_fused_experts.device_types = ("cuda",)
+triton_fused_experts.dtypes = DTYPES  # others (float64) are refused
 triton_fused_experts.differentiable = False  # forward only: the Triton kernels have no backward

@@ -1,0 +1,207 @@
+"""`triton_fused` against the float64 reference, on both kernel paths, forced by explicit tile configs.
+
+On a CUDA machine the kernels run on the GPU (every case, three dtypes, CUDA-graph capture). Without
+one, `test_interpreter_suite` runs this file again in a subprocess with TRITON_INTERPRET=1 (which
+must be set before triton is first imported, and the test session has already imported it), so the
+same kernel code runs under Triton's CPU interpreter on the same tiny shapes, bf16 and fp32, in CI.
+Without triton installed, everything here skips. The real-size shapes and the timings are in
+benchmarks/triton_gpu.py. Legend: T tokens, H hidden, I expert intermediate, E experts, K top-k.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_backends import CASES, LAYOUTS, make_experts, make_inputs
+
+from moe_lab import ExpertsLayout, reference_experts, relative_error
+from moe_lab.backends.triton_fused import UnsupportedLayoutError, triton_fused_experts
+
+HAS_CUDA = torch.cuda.is_available()
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+INNER = os.environ.get("MOE_LAB_INTERPRETER_RUN") == "1"  # the subprocess run under the interpreter
+INTERPRETED = False
+if HAS_TRITON and (HAS_CUDA or INNER):
+    import moe_lab.kernels.fused_moe  # noqa: F401  (builds the kernels now, interpreted or not)
+    from moe_lab.kernels import INTERPRETED
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+RUNS_HERE = HAS_TRITON and (HAS_CUDA or INTERPRETED)
+
+
+@pytest.fixture(autouse=True)
+def _kernels_run_here(request):
+    if request.node.originalname != "test_interpreter_suite" and not RUNS_HERE:
+        pytest.skip("no CUDA: these run under the interpreter, in test_interpreter_suite's subprocess"
+                    if HAS_TRITON else "needs triton (pip install 'moe-lab[triton]')")
+
+
+def test_interpreter_suite():
+    """Without CUDA: this file under Triton's interpreter, in a subprocess with TRITON_INTERPRET=1."""
+    if HAS_CUDA or INNER or not HAS_TRITON:
+        pytest.skip("runs on CPU-only machines with triton installed, from the outer test session")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "MOE_LAB_INTERPRETER_RUN": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                          cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
+                          timeout=900)
+    tail = "\n".join(proc.stdout.splitlines()[-40:])
+    assert proc.returncode == 0, f"interpreter run failed:\n{tail}\n{proc.stderr[-2000:]}"
+    assert " passed" in tail, tail
+
+
+TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+DTYPES = [torch.bfloat16, torch.float32] + ([torch.float16] if HAS_CUDA else [])
+TILE = dict(num_warps=4, num_stages=2)
+CONFIGS = {  # each kernel path forced, with small tiles so that tiny shapes still span several tiles
+    "decode": {"path": "decode", "up": dict(BLOCK_N=16 if HAS_CUDA else 32, BLOCK_K=32, **TILE),
+               "down": dict(BLOCK_N=16 if HAS_CUDA else 32, BLOCK_K=32, **TILE)},
+    "grouped16": {"path": "grouped", "BLOCK_M": 16, "up": dict(BLOCK_N=32, BLOCK_K=32, GROUP_M=2, **TILE),
+                  "down": dict(BLOCK_N=32, BLOCK_K=32, GROUP_M=2, **TILE)},
+    "grouped16_one_dot": {"path": "grouped", "BLOCK_M": 16,
+                          "up": dict(BLOCK_N=16, BLOCK_K=32, GROUP_M=1, ONE_DOT=1, **TILE),
+                          "down": dict(BLOCK_N=16, BLOCK_K=64, GROUP_M=1, **TILE)},
+    "grouped64": {"path": "grouped", "BLOCK_M": 64, "up": dict(BLOCK_N=32, BLOCK_K=32, GROUP_M=4, **TILE),
+                  "down": dict(BLOCK_N=32, BLOCK_K=32, GROUP_M=4, **TILE)},
+}
+CASE_NAMES = ["one_token", "no_tokens", "experts_without_tokens", "hot_expert", "top1", "single_expert",
+              "unaligned_odd", "strided_hidden", "noncontiguous_routing"]  # the interpreter's share, for CI time
+CASE_CONFIGS = ["decode", "grouped16", "grouped16_one_dot"]
+LAYOUT_CONFIGS = ["decode", "grouped16_one_dot"]
+if HAS_CUDA:
+    CASE_NAMES, CASE_CONFIGS, LAYOUT_CONFIGS = list(CASES), list(CONFIGS), ["decode", "grouped16", "grouped16_one_dot"]
+
+
+def check(experts, x_TH, ids_TK, weights_TK, config, tol, what):
+    with torch.no_grad():
+        out_TH = triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config=config)
+        again_TH = triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config=config)  # the cached plan
+    ref_TH = reference_experts(experts, x_TH, ids_TK, weights_TK)
+    assert out_TH.shape == x_TH.shape and out_TH.dtype == x_TH.dtype, what
+    for out in (out_TH, again_TH):
+        err = relative_error(out, ref_TH) if x_TH.shape[0] else float(out.abs().sum())
+        assert err <= tol, f"{what}: relative error {err:.3g} > {tol:g}"
+
+
+@pytest.mark.parametrize("config", CASE_CONFIGS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_cases_match_reference(case, dtype, config, seed):
+    c = CASES[case]
+    experts = make_experts(c, LAYOUTS["gated_silu"], dtype, DEVICE, seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, dtype, DEVICE, seed)
+    check(experts, x_TH, ids_TK, weights_TK, CONFIGS[config], TOL[dtype], f"{case}/{config}")
+
+
+@pytest.mark.parametrize("config", LAYOUT_CONFIGS)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUTS.keys())
+def test_every_layout_matches_reference(layout, config, seed):
+    c = CASES["unaligned"]
+    dtype = torch.float32
+    experts = make_experts(c, LAYOUTS[layout], dtype, DEVICE, seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, dtype, DEVICE, seed)
+    check(experts, x_TH, ids_TK, weights_TK, CONFIGS[config], TOL[dtype], f"{layout}/{config}")
+
+
+def test_tuned_configs_and_plan_cache(seed):
+    """No explicit config (the package's table or the heuristic), token counts changing call to call."""
+    c = CASES["skewed"]
+    experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, DEVICE, seed)
+    for T in (1, 5, 40, 3, 40):
+        x_TH, ids_TK, weights_TK = make_inputs(type(c)(**{**c.__dict__, "T": T}), torch.bfloat16, DEVICE, seed + T)
+        check(experts, x_TH, ids_TK, weights_TK, None, TOL[torch.bfloat16], f"T={T}")
+
+
+def test_multi_program_alignment(seed):
+    """More pairs than the single-program alignment takes (2048): the three-launch alignment path."""
+    from test_backends import Case
+
+    c = Case(E=5, H=16, I=16, K=2, T=1100, routing="skewed")
+    experts = make_experts(c, LAYOUTS["gated_silu"], torch.float32, DEVICE, seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, torch.float32, DEVICE, seed)
+    cfg = {"path": "grouped", "BLOCK_M": 64, "up": dict(BLOCK_N=16, BLOCK_K=16, GROUP_M=8, **TILE),
+           "down": dict(BLOCK_N=16, BLOCK_K=16, GROUP_M=8, **TILE)}
+    check(experts, x_TH, ids_TK, weights_TK, cfg, TOL[torch.float32], "multi-program alignment")
+
+
+def test_alignment_is_sorted_and_padded():
+    from moe_lab.kernels.align import align_by_expert
+
+    E, BM = 7, 16
+    ids_S = torch.tensor([3, 0, 3, 6, 3, 0, 2, 3] * 5, device=DEVICE)
+    sorted_P, block_expert_B = align_by_expert(ids_S, E, BM)
+    want_sorted, want_blocks = [], []
+    for e in range(E):
+        rows = (ids_S == e).nonzero().flatten().tolist()
+        n = -(-len(rows) // BM) * BM
+        want_sorted += rows + [ids_S.numel()] * (n - len(rows))
+        want_blocks += [e] * (n // BM)
+    assert sorted_P[:len(want_sorted)].tolist() == want_sorted
+    assert block_expert_B[:len(want_blocks)].tolist() == want_blocks
+    assert (block_expert_B[len(want_blocks):] == -1).all()
+
+
+def test_unsupported_gate_is_refused_by_name():
+    class CustomGateExperts(torch.nn.Module):
+        has_gate, has_bias, is_transposed, is_concatenated = True, False, False, True
+
+        def __init__(self):
+            super().__init__()
+            self.gate_up_proj = torch.nn.Parameter(torch.randn(2, 8, 4, device=DEVICE))
+            self.down_proj = torch.nn.Parameter(torch.randn(2, 4, 4, device=DEVICE))
+            self.act_fn = torch.nn.SiLU()
+
+        def _apply_gate(self, h):
+            return h[..., :4] * h[..., 4:]
+
+    with pytest.raises(UnsupportedLayoutError, match="CustomGateExperts"):
+        triton_fused_experts(CustomGateExperts(), torch.randn(3, 4, device=DEVICE),
+                             torch.zeros(3, 1, dtype=torch.long, device=DEVICE), torch.ones(3, 1, device=DEVICE))
+
+
+def test_unsupported_dtype_is_refused():
+    c = CASES["small"]
+    experts = make_experts(c, ExpertsLayout(), torch.float64, DEVICE, 0)
+    x_TH, ids_TK, weights_TK = make_inputs(c, torch.float64, DEVICE, 0)
+    with pytest.raises(TypeError, match="float64"):
+        triton_fused_experts(experts, x_TH, ids_TK, weights_TK)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need CUDA")
+@pytest.mark.parametrize("T", [1, 300])
+def test_cuda_graph_capture_replays_new_inputs(T, seed):
+    from test_backends import Case
+
+    c = Case(E=16, H=128, I=96, K=4, T=T)
+    experts = make_experts(c, ExpertsLayout(), torch.bfloat16, DEVICE, seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, DEVICE, seed)
+    with torch.no_grad():
+        triton_fused_experts(experts, x_TH, ids_TK, weights_TK)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out_TH = triton_fused_experts(experts, x_TH, ids_TK, weights_TK)
+    x2, ids2, w2 = make_inputs(c, torch.bfloat16, DEVICE, seed + 1)
+    x_TH.copy_(x2), ids_TK.copy_(ids2), weights_TK.copy_(w2)
+    out_TH.fill_(float("nan"))
+    graph.replay()
+    err = relative_error(out_TH, reference_experts(experts, x_TH, ids_TK, weights_TK))
+    assert err <= TOL[torch.bfloat16]
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="the family modules at full size on the GPU")
+@pytest.mark.parametrize("model", ["qwen1.5-moe-a2.7b", "qwen3-30b-a3b", "olmoe-1b-7b"])
+@pytest.mark.parametrize("T", [1, 4, 64, 1500])
+def test_transformers_family_module(model, T, seed):
+    from moe_lab import synthetic_routing
+    from moe_lab.shapes import build_hf_experts, get_shape
+
+    shape = get_shape(model)
+    experts = build_hf_experts(model, device=DEVICE, dtype=torch.bfloat16, seed=seed)
+    ids_TK, weights_TK = synthetic_routing("uniform", T, shape.experts, shape.top_k, seed=seed, device=DEVICE)
+    x_TH = torch.randn(T, shape.hidden, generator=torch.Generator().manual_seed(seed)).to(DEVICE, torch.bfloat16)
+    check(experts, x_TH, ids_TK, weights_TK, None, TOL[torch.bfloat16], f"{model} T={T}")
