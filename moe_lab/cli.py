@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     from moe_lab.batch import add_parser as add_batch_parser  # `moe-lab batch`: the sweep notebook per parameter set
 
     add_batch_parser(sub)
+    from moe_lab.tune import add_tune_parser  # `moe-lab tune`: time the backends, write auto's dispatch table
+
+    add_tune_parser(sub)
     return parser
 
 
