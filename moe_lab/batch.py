@@ -91,7 +91,12 @@ def load_batch(path: str | Path, *, out_dir: str | Path | None = None, notebook:
     """Read and check a batch file: every run's parameters must be parameters the notebook declares,
     and run names must be unique. Raises ValueError naming the problem before anything runs."""
     path = Path(path)
-    raw = yaml.safe_load(path.read_text()) or {}
+    if not path.is_file():
+        raise ValueError(f"batch file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {exc}") from None
     if isinstance(raw, list):
         raw = {"runs": raw}
     if not isinstance(raw, dict):

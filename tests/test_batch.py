@@ -110,6 +110,16 @@ def test_bad_batch_files_are_rejected_before_anything_runs(tmp_path, notebook, s
     assert not (tmp_path / "out").exists()
 
 
+def test_a_missing_or_broken_batch_file_is_a_message_not_a_traceback(tmp_path, capsys):
+    from moe_lab.cli import main
+
+    assert main(["batch", str(tmp_path / "nope.yaml")]) == 2
+    (tmp_path / "bad.yaml").write_text("runs: [unclosed")
+    assert main(["batch", str(tmp_path / "bad.yaml")]) == 2
+    out = capsys.readouterr().out
+    assert "does not exist" in out and "not valid YAML" in out
+
+
 def test_the_default_notebook_is_the_sweep_notebook():
     params = batch.notebook_parameters(batch.DEFAULT_NOTEBOOK)
     assert {"device", "dtype", "model", "level", "backends", "compile_modes", "batch_sizes", "seq_lens", "routing",
