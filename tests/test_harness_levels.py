@@ -117,6 +117,17 @@ def test_train_without_gradient_is_an_error_row(monkeypatch):
     assert row["status"] == "error: CellFailed" and "no gradient reached" in row["error"]
 
 
+def test_train_on_a_forward_only_path_is_unsupported(monkeypatch):
+    """A backend that picks a forward-only path per call (auto -> triton_fused on a GPU) gives an unsupported row."""
+    def sometimes_forward_only(experts, x, ids, w):
+        return moe_lab.BACKENDS["grouped_mm"](experts, x, ids, w).detach()
+
+    monkeypatch.setitem(moe_lab.BACKENDS, "sometimes_forward_only", sometimes_forward_only)
+    row = run_cell(Cell("train", "tiny", "sometimes_forward_only", iters=1))
+    assert row["status"].startswith("unsupported: sometimes_forward_only's output carries no gradient")
+    assert "median_ms" not in row
+
+
 def test_decode_runs_in_transformers_decode_context():
     workload = build_workload(Cell("decode", "tiny", "transformers:grouped_mm", batch_size=2, seq_len=8), warmup=1)
     try:

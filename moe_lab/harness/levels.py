@@ -46,6 +46,10 @@ class Workload:
         self.stack.close()
 
 
+class Unsupported(RuntimeError):
+    """Found while running: the cell cannot be measured as asked (its row says `unsupported: ...`)."""
+
+
 _CACHE: dict[str, tuple[tuple, object]] = {}
 
 
@@ -166,7 +170,10 @@ def build_train(cell: Cell, warmup: int) -> Workload:
         for p in params:
             p.grad = None
         x_TH.grad = None
-        call(x_TH, ids_TK, w_TK).backward(grad_out_TH)
+        out_TH = call(x_TH, ids_TK, w_TK)
+        if not out_TH.requires_grad:  # metadata only: no sync
+            raise Unsupported(f"{cell.backend}'s output carries no gradient (a forward-only path ran): no train level")
+        out_TH.backward(grad_out_TH)
 
     def check() -> str | None:
         named = [("input", x_TH)] + [(n, p) for n, p in experts.named_parameters() if p.dim() >= 3]

@@ -24,7 +24,7 @@ import torch
 from moe_lab.harness.compile import capture_fallbacks, compat, min_warmup, reset_compiler
 from moe_lab.harness.env import env_info
 from moe_lab.harness.grid import DTYPES, KEY_FIELDS, Cell, SweepGrid
-from moe_lab.harness.levels import build_workload, clear_caches, free_memory
+from moe_lab.harness.levels import Unsupported, build_workload, clear_caches, free_memory
 from moe_lab.harness.memory import GiB, PeakMemory, cpu_skip_reason
 from moe_lab.harness.roofline import floor_ms, measure_roofline
 from moe_lab.harness.timing import time_calls, warm_up
@@ -190,7 +190,9 @@ def _fill(row: dict, cell: Cell, max_mem_gb: float | None) -> tuple[str, str]:
     try:
         row.update(_measure(cell, notes))
     except Exception as e:  # noqa: BLE001 - every failure becomes a row
-        if _is_oom(e):
+        if isinstance(e, Unsupported):
+            failure = (f"unsupported: {e}", "")
+        elif _is_oom(e):
             failure = ("oom: out of memory" + (f" on {cell.device}" if cell.device != "cpu" else ""), _one_line(e))
         else:
             where = traceback.extract_tb(e.__traceback__)[-1]
