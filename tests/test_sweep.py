@@ -104,12 +104,33 @@ def test_load_results_types_and_sources(tmp_path):
     assert {"backend", "seq_len", "median_ms", "status"} <= set(table.columns)
     with pytest.raises(FileNotFoundError):
         load_results(tmp_path / "missing.csv")
+    (tmp_path / "batch_log.csv").write_text("name,seconds,status\nslice-1,12.5,ok\n")  # not results
+    assert len(load_results(tmp_path)) == 4
+    with pytest.raises(ValueError, match="not a results CSV"):
+        load_results(tmp_path / "batch_log.csv")
 
 
 def test_other_columns_are_not_appended_to(tmp_path):
     out = tmp_path / "old.csv"
     out.write_text("a,b\n1,2\n")
-    with pytest.raises(ValueError, match="other columns"):
+    with pytest.raises(ValueError, match="columns moe_lab does not write"):
         run_sweep(SweepGrid(backend="eager", **SMALL), out, progress=False)
+    assert out.read_text() == "a,b\n1,2\n"
+
+
+def test_a_file_of_an_older_version_is_upgraded_and_resumed(tmp_path):
+    """Rows written before a column was added keep their values; the sweep goes on in the same file."""
+    out = tmp_path / "older.csv"
+    grid = SweepGrid(backend="eager", **SMALL)
+    run_sweep(grid, out, progress=False)
+    older = [c for c in COLUMNS if c not in ("cell_s", "min_ms")]
+    rows = read_rows(out)
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, older, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows[:1])  # one row of two, written by the older version
+    df = run_sweep(grid, out, progress=False)
+    assert header(out) == COLUMNS and len(df) == 2
+    assert df.cell_s.isna().sum() == 1 and df.median_ms.notna().all()
     append_row(tmp_path / "new.csv", {"level": "layer"})
     assert header(tmp_path / "new.csv") == COLUMNS

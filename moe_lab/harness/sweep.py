@@ -242,18 +242,34 @@ def _repair_tail(path: Path) -> None:
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """The rows of a results CSV as dicts of strings (checks the header is this version's)."""
+    """The rows of a results CSV as dicts of strings, over `COLUMNS`.
+
+    A file written by an older moe_lab whose columns are all still in `COLUMNS` is rewritten (atomically)
+    with today's header, the new columns empty, so a sweep can go on appending to it; a file with
+    columns moe_lab no longer writes is refused.
+    """
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return []
     _repair_tail(path)
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is not None and list(reader.fieldnames) != COLUMNS:
-            missing = [c for c in COLUMNS if c not in reader.fieldnames]
-            raise ValueError(f"{path} was written with other columns than moe_lab writes now (missing: "
-                             f"{', '.join(missing) or 'none'}); write this sweep to another --out")
-        return list(reader)
+        fields = list(reader.fieldnames or [])
+        rows = list(reader)
+    if fields == COLUMNS:
+        return rows
+    unknown = [c for c in fields if c not in COLUMNS]
+    if unknown:
+        raise ValueError(f"{path} has columns moe_lab does not write ({', '.join(unknown)}): not a results CSV of "
+                         f"this version; write this sweep to another --out")
+    rows = [{c: r.get(c, "") for c in COLUMNS} for r in rows]
+    tmp = path.with_name(path.name + ".upgrading")
+    with open(tmp, "w", newline="") as f:
+        f.write(format_row(dict(zip(COLUMNS, COLUMNS))) + "".join(format_row(r) for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return rows
 
 
 def append_row(path: str | Path, row: dict) -> None:
@@ -328,32 +344,42 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _expand(paths) -> list[Path]:
+def _expand(paths) -> list[tuple[Path, bool]]:
+    """(file, named explicitly) for every file, directory (its *.csv, recursively) or glob given."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    files: list[Path] = []
+    files: list[tuple[Path, bool]] = []
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            files += sorted(p.rglob("*.csv"))
+            files += [(f, False) for f in sorted(p.rglob("*.csv"))]
         elif any(ch in str(p) for ch in "*?["):
-            files += [Path(g) for g in sorted(glob.glob(str(p), recursive=True))]
+            files += [(Path(g), False) for g in sorted(glob.glob(str(p), recursive=True))]
         elif p.exists():
-            files.append(p)
+            files.append((p, True))
         else:
             raise FileNotFoundError(f"no results at {p}")
     return files
+
+
+RESULTS_MARKER = {"level", "model", "backend", "status"}  # columns that tell a results CSV from other CSVs
 
 
 def load_results(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     """Rows of one or more results CSVs (files, directories searched for *.csv, or globs) as one DataFrame.
 
     Columns are `COLUMNS` with numbers typed, plus `source` (the file each row came from); rows with a
-    latency have status `ok` or `fallback:...`.
+    latency have status `ok` or `fallback:...`. CSVs found in a directory or by a glob that are not
+    results (no level/model/backend/status columns, e.g. a batch log) are passed over; a file named
+    explicitly must be results.
     """
     frames = []
-    for path in _expand(paths):
+    for path, explicit in _expand(paths):
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if not RESULTS_MARKER <= set(df.columns):
+            if explicit:
+                raise ValueError(f"{path} is not a results CSV (it lacks {', '.join(sorted(RESULTS_MARKER))})")
+            continue
         df["source"] = str(path)
         frames.append(df)
     if not frames:
