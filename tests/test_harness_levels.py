@@ -128,6 +128,18 @@ def test_train_on_a_forward_only_path_is_unsupported(monkeypatch):
     assert "median_ms" not in row
 
 
+def test_decode_prefills_without_the_cells_backend(monkeypatch):
+    """The untimed prompt runs transformers' grouped_mm: a backend that cannot take the prompt still decodes."""
+    def decode_only(experts, x, ids, w):
+        if x.shape[0] > 2:  # like batched_mm's weight copies of a long prompt: more than memory holds
+            raise torch.OutOfMemoryError("prompt too large for this backend")
+        return moe_lab.BACKENDS["grouped_mm"](experts, x, ids, w)
+
+    monkeypatch.setitem(moe_lab.BACKENDS, "decode_only", decode_only)
+    row = run_cell(Cell("decode", "tiny", "decode_only", batch_size=2, seq_len=16, warmup=1, iters=2))
+    assert row["status"] == "ok" and measured(row) and row["tokens"] == 2
+
+
 def test_decode_runs_in_transformers_decode_context():
     workload = build_workload(Cell("decode", "tiny", "transformers:grouped_mm", batch_size=2, seq_len=8), warmup=1)
     try:

@@ -8,9 +8,11 @@
 - `model`: one prefill forward (`use_cache=False`) of the whole transformers model from its config,
   random weights, cut to `num_layers`; backends switched by `set_experts_implementation`
   (transformers' names, or moe_lab's as `moe_lab_<name>` via `register_with_transformers`).
-- `decode`: a prompt of `seq_len` tokens fills a static KV cache (untimed), then each timed call is one
-  decode step of one token per sequence, inside transformers' own decode context
-  (`_optimize_model_for_decode`): on a GPU it switches grouped_mm to batched_mm, as `generate` does.
+- `decode`: a prompt of `seq_len` tokens fills a static KV cache (untimed, with transformers' grouped_mm
+  whatever the backend, so batched_mm's weight copies of the prompt cannot exhaust memory), then each
+  timed call is one decode step of one token per sequence with the cell's backend, inside transformers'
+  own decode context (`_optimize_model_for_decode`): on a GPU it switches grouped_mm to batched_mm, as
+  `generate` does.
 
 The experts layer and the model are kept between cells that share them (one of each), so a sweep over
 backends and sizes builds them once.
@@ -256,8 +258,12 @@ def build_decode(cell: Cell, warmup: int) -> Workload:
     prompt = torch.randint(0, vocab, (cell.batch_size, cell.seq_len), generator=gen).to(cell.device)
     token = torch.randint(0, vocab, (cell.batch_size, 1), generator=gen).to(cell.device)
     cache = StaticCache(config=model.config, max_cache_len=cell.seq_len + warmup + cell.iters + 2)
+    # the untimed prefill runs transformers' grouped_mm, which copies no weights, whatever the cell's backend:
+    # batched_mm would gather batch x seq x K weight matrices (Qwen1.5 at 16x128: 88 GiB) for a step not measured
+    model.set_experts_implementation(PREFILL_IMPLEMENTATION)
     with torch.no_grad():
-        model(input_ids=prompt, past_key_values=cache, use_cache=True)  # prefill, untimed
+        model(input_ids=prompt, past_key_values=cache, use_cache=True)
+    model.set_experts_implementation(implementation)
 
     workload = Workload(lambda: None, ExpertsCost(0, 0, 0), "")
     workload.stack.callback(model.set_experts_implementation, implementation)
@@ -289,6 +295,8 @@ def _decode_steps(cell, model, implementation, token, cache, workload) -> Worklo
     workload.implementation = f"experts_implementation={running}"
     return workload
 
+
+PREFILL_IMPLEMENTATION = "grouped_mm"
 
 BUILDERS = {"layer": build_layer, "train": build_train, "model": build_model_level, "decode": build_decode}
 
