@@ -73,7 +73,8 @@ CASE_NAMES = ["one_token", "no_tokens", "experts_without_tokens", "hot_expert", 
 CASE_CONFIGS = ["decode", "grouped16", "grouped16_one_dot"]
 LAYOUT_CONFIGS = ["decode", "grouped16_one_dot"]
 if HAS_CUDA:
-    CASE_NAMES, CASE_CONFIGS, LAYOUT_CONFIGS = list(CASES), list(CONFIGS), ["decode", "grouped16", "grouped16_one_dot"]
+    CASE_NAMES, CASE_CONFIGS, LAYOUT_CONFIGS = list(CASES), ["decode", "grouped16_one_dot", "grouped64"], \
+        ["decode", "grouped16", "grouped16_one_dot"]
 
 
 def check(experts, x_TH, ids_TK, weights_TK, config, tol, what):
@@ -195,7 +196,7 @@ def test_cuda_graph_capture_replays_new_inputs(T, seed):
 
 @pytest.mark.skipif(not HAS_CUDA, reason="the family modules at full size on the GPU")
 @pytest.mark.parametrize("model", ["qwen1.5-moe-a2.7b", "qwen3-30b-a3b", "olmoe-1b-7b"])
-@pytest.mark.parametrize("T", [1, 4, 64, 1500])
+@pytest.mark.parametrize("T", [1, 4, 64])
 def test_transformers_family_module(model, T, seed):
     from moe_lab import synthetic_routing
     from moe_lab.shapes import build_hf_experts, get_shape
