@@ -151,6 +151,9 @@ def estimate_cell_bytes(cell) -> int:
     elem = cell.torch_dtype.itemsize
     weights = experts_weight_elements(shape) * elem
     workspace = experts_workspace_bytes(shape, cell.tokens, cell.backend, elem)
+    if cell.level == "decode":  # the prompt is prefilled with grouped_mm (see levels.build_decode)
+        prompt = cell.batch_size * cell.seq_len
+        workspace = max(workspace, experts_workspace_bytes(shape, prompt, "transformers:grouped_mm", elem))
     io = cell.tokens * shape.hidden * elem * 4
     if cell.level == "layer":
         return weights + workspace + io
