@@ -536,7 +536,8 @@ def main(argv=None) -> int:
     import transformers
     import triton
 
-    log(f"device {torch.cuda.get_device_name() if DEV == 'cuda' else 'cpu (dry run)'}, torch {torch.__version__}, triton {triton.__version__}, "
+    device = torch.cuda.get_device_name() if DEV == "cuda" else "cpu (dry run)"
+    log(f"device {device}, torch {torch.__version__}, triton {triton.__version__}, "
         f"transformers {transformers.__version__}, python {sys.version.split()[0]}, "
         f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     status = 0

@@ -42,7 +42,7 @@ def table_path() -> Path:
 
 
 def layout_tag(experts: torch.nn.Module) -> str:
-    """A short name of the weight layout: `default` (gated, concatenated, not transposed, no bias or norm) or its flags."""
+    """The weight layout's short name: `default` (gated, concatenated, not transposed, no bias or norm) or its flags."""
     flags = [name for name, on in (("nogate", not experts.has_gate),
                                    ("interleaved", experts.has_gate and not experts.is_concatenated),
                                    ("transposed", experts.is_transposed), ("bias", experts.has_bias),

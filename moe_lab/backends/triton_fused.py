@@ -16,7 +16,8 @@ its gate is transformers' default one with a silu, gelu or relu activation, or g
 else is refused with an error naming it, never computed by another backend.
 
 Forward only (`differentiable = False`): the output carries no gradient. CUDA only: `device_types`
-lists where it runs, for test suites to skip it elsewhere. On CPU it runs only when the kernels were imported under Triton's interpreter (`TRITON_INTERPRET=1`), for tests.
+lists where it runs, for test suites to skip it elsewhere. On CPU it runs only when the kernels were
+imported under Triton's interpreter (`TRITON_INTERPRET=1`), for tests.
 """
 
 from __future__ import annotations

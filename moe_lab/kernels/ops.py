@@ -63,7 +63,8 @@ class _Launch:
                 return
             except (TypeError, ValueError, SystemError, AttributeError) as err:  # launcher rejected the arguments
                 self.compiled, self.direct = None, False
-                log_once(f"moe_lab triton_fused: direct launch of {getattr(self.kernel, '__name__', 'a kernel')} failed ({err}); "
+                name = getattr(self.kernel, "__name__", "a kernel")
+                log_once(f"moe_lab triton_fused: direct launch of {name} failed ({err}); "
                          "using Triton's JIT launch path")
         k = self.kernel[self.grid](*args, **self.consts, **self.opts)
         if c is None and self.direct and hasattr(k, "packed_metadata"):
