@@ -137,3 +137,20 @@ def test_committed_table_names_known_backends():
     table = load_dispatch_table(str(auto.DEFAULT_TABLE))
     for rows in table.values():
         assert all(name in auto.CANDIDATES for _, name in rows)
+
+
+def test_forward_only_choice_gives_way_to_grouped_mm_when_gradients_are_needed(table_env, monkeypatch, caplog):
+    forward_only = auto.CANDIDATES["eager"]
+    monkeypatch.setattr(forward_only, "differentiable", False, raising=False)
+    write_table(table_env, [dict(tokens=1, backend="eager")])
+    experts = build_experts("tiny")
+    x_TH, ids_TK, w_TK = call_inputs(5)
+    with torch.no_grad():  # inference: the table's choice runs
+        auto.auto_experts(experts, x_TH, ids_TK, w_TK)
+    assert forward_only in auto._CHOICES[experts].values()
+    x_TH.requires_grad_(True)
+    with caplog.at_level("WARNING", logger="moe_lab"):
+        out = auto.auto_experts(experts, x_TH, ids_TK, w_TK)
+    out.sum().backward()
+    assert x_TH.grad is not None and experts.down_proj.grad is not None
+    assert BACKENDS["grouped_mm"] in auto._CHOICES[experts].values()

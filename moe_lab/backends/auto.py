@@ -10,6 +10,10 @@ Documented default where the table has no entry for the key: on CPU (and any non
 `grouped_mm`; on CUDA `triton_fused` when triton is installed and the layout has a fused kernel,
 else `grouped_mm`.
 
+When gradients are needed (grad mode on and an input or expert parameter requires grad) and the
+table's choice is forward only (`differentiable = False`, e.g. `triton_fused`), auto runs `grouped_mm`
+instead and logs it once: a training step never silently loses the experts' gradients.
+
 The choice reads only metadata (shapes, dtype, device) and cached tables, so auto adds no host
 synchronisation; what runs is the chosen backend, called as a plain function.
 """
@@ -25,7 +29,7 @@ from pathlib import Path
 import torch
 
 from moe_lab.backends.batched_mm import batched_mm_experts
-from moe_lab.backends.common import num_experts, up_weight_EHN
+from moe_lab.backends.common import log_once, num_experts, up_weight_EHN
 from moe_lab.backends.eager import eager_experts
 from moe_lab.backends.grouped_mm import grouped_mm_experts
 from moe_lab.backends.triton_fused import UnsupportedLayoutError, gate_spec, triton_fused_experts
@@ -116,12 +120,18 @@ def auto_experts(
     experts: torch.nn.Module, x_TH: torch.Tensor, topk_ids_TK: torch.Tensor, topk_weights_TK: torch.Tensor
 ) -> torch.Tensor:
     """The backend the table names for this call, remembered per module and call metadata."""
+    needs_grad = torch.is_grad_enabled() and (x_TH.requires_grad or topk_weights_TK.requires_grad
+                                              or any(p.requires_grad for p in experts.parameters()))
     key = (x_TH.shape[0], topk_ids_TK.shape[-1], x_TH.dtype, x_TH.device, os.environ.get("MOE_LAB_DISPATCH_TABLE"),
-           _GENERATION[0])  # a reloaded table invalidates the remembered choices
+           _GENERATION[0], needs_grad)  # a reloaded table invalidates the remembered choices
     choices = _CHOICES.get(experts)
     if choices is None:
         choices = _CHOICES[experts] = {}
     fn = choices.get(key)
     if fn is None:
-        fn = choices[key] = CANDIDATES[choose_backend(experts, x_TH, topk_ids_TK)]
+        name = choose_backend(experts, x_TH, topk_ids_TK)
+        if needs_grad and not getattr(CANDIDATES[name], "differentiable", True):
+            log_once(f"moe_lab auto: {name} is forward only and gradients are needed; running grouped_mm")
+            name = "grouped_mm"
+        fn = choices[key] = CANDIDATES[name]
     return fn(experts, x_TH, topk_ids_TK, topk_weights_TK)
