@@ -74,13 +74,15 @@ def post_expert_norm(experts: torch.nn.Module, y_SH: torch.Tensor) -> torch.Tens
 
 
 def check_inputs(
-    experts: torch.nn.Module, x_TH: torch.Tensor, topk_ids_TK: torch.Tensor, topk_weights_TK: torch.Tensor
+    experts: torch.nn.Module, x_TH: torch.Tensor, topk_ids_TK: torch.Tensor, topk_weights_TK: torch.Tensor,
+    *, check_range: bool = True,
 ) -> None:
     """Raise a clear error for inputs no backend can compute on.
 
     Shapes, dtypes and devices are checked from metadata. The expert-index range needs the data:
     on CPU it is checked here; on an accelerator it is an asynchronous device assert, so no backend
-    gains a host synchronisation (and CUDA graph capture keeps working).
+    gains a host synchronisation (and CUDA graph capture keeps working). `check_range=False` skips it
+    (a backend that cannot afford even the device assert's kernels says so in its docstring).
     """
     w_down = experts.down_proj
     E, H = num_experts(experts), up_weight_EHN(experts).shape[1]
@@ -103,7 +105,7 @@ def check_inputs(
     for name, t in (("hidden states", x_TH), ("top_k_index", topk_ids_TK), ("top_k_weights", topk_weights_TK)):
         if t.device != w_down.device:
             raise ValueError(f"{name} are on {t.device} but the expert weights are on {w_down.device}")
-    if topk_ids_TK.numel() == 0 or torch.compiler.is_compiling():
+    if not check_range or topk_ids_TK.numel() == 0 or torch.compiler.is_compiling():
         return
     in_range = (topk_ids_TK.min() >= 0) & (topk_ids_TK.max() < E)
     if topk_ids_TK.device.type == "cpu":
