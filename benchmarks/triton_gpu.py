@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import itertools
 import json
 import math
 import os
@@ -38,6 +37,7 @@ import torch
 
 from moe_lab import Experts, ExpertsLayout, reference_experts, relative_error, synthetic_routing
 from moe_lab.shapes import build_experts, build_hf_experts, get_shape
+from moe_lab.tune import median_ms as tune_median_ms
 
 MODELS = ("qwen1.5-moe-a2.7b", "qwen3-30b-a3b", "olmoe-1b-7b")
 TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -59,27 +59,9 @@ def left(budget: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- timing
-_FLUSH: dict[str, torch.Tensor] = {}
-
-
 def median_ms(fn, reps: int = 20, warmup: int = 2) -> float:
-    """Median of CUDA-event timings of `fn`, L2 flushed (256 MiB memset) before each call."""
-    for _ in range(warmup):
-        fn()
-    if DEV == "cpu":
-        t = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t) * 1e3
-    flush = _FLUSH.setdefault("l2", torch.empty(256 * 2**20, dtype=torch.int8, device="cuda"))
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for i in range(reps):
-        flush.zero_()
-        starts[i].record()
-        fn()
-        ends[i].record()
-    torch.cuda.synchronize()
-    return float(np.median([s.elapsed_time(e) for s, e in zip(starts, ends)]))
+    """Median of CUDA-event timings of `fn`, L2 flushed before each call (moe_lab.tune's timer)."""
+    return tune_median_ms(fn, torch.device(DEV), reps=reps, warmup=warmup)
 
 
 def measure_roofline() -> tuple[float, float]:
