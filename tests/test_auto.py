@@ -154,3 +154,9 @@ def test_forward_only_choice_gives_way_to_grouped_mm_when_gradients_are_needed(t
     out.sum().backward()
     assert x_TH.grad is not None and experts.down_proj.grad is not None
     assert BACKENDS["grouped_mm"] in auto._CHOICES[experts].values()
+
+
+def test_default_on_cuda_transposed_layout_is_grouped_mm():
+    """gpt-oss's transposed layout: untuned triton_fused measured slow there, so the default is grouped_mm."""
+    experts = build_experts("gpt-oss-20b", device="meta")
+    assert default_backend(experts, torch.device("cuda")) == "grouped_mm"

@@ -7,8 +7,8 @@ A call with T tokens uses the winner of the largest measured bucket <= T (the sm
 is below all of them).
 
 Documented default where the table has no entry for the key: on CPU (and any non-CUDA device)
-`grouped_mm`; on CUDA `triton_fused` when triton is installed and the layout has a fused kernel,
-else `grouped_mm`.
+`grouped_mm`; on CUDA `triton_fused` when triton is installed and the layout has a fused kernel and
+is not transposed (measured slow untuned), else `grouped_mm`. `moe-lab tune` replaces the guess.
 
 When gradients are needed (grad mode on and an input or expert parameter requires grad) and the
 table's choice is forward only (`differentiable = False`, e.g. `triton_fused`), auto runs `grouped_mm`
@@ -77,8 +77,13 @@ def load_dispatch_table(path: str) -> dict[Key, list[tuple[int, str]]]:
 
 
 def default_backend(experts: torch.nn.Module, device: torch.device) -> str:
-    """The documented default: grouped_mm off CUDA; triton_fused on CUDA where it can run this layout."""
-    if device.type != "cuda":
+    """The documented default: grouped_mm off CUDA; triton_fused on CUDA where it can run this layout fast.
+
+    Transposed weight layouts (gpt-oss) get grouped_mm: with untuned tile configs triton_fused measured
+    6 to 40x slower than grouped_mm there from 32 tokens on (data/results/h100/layer-gpt-oss-20b.csv),
+    while on the non-transposed layouts it beat every other backend at every token count.
+    """
+    if device.type != "cuda" or experts.is_transposed:
         return "grouped_mm"
     try:
         import triton  # noqa: F401
