@@ -243,6 +243,20 @@ def graph_ms(fn, reps: int = 10) -> float:
     return ms
 
 
+def precompile(label: str, ex, call_inputs, cfgs) -> None:
+    """Compile every candidate config once, in parallel threads (ptxas runs outside the GIL)."""
+    from moe_lab.backends.triton_fused import triton_fused_experts
+
+    x, ids, w = call_inputs
+    cfgs = list(cfgs)
+    t_c = time.time()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda c: _try(triton_fused_experts, ex, x, ids, w, c), cfgs))
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+    log(f"{label}: compiled {len(cfgs)} configs in {time.time() - t_c:.1f}s")
+
+
 def tune(budget: float, out_dir: Path, models=MODELS, tokens=TOKENS) -> dict:
     """Per model and token bucket: time (GPU time, in a CUDA graph) the decode configs (up x down) and, per
     BLOCK_M, the gate/up candidates (two dots and one dot) with a fixed down, then the down candidates with
@@ -259,16 +273,9 @@ def tune(budget: float, out_dir: Path, models=MODELS, tokens=TOKENS) -> dict:
         ex = build_experts(model, device=DEV, dtype=torch.bfloat16)
         key = shape_key(shape.experts, shape.hidden, shape.intermediate, shape.top_k)
         table[kind]["bfloat16"][key] = {}
-        # compile every candidate once, in parallel threads (ptxas runs outside the GIL)
         all_cfgs = {json.dumps(c, sort_keys=True): c for T in tokens
                     for c in _all_candidates(T * shape.top_k, shape.experts)}
-        x1, ids1, w1 = inputs(shape, 4)
-        t_c = time.time()
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda c: _try(triton_fused_experts, ex, x1, ids1, w1, c), all_cfgs.values()))
-        if DEV == "cuda":
-            torch.cuda.synchronize()
-        log(f"tune {model}: compiled {len(all_cfgs)} configs in {time.time() - t_c:.1f}s")
+        precompile(f"tune {model}", ex, inputs(shape, 4), all_cfgs.values())
         for T in tokens:
             if left(budget) < 0:
                 log(f"tune {model}: out of time budget at T={T}; later buckets keep the heuristic")
@@ -341,13 +348,7 @@ def tune_wide(budget: float, base: dict, models=MODELS, tokens=(2048, 4096, 8192
         by_t = table.setdefault(kind, {}).setdefault("bfloat16", {}).setdefault(key, {})
         cands = {json.dumps(_wide_cfg(bm, u, d), sort_keys=True): _wide_cfg(bm, u, d)
                  for bm, (ups, downs) in GROUPED_WIDE.items() for u in ups for d in downs}
-        x1, ids1, w1 = inputs(shape, 256)
-        t_c = time.time()
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda c: _try(triton_fused_experts, ex, x1, ids1, w1, c), cands.values()))
-        if DEV == "cuda":
-            torch.cuda.synchronize()
-        log(f"tune-wide {model}: compiled {len(cands)} configs in {time.time() - t_c:.1f}s")
+        precompile(f"tune-wide {model}", ex, inputs(shape, 256), cands.values())
         for T in tokens:
             if left(budget) < 0:
                 log(f"tune-wide {model}: out of time budget at T={T}")

@@ -66,6 +66,15 @@ def _dot(a, b, acc, DOT_MODE: tl.constexpr):
 
 
 @triton.jit
+def _gate_up_rows(n, I, GATE_MODE: tl.constexpr):
+    """Rows of the (2I, H) gate/up weight holding the gate and up halves of intermediate columns n:
+    interleaved (GATE_MODE 2: gate0, up0, gate1, ...) or concatenated ([gate; up])."""
+    if GATE_MODE == 2:
+        return 2 * n, 2 * n + 1
+    return n, n + I
+
+
+@triton.jit
 def _tile_ids(pid, num_blocks_m, num_pid_n, GROUP_M: tl.constexpr):
     """Grouped ordering: GROUP_M consecutive row blocks (mostly one expert) share each weight tile in L2."""
     num_pid_in_group = GROUP_M * num_pid_n
@@ -98,10 +107,8 @@ def _gate_up_one_dot(
     n_c = pid_n * BLOCK_N + offs_c // 2
     n_c = tl.where(n_c < I, n_c, 0)
     is_up = (offs_c % 2) == 1
-    if GATE_MODE == 2:
-        rows_c = 2 * n_c + is_up.to(tl.int32)
-    else:
-        rows_c = n_c + is_up.to(tl.int32) * I
+    gate_rows_c, up_rows_c = _gate_up_rows(n_c, I, GATE_MODE)
+    rows_c = tl.where(is_up, up_rows_c, gate_rows_c)
     offs_k = tl.arange(0, BLOCK_K)
     x_ptrs = x_ptr + token[:, None] * stride_xt + offs_k[None, :] * stride_xh
     w_ptrs = w_ptr + expert.to(tl.int64) * stride_we + offs_k[:, None] * stride_wh + rows_c[None, :] * stride_wn
@@ -151,13 +158,7 @@ def _gate_up_grouped_kernel(
     token = tl.where(row_ok, pair // TOPK, 0).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
-    offs_n_safe = tl.where(n_ok, offs_n, 0)
-    if GATE_MODE == 2:
-        gate_rows = 2 * offs_n_safe
-        up_rows = 2 * offs_n_safe + 1
-    else:
-        gate_rows = offs_n_safe
-        up_rows = offs_n_safe + I
+    gate_rows, up_rows = _gate_up_rows(tl.where(n_ok, offs_n, 0), I, GATE_MODE)
     offs_k = tl.arange(0, BLOCK_K)
     x_ptrs = x_ptr + token[:, None] * stride_xt + offs_k[None, :] * stride_xh
     w_base = w_ptr + expert.to(tl.int64) * stride_we
@@ -256,13 +257,7 @@ def _gate_up_decode_kernel(
     e = tl.where((e >= 0) & (e < E), e, 0)  # an out-of-range pair is computed on expert 0, then dropped in down
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
-    offs_n_safe = tl.where(n_ok, offs_n, 0)
-    if GATE_MODE == 2:
-        gate_rows = 2 * offs_n_safe
-        up_rows = 2 * offs_n_safe + 1
-    else:
-        gate_rows = offs_n_safe
-        up_rows = offs_n_safe + I
+    gate_rows, up_rows = _gate_up_rows(tl.where(n_ok, offs_n, 0), I, GATE_MODE)
     offs_k = tl.arange(0, BLOCK_K)
     w_base = w_ptr + e.to(tl.int64) * stride_we
     x_ptrs = x_ptr + t.to(tl.int64) * stride_xt + offs_k * stride_xh
