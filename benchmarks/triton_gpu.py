@@ -7,9 +7,10 @@ Stages, each guarded by the time budget (what is left undone is logged, never si
 2. check: triton_fused against the float64 reference (relative Frobenius error, bf16 3e-2, fp16 5e-3,
    fp32 1e-4) on unaligned sizes, experts without tokens, a hot expert, T=1, top-k=1, every layout,
    both kernel paths, the real model shapes, and once inside a CUDA graph; output poisoned first;
-3. tune (--tune): per model shape and token bucket, every candidate tile config timed on the whole
-   call; the winners go to `triton_fused.json` (commit it to moe_lab/kernels/configs/), then
-   `moe_lab.tune` writes auto's dispatch table `auto_dispatch.csv` with those configs in force;
+3. tune (--tune): `moe-lab tune-kernels`' search (`moe_lab.kernels.search`) per model shape and token
+   bucket, starting from the package's table; the winners go to `triton_fused.json` (commit it to
+   moe_lab/kernels/configs/), then `moe_lab.tune` writes auto's dispatch table `auto_dispatch.csv`
+   with those configs in force;
 4. bench: triton_fused, auto and transformers' backends (`transformers.integrations.moe` functions on
    the family's own experts module, same weights and inputs) per model and token count, transformers
    under compile none / default / max-autotune-no-cudagraphs / reduce-overhead where the budget allows;
@@ -21,15 +22,13 @@ Writes under --out: triton_gpu.log, triton_gpu_check.csv, triton_gpu_bench.csv (
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
-import json
 import math
 import os
+import shutil
 import sys
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -190,204 +189,6 @@ def check(budget: float) -> list[dict]:
     return rows
 
 
-# ------------------------------------------------------------------------------------------------ tune
-DECODE_UP = [(4, 512, 4), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 512, 8), (32, 256, 8), (4, 1024, 4)]
-DECODE_DOWN = [(4, 512, 4), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 512, 8), (4, 256, 2)]
-GROUPED = {  # BLOCK_M: (up candidates, down candidates), each (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages)
-    16: ([(64, 128, 1, 4, 4), (128, 128, 1, 4, 3), (64, 256, 1, 4, 3), (32, 256, 1, 4, 4)],
-         [(64, 128, 1, 4, 4), (128, 128, 1, 4, 3), (64, 256, 1, 4, 3), (128, 64, 1, 4, 5)]),
-    32: ([(64, 128, 4, 4, 4), (128, 64, 4, 4, 4), (64, 64, 4, 4, 5)],
-         [(128, 64, 4, 4, 4), (64, 128, 4, 4, 4), (128, 128, 4, 8, 3)]),
-    64: ([(64, 64, 8, 4, 4), (128, 64, 8, 8, 3), (64, 128, 8, 4, 3)],
-         [(128, 64, 8, 4, 4), (128, 64, 8, 8, 3), (256, 64, 8, 8, 3), (64, 128, 8, 4, 3)]),
-    128: ([(64, 64, 8, 4, 4), (64, 128, 8, 8, 3), (128, 64, 8, 8, 3), (64, 64, 16, 8, 4)],
-          [(64, 256, 8, 8, 3), (128, 64, 8, 8, 4), (128, 128, 8, 8, 3), (256, 64, 8, 8, 3)]),
-}
-TILE_KEYS = ("BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
-
-
-def _decode_cfg(u, d) -> dict:
-    return {"path": "decode", "up": {"BLOCK_N": u[0], "BLOCK_K": u[1], "num_warps": u[2], "num_stages": 2},
-            "down": {"BLOCK_N": d[0], "BLOCK_K": d[1], "num_warps": d[2], "num_stages": 2}}
-
-
-def _grouped_cfg(bm, u, d, one_dot) -> dict:
-    return {"path": "grouped", "BLOCK_M": bm, "up": {**dict(zip(TILE_KEYS, u)), "ONE_DOT": one_dot},
-            "down": dict(zip(TILE_KEYS, d))}
-
-
-def _block_ms(S: int, E: int) -> list[int]:
-    per_expert = S / E
-    return [bm for bm in GROUPED if not (bm > 16 and per_expert < bm / 4) and not (bm < 64 and per_expert > 8 * bm)]
-
-
-def _all_candidates(S: int, E: int) -> list[dict]:
-    out = [_decode_cfg(u, d) for u in DECODE_UP for d in DECODE_DOWN] if S <= 128 else []
-    for bm in _block_ms(S, E):
-        ups, downs = GROUPED[bm]
-        out += [_grouped_cfg(bm, u, d, od) for u in ups for od in (0, 1) for d in downs]
-    return out
-
-
-def graph_ms(fn, reps: int = 10) -> float:
-    """GPU time of one call: the call captured in a CUDA graph, replays timed by events, L2 flushed before each."""
-    if DEV == "cpu":
-        return median_ms(fn, reps=1, warmup=0)
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    ms = median_ms(g.replay, reps=reps, warmup=1)
-    del g
-    return ms
-
-
-def precompile(label: str, ex, call_inputs, cfgs) -> None:
-    """Compile every candidate config once, in parallel threads (ptxas runs outside the GIL)."""
-    from moe_lab.backends.triton_fused import triton_fused_experts
-
-    x, ids, w = call_inputs
-    cfgs = list(cfgs)
-    t_c = time.time()
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda c: _try(triton_fused_experts, ex, x, ids, w, c), cfgs))
-    if DEV == "cuda":
-        torch.cuda.synchronize()
-    log(f"{label}: compiled {len(cfgs)} configs in {time.time() - t_c:.1f}s")
-
-
-def tune(budget: float, out_dir: Path, models=MODELS, tokens=TOKENS) -> dict:
-    """Per model and token bucket: time (GPU time, in a CUDA graph) the decode configs (up x down) and, per
-    BLOCK_M, the gate/up candidates (two dots and one dot) with a fixed down, then the down candidates with
-    the best gate/up; keep the fastest. Returns {device: {dtype: {shape: {T: config}}}}."""
-    from moe_lab.backends.triton_fused import triton_fused_experts
-    from moe_lab.devices import device_kind
-    from moe_lab.kernels.configs import shape_key
-
-    kind = device_kind(DEV)
-    table: dict = {kind: {"bfloat16": {}}}
-    rows = []
-    for model in models:
-        shape = get_shape(model)
-        ex = build_experts(model, device=DEV, dtype=torch.bfloat16)
-        key = shape_key(shape.experts, shape.hidden, shape.intermediate, shape.top_k)
-        table[kind]["bfloat16"][key] = {}
-        all_cfgs = {json.dumps(c, sort_keys=True): c for T in tokens
-                    for c in _all_candidates(T * shape.top_k, shape.experts)}
-        precompile(f"tune {model}", ex, inputs(shape, 4), all_cfgs.values())
-        for T in tokens:
-            if left(budget) < 0:
-                log(f"tune {model}: out of time budget at T={T}; later buckets keep the heuristic")
-                break
-            x, ids, w = inputs(shape, T)
-            S = T * shape.top_k
-
-            def timed(cfg):
-                try:
-                    ms = graph_ms(lambda: triton_fused_experts(ex, x, ids, w, config=cfg))
-                except Exception as err:  # noqa: BLE001  (a config that does not fit: too much shared memory)
-                    log(f"tune {model} T={T}: config failed: {cfg} ({str(err).splitlines()[0][:100]})")
-                    return math.inf
-                rows.append(dict(model=model, T=T, ms=ms, config=json.dumps(cfg, sort_keys=True)))
-                return ms
-
-            results = []
-            if S <= 128:  # decode: gate/up candidates with a fixed down, then down candidates with the best gate/up
-                _, u = min((timed(_decode_cfg(u, DECODE_DOWN[1])), u) for u in DECODE_UP)
-                results += [(timed(_decode_cfg(u, d)), json.dumps(_decode_cfg(u, d), sort_keys=True))
-                            for d in DECODE_DOWN]
-            for bm in _block_ms(S, shape.experts):
-                ups, downs = GROUPED[bm]
-                first = min((timed(_grouped_cfg(bm, u, downs[0], od)), u, od) for u in ups for od in (0, 1))
-                _, u, od = first
-                results += [(timed(_grouped_cfg(bm, u, d, od)), json.dumps(_grouped_cfg(bm, u, d, od), sort_keys=True))
-                             for d in downs]
-            results.sort()
-            best_ms, best = results[0]
-            table[kind]["bfloat16"][key][str(T)] = json.loads(best)
-            log(f"tune {model} T={T}: best {best_ms:.4f} ms (GPU time) of {len(results)}: {best}")
-        del ex
-    with open(out_dir / "tune_candidates.csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=["model", "T", "ms", "config"])
-        wr.writeheader()
-        wr.writerows(rows)
-    return table
-
-
-GROUPED_WIDE = {  # the large-token search: (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, ONE_DOT)
-    64: ([(64, 64, 8, 4, 4, 1), (64, 64, 8, 4, 4, 0), (64, 128, 8, 8, 3, 1), (64, 64, 16, 4, 3, 1)],
-         [(64, 128, 8, 4, 4), (64, 256, 8, 8, 3), (128, 128, 8, 8, 3)]),
-    128: ([(64, 64, 8, 4, 4, 0), (64, 64, 8, 4, 3, 0), (64, 64, 16, 4, 4, 0), (64, 64, 4, 4, 4, 0),
-           (64, 128, 8, 4, 3, 0), (128, 64, 8, 8, 3, 0), (64, 64, 8, 8, 4, 0), (32, 128, 8, 4, 4, 0),
-           (32, 64, 8, 4, 4, 1), (64, 64, 8, 8, 4, 1), (64, 64, 8, 4, 3, 1)],
-          [(64, 256, 8, 8, 3), (64, 256, 8, 4, 3), (64, 128, 8, 4, 4), (128, 128, 8, 8, 3), (64, 256, 16, 8, 3),
-           (128, 64, 8, 4, 4), (64, 256, 4, 8, 3)]),
-    256: ([(64, 64, 8, 8, 3, 0), (32, 64, 8, 8, 4, 0)], [(64, 128, 8, 8, 3), (64, 64, 8, 8, 4)]),
-}
-
-
-def _wide_cfg(bm, u, d) -> dict:
-    return {"path": "grouped", "BLOCK_M": bm, "up": {**dict(zip(TILE_KEYS, u[:5])), "ONE_DOT": u[5]},
-            "down": dict(zip(TILE_KEYS, d))}
-
-
-def tune_wide(budget: float, base: dict, models=MODELS, tokens=(2048, 4096, 8192, 16384)) -> dict:
-    """A wider search at large token counts (BLOCK_M 64 / 128 / 256), the base table's config competing too;
-    returns the base table with the winners merged in."""
-    from moe_lab.backends.triton_fused import triton_fused_experts
-    from moe_lab.devices import device_kind
-    from moe_lab.kernels.configs import shape_key
-
-    kind = device_kind(DEV)
-    table = copy.deepcopy(base)
-    for model in models:
-        shape = get_shape(model)
-        ex = build_experts(model, device=DEV, dtype=torch.bfloat16)
-        key = shape_key(shape.experts, shape.hidden, shape.intermediate, shape.top_k)
-        by_t = table.setdefault(kind, {}).setdefault("bfloat16", {}).setdefault(key, {})
-        cands = {json.dumps(_wide_cfg(bm, u, d), sort_keys=True): _wide_cfg(bm, u, d)
-                 for bm, (ups, downs) in GROUPED_WIDE.items() for u in ups for d in downs}
-        precompile(f"tune-wide {model}", ex, inputs(shape, 256), cands.values())
-        for T in tokens:
-            if left(budget) < 0:
-                log(f"tune-wide {model}: out of time budget at T={T}")
-                break
-            x, ids, w = inputs(shape, T)
-            per_expert = T * shape.top_k / shape.experts
-
-            def timed(cfg):
-                try:
-                    return graph_ms(lambda: triton_fused_experts(ex, x, ids, w, config=cfg))
-                except Exception:  # noqa: BLE001
-                    return math.inf
-
-            results = []
-            if str(T) in by_t:
-                results.append((timed(by_t[str(T)]), json.dumps(by_t[str(T)], sort_keys=True)))
-            for bm, (ups, downs) in GROUPED_WIDE.items():
-                if bm == 256 and per_expert < 256 or bm == 64 and per_expert > 1024:
-                    continue
-                _, u = min((timed(_wide_cfg(bm, u, downs[0])), u) for u in ups)
-                results += [(timed(_wide_cfg(bm, u, d)), json.dumps(_wide_cfg(bm, u, d), sort_keys=True))
-                            for d in downs]
-            results.sort()
-            base_ms = results[[r[1] for r in results].index(json.dumps(by_t[str(T)], sort_keys=True))][0] \
-                if str(T) in by_t else math.nan
-            by_t[str(T)] = json.loads(results[0][1])
-            log(f"tune-wide {model} T={T}: best {results[0][0]:.4f} ms (base {base_ms:.4f}) of {len(results)}: "
-                f"{results[0][1]}")
-        del ex
-    return table
-
-
-def _try(fn, *args):
-    try:
-        fn(*args[:4], config=args[4])
-    except Exception:  # noqa: BLE001
-        pass
-
-
 # ----------------------------------------------------------------------------------------------- bench
 def bench(budget: float, bw: float, peak: float, compile_modes: bool) -> list[dict]:
     import transformers
@@ -491,6 +292,25 @@ def _bench_compiled(model, shape, ex, hf_fns, budget, bw, peak, add, expensive):
             add(model, T, f"transformers:{hname}", mode, None, fl, f"error: {str(err).splitlines()[0][:150]}")
 
 
+# ------------------------------------------------------------------------------------------------ tune
+def tune(args, out: Path, budget: float) -> None:
+    """Tile configs (`moe_lab.kernels.search`, starting from the package's table) into out/triton_fused.json,
+    then auto's dispatch table into out/auto_dispatch.csv with those configs in force."""
+    from moe_lab import tune as auto_tune
+    from moe_lab.kernels import configs, search
+
+    tuned = out / "triton_fused.json"
+    shutil.copyfile(configs.config_path(), tuned)
+    os.environ[configs.CONFIG_ENV] = str(tuned)
+    table, rows = search.search(args.tune_models.split(","), list(TOKENS), torch.bfloat16, DEV, wide=args.wide,
+                                budget_s=budget * args.tune_share - (time.time() - T0), log=log)
+    search.merge_table(tuned, table)
+    search.write_rows(out / "tune_candidates.csv", rows)
+    os.environ["MOE_LAB_DISPATCH_TABLE"] = str(out / "auto_dispatch.csv")
+    if left(budget * (args.tune_share + 0.12)) > 0:
+        auto_tune.tune(list(MODELS), list(TOKENS), torch.bfloat16, DEV, out=out / "auto_dispatch.csv", reps=10, log=log)
+
+
 # ------------------------------------------------------------------------------------------------ main
 def main(argv=None) -> int:
     global DEV, MODELS, TOKENS
@@ -503,8 +323,7 @@ def main(argv=None) -> int:
     p.add_argument("--tune-models", default=",".join(MODELS))
     p.add_argument("--tune-share", type=float, default=0.55, help="tuning stops at this fraction of the budget")
     p.add_argument("--no-check", action="store_true", help="skip the correctness stage (the pytest file covers it)")
-    p.add_argument("--wide-tokens", default="", help="comma-separated token buckets for the wide large-T search, "
-                   "merged into the package's tuned table")
+    p.add_argument("--wide", action="store_true", help="with --tune: also the wide space where pairs per expert are many")
     p.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny shapes: checks the script")
     args = p.parse_args(argv)
     if args.dry_run:
@@ -532,27 +351,8 @@ def main(argv=None) -> int:
             _write_csv(out / "triton_gpu_check.csv", check_rows)
             if not all(r["ok"] for r in check_rows):
                 status = 1
-        if args.wide_tokens:
-            from moe_lab.kernels import configs
-
-            table = tune_wide(budget * args.tune_share, configs.load_table(), models=args.tune_models.split(","),
-                              tokens=tuple(int(t) for t in args.wide_tokens.split(",")))
-            (out / "triton_fused.json").write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
-            configs.CONFIG_FILE = out / "triton_fused.json"
-            configs.load_table.cache_clear()
         if args.tune:
-            from moe_lab.kernels import configs
-
-            table = tune(budget * args.tune_share, out, models=args.tune_models.split(","), tokens=TOKENS)
-            (out / "triton_fused.json").write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
-            configs.CONFIG_FILE = out / "triton_fused.json"
-            configs.load_table.cache_clear()
-            from moe_lab import tune as auto_tune
-
-            os.environ["MOE_LAB_DISPATCH_TABLE"] = str(out / "auto_dispatch.csv")
-            if left(budget * (args.tune_share + 0.12)) > 0:
-                auto_tune.tune(list(MODELS), list(TOKENS), torch.bfloat16, DEV, out=out / "auto_dispatch.csv",
-                               reps=10, log=log)
+            tune(args, out, budget)
         if not args.no_bench and left(budget) > 30:
             rows = bench(budget, bw, peak, compile_modes=not args.no_compile)
             _write_csv(out / "triton_gpu_bench.csv", rows)

@@ -1,4 +1,5 @@
-"""The `moe-lab` command line: `check` backends, run a `sweep`, describe the `env`ironment."""
+"""The `moe-lab` command line: `check` backends, run a `sweep`, describe the `env`ironment, run a `batch` of
+sweep notebooks, `tune` auto's dispatch table, `tune-kernels` for triton_fused's tile configs."""
 
 from __future__ import annotations
 
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     from moe_lab.tune import add_tune_parser  # `moe-lab tune`: time the backends, write auto's dispatch table
 
     add_tune_parser(sub)
+    from moe_lab.kernels.search import add_tune_kernels_parser  # `moe-lab tune-kernels`: triton_fused's tile configs
+
+    add_tune_kernels_parser(sub)
     return parser
 
 

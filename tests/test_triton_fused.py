@@ -11,6 +11,8 @@ benchmarks/triton_gpu.py. Legend: T tokens, H hidden, I expert intermediate, E e
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import os
 import subprocess
 import sys
@@ -20,7 +22,7 @@ import pytest
 import torch
 from test_backends import CASES, LAYOUTS, make_experts, make_inputs
 
-from moe_lab import ExpertsLayout, reference_experts, relative_error
+from moe_lab import ExpertsLayout, reference_experts, relative_error, synthetic_routing
 from moe_lab.backends.triton_fused import UnsupportedLayoutError, triton_fused_experts
 
 HAS_CUDA = torch.cuda.is_available()
@@ -115,6 +117,32 @@ def test_tuned_configs_and_plan_cache(seed):
     for T in (1, 5, 40, 3, 40):
         x_TH, ids_TK, weights_TK = make_inputs(type(c)(**{**c.__dict__, "T": T}), torch.bfloat16, DEVICE, seed + T)
         check(experts, x_TH, ids_TK, weights_TK, None, TOL[torch.bfloat16], f"T={T}")
+
+
+def test_tune_kernels_merges_configs_that_run(tmp_path, monkeypatch, seed):
+    """`moe-lab tune-kernels`' search on the real kernels (a shrunk space, the tiny shape): each bucket's winner
+    lands in the file MOE_LAB_KERNEL_CONFIGS names, and calls without a config then run it, correctly."""
+    from moe_lab.kernels import configs, search
+    from moe_lab.shapes import build_experts
+
+    monkeypatch.setattr(search, "DECODE_UP", [(32, 128, 4), (64, 128, 4)])  # few programs: the interpreter is slow
+    monkeypatch.setattr(search, "DECODE_DOWN", [(64, 128, 4), (128, 128, 4)])
+    monkeypatch.setattr(search, "GROUPED", {16: ([(64, 128, 1, 4, 2)], [(64, 128, 1, 4, 2), (128, 128, 1, 4, 2)])})
+    path = tmp_path / "tuned.json"
+    monkeypatch.setenv(configs.CONFIG_ENV, str(path))
+    table, rows = search.search(["tiny"], [1, 24], torch.bfloat16, DEVICE, reps=1, log=lambda m: None)
+    search.merge_table(path, table)
+    kind = next(iter(table))
+    tuned = json.loads(path.read_text())[kind]["bfloat16"]["E8_H128_I96_K2"]
+    assert set(tuned) == {"1", "24"} and sum(r["chosen"] for r in rows) == 2
+    assert all(math.isfinite(r["ms"]) for r in rows)
+    experts = build_experts("tiny", device=DEVICE, dtype=torch.bfloat16, seed=seed)
+    for T in (1, 24, 50):  # 50 falls in bucket 24
+        cfg = configs.get_config(kind, "bfloat16", T, 8, 128, 96, 2)
+        assert cfg == tuned["24" if T >= 24 else "1"]
+        ids_TK, w_TK = synthetic_routing("uniform", T, 8, 2, seed=seed + T, device=DEVICE)
+        x_TH = torch.randn(T, 128, generator=torch.Generator().manual_seed(seed)).to(DEVICE, torch.bfloat16)
+        check(experts, x_TH, ids_TK, w_TK, None, TOL[torch.bfloat16], f"tuned T={T}")
 
 
 def test_multi_program_alignment(seed):

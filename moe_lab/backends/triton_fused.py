@@ -23,6 +23,7 @@ imported under Triton's interpreter (`TRITON_INTERPRET=1`), for tests.
 from __future__ import annotations
 
 import json
+import os
 import weakref
 
 import torch
@@ -154,7 +155,7 @@ def triton_fused_experts(
     key = (x_TH.shape, x_TH.stride(), x_TH.dtype, x_TH.device, topk_ids_TK.shape, topk_ids_TK.dtype,
            topk_weights_TK.shape, topk_weights_TK.dtype, w_up.dtype, up_strides, down_strides, bias_strides,
            _aligned(x_TH, topk_ids_TK, topk_weights_TK, w_up, w_down, b_up, b_down),
-           None if config is None else json.dumps(config, sort_keys=True))
+           _config_file() if config is None else json.dumps(config, sort_keys=True))
     plans = _PLANS.get(experts)
     if plans is None:
         plans = _PLANS[experts] = {}
@@ -170,6 +171,13 @@ def triton_fused_experts(
     y_SH = experts.post_expert_norm(out)  # unweighted per-pair outputs, (t, k) order
     y_SH = y_SH.float() * topk_weights_TK.reshape(-1, 1).float()
     return y_SH.view(T, K, -1).sum(dim=1).to(x_TH.dtype)
+
+
+def _config_file() -> str | None:
+    """The tuned-config file named by the environment (part of the plan key: set it, and plans follow)."""
+    from moe_lab.kernels.configs import CONFIG_ENV  # lazily: moe_lab.kernels decides on the interpreter
+
+    return os.environ.get(CONFIG_ENV)
 
 
 def _build_plan(experts, x_TH, topk_ids_TK, topk_weights_TK, config, up_strides, down_strides, bias_strides):

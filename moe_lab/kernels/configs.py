@@ -8,18 +8,21 @@
 - `{"path": "grouped", "BLOCK_M": m, "up": {BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages},
   "down": {...}}`: expert-aligned grouped GEMMs.
 
-The file is written ahead of time by `benchmarks/triton_gpu.py --tune` on the device; users pay no
-autotuning. A call picks the largest bucket <= T (the smallest bucket if T is below all of them).
-Shapes or devices the file does not name get `heuristic_config`. Importing this needs no triton.
+The file is written ahead of time by `moe-lab tune-kernels` (`moe_lab.kernels.search`) on the device;
+users pay no autotuning. `MOE_LAB_KERNEL_CONFIGS` names another file (a user's own tuning). A call
+picks the largest bucket <= T (the smallest bucket if T is below all of them). Shapes or devices the
+file does not name get `heuristic_config`. Importing this needs no triton.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from functools import cache
 from pathlib import Path
 
 CONFIG_FILE = Path(__file__).resolve().parent / "configs" / "triton_fused.json"
+CONFIG_ENV = "MOE_LAB_KERNEL_CONFIGS"
 DECODE_MAX_PAIRS = 64  # heuristic: the decode path up to this many (token, expert) pairs
 
 
@@ -27,9 +30,15 @@ def shape_key(E: int, H: int, I: int, K: int) -> str:
     return f"E{E}_H{H}_I{I}_K{K}"
 
 
+def config_path() -> Path:
+    """The config file in force: `MOE_LAB_KERNEL_CONFIGS` if set, else the package's."""
+    return Path(os.environ.get(CONFIG_ENV) or CONFIG_FILE)
+
+
 @cache
-def load_table(path: str | None = None) -> dict:
-    p = Path(path) if path else CONFIG_FILE
+def load_table(path: str | Path | None = None) -> dict:
+    """The config file at `path` (default: `config_path()`) as a dict; {} where there is no file."""
+    p = Path(path) if path else config_path()
     return json.loads(p.read_text()) if p.exists() else {}
 
 
@@ -64,7 +73,7 @@ def bucket_of(T: int, buckets: list[int]) -> int:
 def get_config(device_kind: str, dtype: str, T: int, E: int, H: int, I: int, K: int,
                table: dict | None = None) -> dict:
     """The tuned config for this call, else the device's `default` shape entry, else the heuristic."""
-    table = load_table() if table is None else table
+    table = load_table(config_path()) if table is None else table
     by_dtype = table.get(device_kind, {}).get(dtype, {})
     for key in (shape_key(E, H, I, K), "default"):
         by_bucket = by_dtype.get(key)

@@ -1,0 +1,273 @@
+"""`moe-lab tune-kernels`: search `triton_fused`'s tile configs per token bucket on this device and merge
+the winners into the config file that `configs.get_config` reads (see `configs.config_path`).
+
+Per model shape and token count T (its bucket), a coordinate search over a fixed candidate space:
+the decode path (few pairs: gate/up candidates with one down, then every down with the best gate/up),
+and per BLOCK_M that suits the pairs per expert, the gate/up candidates (two dots and one dot) with one
+down, then every down with the best gate/up. The config in force before the search (tuned or heuristic)
+competes too, so a search never makes a bucket slower than it measured. `wide` adds a larger space for
+the matmul-bound buckets (BLOCK_M 64 to 256). Every candidate is timed as the whole experts call: on
+CUDA captured in a CUDA graph, replays timed by CUDA events with the L2 flushed before each (GPU time,
+no host overhead); elsewhere (Triton's interpreter, for tests) by wall clock. Candidates compile first,
+in threads; one that does not fit (too much shared memory) is logged and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+TILE_KEYS = ("BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
+DECODE_MAX_PAIRS = 128  # the decode path competes up to this many (token, expert) pairs
+# decode tiles: (BLOCK_N, BLOCK_K, num_warps), num_stages 2
+DECODE_UP = [(4, 512, 4), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 512, 8), (32, 256, 8), (4, 1024, 4)]
+DECODE_DOWN = [(4, 512, 4), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 512, 8), (4, 256, 2)]
+# grouped tiles per BLOCK_M: (gate/up candidates, down candidates), each (BLOCK_N, BLOCK_K, GROUP_M, warps, stages);
+# every gate/up candidate runs with two dots and with one dot (ONE_DOT 0 and 1)
+GROUPED = {
+    16: ([(64, 128, 1, 4, 4), (128, 128, 1, 4, 3), (64, 256, 1, 4, 3), (32, 256, 1, 4, 4)],
+         [(64, 128, 1, 4, 4), (128, 128, 1, 4, 3), (64, 256, 1, 4, 3), (128, 64, 1, 4, 5)]),
+    32: ([(64, 128, 4, 4, 4), (128, 64, 4, 4, 4), (64, 64, 4, 4, 5)],
+         [(128, 64, 4, 4, 4), (64, 128, 4, 4, 4), (128, 128, 4, 8, 3)]),
+    64: ([(64, 64, 8, 4, 4), (128, 64, 8, 8, 3), (64, 128, 8, 4, 3)],
+         [(128, 64, 8, 4, 4), (128, 64, 8, 8, 3), (256, 64, 8, 8, 3), (64, 128, 8, 4, 3)]),
+    128: ([(64, 64, 8, 4, 4), (64, 128, 8, 8, 3), (128, 64, 8, 8, 3), (64, 64, 16, 8, 4)],
+          [(64, 256, 8, 8, 3), (128, 64, 8, 8, 4), (128, 128, 8, 8, 3), (256, 64, 8, 8, 3)]),
+}
+# the wide space for many pairs per expert: gate/up candidates carry their ONE_DOT as a sixth field
+GROUPED_WIDE = {
+    64: ([(64, 64, 8, 4, 4, 1), (64, 64, 8, 4, 4, 0), (64, 128, 8, 8, 3, 1), (64, 64, 16, 4, 3, 1)],
+         [(64, 128, 8, 4, 4), (64, 256, 8, 8, 3), (128, 128, 8, 8, 3)]),
+    128: ([(64, 64, 8, 4, 4, 0), (64, 64, 8, 4, 3, 0), (64, 64, 16, 4, 4, 0), (64, 64, 4, 4, 4, 0),
+           (64, 128, 8, 4, 3, 0), (128, 64, 8, 8, 3, 0), (64, 64, 8, 8, 4, 0), (32, 128, 8, 4, 4, 0),
+           (32, 64, 8, 4, 4, 1), (64, 64, 8, 8, 4, 1), (64, 64, 8, 4, 3, 1)],
+          [(64, 256, 8, 8, 3), (64, 256, 8, 4, 3), (64, 128, 8, 4, 4), (128, 128, 8, 8, 3), (64, 256, 16, 8, 3),
+           (128, 64, 8, 4, 4), (64, 256, 4, 8, 3)]),
+    256: ([(64, 64, 8, 8, 3, 0), (32, 64, 8, 8, 4, 0)], [(64, 128, 8, 8, 3), (64, 64, 8, 8, 4)]),
+}
+WIDE_MIN_PAIRS_PER_EXPERT = 64  # the wide space applies from here on
+
+
+def decode_config(up: tuple, down: tuple) -> dict:
+    return {"path": "decode", "up": {"BLOCK_N": up[0], "BLOCK_K": up[1], "num_warps": up[2], "num_stages": 2},
+            "down": {"BLOCK_N": down[0], "BLOCK_K": down[1], "num_warps": down[2], "num_stages": 2}}
+
+
+def grouped_config(block_m: int, up: tuple, down: tuple) -> dict:
+    """`up` is (BLOCK_N, BLOCK_K, GROUP_M, warps, stages, ONE_DOT), `down` the same without ONE_DOT."""
+    return {"path": "grouped", "BLOCK_M": block_m, "up": {**dict(zip(TILE_KEYS, up[:5])), "ONE_DOT": up[5]},
+            "down": dict(zip(TILE_KEYS, down))}
+
+
+def grouped_space(S: int, E: int, wide: bool = False) -> dict[int, tuple[list[tuple], list[tuple]]]:
+    """BLOCK_M -> (gate/up candidates with ONE_DOT, down candidates) worth timing for S pairs over E experts:
+    no BLOCK_M far above the pairs per expert (padding) or far below it (weights re-read per row block)."""
+    per_expert = S / E
+    space = {bm: ([u + (od,) for u in ups for od in (0, 1)], list(downs)) for bm, (ups, downs) in GROUPED.items()
+             if not (bm > 16 and per_expert < bm / 4) and not (bm < 64 and per_expert > 8 * bm)}
+    if wide and per_expert >= WIDE_MIN_PAIRS_PER_EXPERT:
+        for bm, (ups, downs) in GROUPED_WIDE.items():
+            if bm == 256 and per_expert < 256 or bm == 64 and per_expert > 1024:
+                continue
+            have_ups, have_downs = space.setdefault(bm, ([], []))
+            have_ups += [u for u in ups if u not in have_ups]
+            have_downs += [d for d in downs if d not in have_downs]
+    return space
+
+
+def candidates(S: int, E: int, wide: bool = False) -> list[dict]:
+    """Every config the search may time for S pairs over E experts."""
+    out = [decode_config(u, d) for u in DECODE_UP for d in DECODE_DOWN] if S <= DECODE_MAX_PAIRS else []
+    for bm, (ups, downs) in grouped_space(S, E, wide).items():
+        out += [grouped_config(bm, u, d) for u in ups for d in downs]
+    return out
+
+
+def gpu_ms(fn, device: torch.device, reps: int = 10) -> float:
+    """Time of one call of `fn`: on CUDA the call captured in a CUDA graph and its replays timed (GPU time,
+    L2 flushed before each); elsewhere the median wall clock."""
+    from moe_lab.tune import median_ms
+
+    if device.type != "cuda":
+        return median_ms(fn, device, reps=reps, warmup=1)
+    fn()
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    ms = median_ms(graph.replay, device, reps=reps, warmup=1)
+    del graph
+    return ms
+
+
+def _config_key(cfg: dict) -> str:
+    return json.dumps(cfg, sort_keys=True)
+
+
+def precompile(experts, inputs: tuple, configs: list[dict], threads: int = 8) -> None:
+    """Build every config's kernels once, in threads (ptxas runs outside the GIL); failures show when timed."""
+    from moe_lab.backends.triton_fused import triton_fused_experts
+
+    def build(cfg):
+        try:
+            triton_fused_experts(experts, *inputs, config=cfg)
+        except Exception:  # noqa: BLE001  (reported when the config is timed)
+            pass
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(build, configs))
+
+
+def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int, log) -> list[tuple[float, str]]:
+    """(ms, config JSON) of every config timed for one token count, fastest first; inf where it failed."""
+    from moe_lab.backends.triton_fused import triton_fused_experts
+
+    from moe_lab.backends.common import num_experts
+
+    x_TH, ids_TK, _ = inputs
+    T, K = ids_TK.shape
+    S, E = T * K, num_experts(experts)
+    timed: dict[str, float] = {}
+
+    def time_it(cfg: dict) -> float:
+        key = _config_key(cfg)
+        if key not in timed:
+            try:
+                with torch.no_grad():
+                    timed[key] = gpu_ms(lambda: triton_fused_experts(experts, *inputs, config=cfg), x_TH.device, reps)
+            except Exception as err:  # noqa: BLE001  (a config that does not fit: too much shared memory)
+                log(f"T={T}: config failed: {key} ({str(err).splitlines()[0][:100]})")
+                timed[key] = math.inf
+        return timed[key]
+
+    time_it(incumbent)
+    if S <= DECODE_MAX_PAIRS:
+        best_up = min(DECODE_UP, key=lambda u: time_it(decode_config(u, DECODE_DOWN[1])))
+        for d in DECODE_DOWN:
+            time_it(decode_config(best_up, d))
+    for bm, (ups, downs) in grouped_space(S, E, wide).items():
+        best_up = min(ups, key=lambda u: time_it(grouped_config(bm, u, downs[0])))
+        for d in downs:
+            time_it(grouped_config(bm, best_up, d))
+    return sorted((ms, key) for key, ms in timed.items())
+
+
+def search(models: list[str], tokens: list[int], dtype: torch.dtype = torch.bfloat16, device: str = "cuda",
+           wide: bool = False, budget_s: float | None = None, reps: int = 10, log=print) -> tuple[dict, list[dict]]:
+    """Search every (model, token count); returns ({device kind: {dtype: {shape key: {T: config}}}}, one row
+    per config timed). Past `budget_s` no new token count starts; the ones left are logged, not tuned."""
+    from moe_lab.devices import device_kind
+    from moe_lab.kernels.configs import get_config, shape_key
+    from moe_lab.routing import synthetic_routing
+    from moe_lab.shapes import build_experts, get_shape
+
+    dev = torch.device(device)
+    kind, dtype_name = device_kind(dev), str(dtype).removeprefix("torch.")
+    start = time.time()
+    table: dict = {kind: {dtype_name: {}}}
+    rows: list[dict] = []
+    for model in models:
+        shape = get_shape(model)
+        E, H, I, K = shape.experts, shape.hidden, shape.intermediate, shape.top_k
+        key = shape_key(E, H, I, K)
+        experts = build_experts(model, device=dev, dtype=dtype)
+
+        def inputs(T: int) -> tuple:
+            ids_TK, w_TK = synthetic_routing("uniform", T, E, K, seed=T, device=dev)
+            x_TH = torch.randn(T, H, generator=torch.Generator().manual_seed(T)).to(dev, dtype)
+            return x_TH, ids_TK, w_TK
+
+        every = {_config_key(c): c for T in tokens for c in candidates(T * K, E, wide)}
+        t0 = time.time()
+        precompile(experts, inputs(min(tokens)), list(every.values()))
+        log(f"tune-kernels {model}: built {len(every)} configs in {time.time() - t0:.1f} s")
+        for T in tokens:
+            if budget_s is not None and time.time() - start > budget_s:
+                log(f"tune-kernels {model}: time budget spent; T={T} and later not tuned")
+                break
+            incumbent = get_config(kind, dtype_name, T, E, H, I, K)
+            results = search_bucket(experts, inputs(T), incumbent, wide, reps,
+                                    lambda m: log(f"tune-kernels {model} {m}"))
+            best_ms, best = results[0]
+            if math.isinf(best_ms):
+                raise RuntimeError(f"tune-kernels {model} T={T}: no config ran, the incumbent included")
+            table[kind][dtype_name].setdefault(key, {})[str(T)] = json.loads(best)
+            incumbent_ms = dict((k, ms) for ms, k in results)[_config_key(incumbent)]
+            rows += [dict(device=kind, dtype=dtype_name, model=model, shape=key, tokens=T, ms=round(ms, 5),
+                          config=k, chosen=int(k == best)) for ms, k in results]
+            log(f"tune-kernels {model} T={T}: best {best_ms:.4f} ms of {len(results)} "
+                f"(before: {incumbent_ms:.4f} ms): {best}")
+        del experts
+    return table, rows
+
+
+def merge_table(path: str | Path, table: dict) -> dict:
+    """Write `table`'s buckets into the JSON config file at `path`, keeping every other entry; returns it."""
+    path = Path(path)
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    for kind, by_dtype in table.items():
+        for dtype, by_shape in by_dtype.items():
+            for key, by_bucket in by_shape.items():
+                merged.setdefault(kind, {}).setdefault(dtype, {}).setdefault(key, {}).update(by_bucket)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
+    from moe_lab.kernels.configs import load_table
+
+    load_table.cache_clear()
+    return merged
+
+
+def write_rows(path: str | Path, rows: list[dict]) -> None:
+    """Every timed config, one CSV row each (`chosen` marks the winner of its bucket)."""
+    fields = ["device", "dtype", "model", "shape", "tokens", "ms", "config", "chosen"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def add_tune_kernels_parser(sub) -> None:
+    """Register `moe-lab tune-kernels` on the CLI's subparsers."""
+    from moe_lab.tune import DEFAULT_TOKENS
+
+    p = sub.add_parser("tune-kernels", help="search triton_fused's tile configs per token bucket on this GPU; "
+                                            "merge the winners into its config file")
+    p.add_argument("--models", required=True, help="comma-separated model shape names (data/model_shapes.yaml)")
+    p.add_argument("--tokens", default=",".join(map(str, DEFAULT_TOKENS)), help="comma-separated token counts")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--wide", action="store_true", help="also the wide space where pairs per expert are many")
+    p.add_argument("--out", default=None, help="JSON config file to merge into (default: the one in force, "
+                                               "MOE_LAB_KERNEL_CONFIGS or the package's)")
+    p.add_argument("--candidates", default=None, help="CSV of every config timed")
+    p.add_argument("--budget-s", type=float, default=None, help="start no new token count after this many seconds")
+    p.add_argument("--reps", type=int, default=10)
+    p.set_defaults(func=_tune_kernels_command)
+
+
+def _tune_kernels_command(args: argparse.Namespace) -> int:
+    from moe_lab.kernels.configs import config_path
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("moe-lab tune-kernels: no CUDA device here (triton_fused's kernels run on CUDA)")
+        return 2
+    if not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+        print(f"moe-lab tune-kernels: device {args.device!r} runs the kernels only under TRITON_INTERPRET=1")
+        return 2
+    table, rows = search(args.models.split(","), [int(t) for t in args.tokens.split(",")],
+                         getattr(torch, args.dtype), args.device, args.wide, args.budget_s, args.reps)
+    out = Path(args.out) if args.out else config_path()
+    merge_table(out, table)
+    if args.candidates:
+        write_rows(args.candidates, rows)
+    print(f"moe-lab tune-kernels: merged {sum(len(b) for d in table.values() for s in d.values() for b in s.values())}"
+          f" bucket(s) into {out}")
+    return 0

@@ -1,0 +1,167 @@
+"""`moe-lab tune-kernels` (`moe_lab.kernels.search`) without a GPU: the candidate space, the coordinate
+search against a stand-in timer, merging into the config file, and the file `get_config` reads.
+
+The search on real kernels runs in tests/test_triton_fused.py (interpreter on CPU, GPU on CUDA)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from moe_lab.kernels import configs, search
+from moe_lab.shapes import build_experts
+
+
+def test_decode_candidates_only_for_few_pairs():
+    few, many = search.candidates(S=128, E=60), search.candidates(S=129, E=60)
+    assert any(c["path"] == "decode" for c in few)
+    assert all(c["path"] == "grouped" for c in many)
+
+
+@pytest.mark.parametrize("S,E,block_ms", [(8, 60, {16}), (2048, 60, {16, 32, 64, 128}), (32768, 60, {64, 128}),
+                                          (131072, 128, {64, 128})])
+def test_block_m_follows_pairs_per_expert(S, E, block_ms):
+    assert set(search.grouped_space(S, E)) == block_ms
+
+
+def test_wide_space_adds_only_where_pairs_per_expert_are_many():
+    assert search.grouped_space(2048, 60, wide=True) == search.grouped_space(2048, 60)  # 34 pairs per expert
+    wide = search.grouped_space(65536, 60, wide=True)  # 1092 per expert: BLOCK_M 256 added
+    assert set(search.grouped_space(65536, 60)) == {64, 128} and set(wide) == {64, 128, 256}
+    for ups, downs in wide.values():
+        assert len(ups) == len(set(ups)) and len(downs) == len(set(downs))
+        assert all(len(u) == 6 and u[5] in (0, 1) for u in ups) and all(len(d) == 5 for d in downs)
+    narrow_ups = search.grouped_space(65536, 60)[128][0]
+    assert set(narrow_ups) < set(wide[128][0])
+
+
+def test_every_candidate_is_a_config_the_kernels_take():
+    for cfg in search.candidates(S=64, E=8, wide=True) + search.candidates(S=100000, E=8, wide=True):
+        tiles = [cfg["up"], cfg["down"]]
+        assert all({"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"} <= set(t) for t in tiles)
+        if cfg["path"] == "grouped":
+            assert cfg["BLOCK_M"] in (16, 32, 64, 128, 256) and "ONE_DOT" in cfg["up"] and "GROUP_M" in cfg["down"]
+
+
+@pytest.fixture
+def fake_kernels(monkeypatch):
+    """triton_fused stands in as a recorder; the timer charges each config by `cost` (inf: it fails)."""
+    seen: list[dict] = []
+    state = {"cost": lambda cfg: 1.0}
+
+    def fake_fused(experts, x_TH, ids_TK, w_TK, *, config=None):
+        seen.append(config)
+        if state["cost"](config) == float("inf"):
+            raise RuntimeError("out of resource: shared memory")
+        return x_TH
+
+    def fake_ms(fn, device, reps=10):
+        fn()
+        return state["cost"](seen[-1])
+
+    import moe_lab.backends.triton_fused as tf
+
+    monkeypatch.setattr(tf, "triton_fused_experts", fake_fused)
+    monkeypatch.setattr(search, "gpu_ms", fake_ms)
+    return seen, state
+
+
+def tiny_inputs(T):
+    experts = build_experts("tiny")
+    ids_TK = torch.randint(0, 8, (T, 2))
+    return experts, (torch.randn(T, 128), ids_TK, torch.rand(T, 2))
+
+
+def test_search_finds_the_cheapest_config_of_its_space(fake_kernels):
+    seen, state = fake_kernels
+    experts, inputs = tiny_inputs(T=200)  # S=400 over 8 experts: grouped BLOCK_M 16 to 128
+    target = search.grouped_config(64, (128, 64, 8, 8, 3, 1), (256, 64, 8, 8, 3))
+    up_target, down_target = target["up"], target["down"]
+
+    def cost(cfg):  # separable: the gate/up tile and the down tile each cost something, the target least
+        if cfg.get("BLOCK_M") != 64:
+            return 5.0
+        return 1.0 + (cfg["up"] != up_target) + (cfg["down"] != down_target)
+
+    state["cost"] = cost
+    incumbent = configs.heuristic_config(200, 8, 128, 96, 2)
+    results = search.search_bucket(experts, inputs, incumbent, wide=False, reps=1, log=print)
+    assert json.loads(results[0][1]) == target and results[0][0] == 1.0
+    assert [ms for ms, _ in results] == sorted(ms for ms, _ in results)
+    assert len({k for _, k in results}) == len(results)  # each config timed once
+
+
+def test_search_keeps_the_incumbent_when_nothing_beats_it(fake_kernels):
+    seen, state = fake_kernels
+    experts, inputs = tiny_inputs(T=1)
+    incumbent = configs.heuristic_config(1, 8, 128, 96, 2)
+    state["cost"] = lambda cfg: 0.5 if cfg == incumbent else 2.0
+    results = search.search_bucket(experts, inputs, incumbent, wide=False, reps=1, log=print)
+    assert json.loads(results[0][1]) == incumbent
+
+
+def test_search_logs_and_skips_configs_that_fail(fake_kernels):
+    seen, state = fake_kernels
+    experts, inputs = tiny_inputs(T=1)
+    state["cost"] = lambda cfg: float("inf") if cfg["path"] == "decode" else 3.0
+    lines = []
+    results = search.search_bucket(experts, inputs, configs.heuristic_config(1, 8, 128, 96, 2), wide=False,
+                                   reps=1, log=lines.append)
+    assert json.loads(results[0][1])["path"] == "grouped"
+    assert any("config failed" in line and "shared memory" in line for line in lines)
+    assert results[-1][0] == float("inf")
+
+
+def test_search_writes_rows_and_a_table_per_bucket(fake_kernels, tmp_path, monkeypatch):
+    seen, state = fake_kernels
+    monkeypatch.setattr(search, "precompile", lambda *a, **k: None)
+    state["cost"] = lambda cfg: 1.0 if cfg["path"] == "decode" else 2.0
+    table, rows = search.search(["tiny"], [1, 2], torch.float32, "cpu", reps=1, log=lambda m: None)
+    by_bucket = table["cpu"]["float32"]["E8_H128_I96_K2"]
+    assert set(by_bucket) == {"1", "2"} and all(c["path"] == "decode" for c in by_bucket.values())
+    assert {r["tokens"] for r in rows} == {1, 2} and sum(r["chosen"] for r in rows) == 2
+    search.write_rows(tmp_path / "c.csv", rows)
+    assert (tmp_path / "c.csv").read_text().splitlines()[0] == "device,dtype,model,shape,tokens,ms,config,chosen"
+
+
+def test_search_stops_at_its_budget(fake_kernels, monkeypatch):
+    monkeypatch.setattr(search, "precompile", lambda *a, **k: None)
+    lines = []
+    table, rows = search.search(["tiny"], [1, 2], torch.float32, "cpu", budget_s=-1.0, reps=1, log=lines.append)
+    assert table["cpu"]["float32"] == {} and rows == []
+    assert any("T=1 and later not tuned" in line for line in lines)
+
+
+def test_merge_keeps_other_entries(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"h100": {"bfloat16": {"A": {"1": {"x": 1}, "16": {"x": 2}}, "B": {"1": {"x": 3}}}}}))
+    merged = search.merge_table(path, {"h100": {"bfloat16": {"A": {"16": {"x": 9}, "64": {"x": 4}}}},
+                                       "cpu": {"float32": {"C": {"1": {"x": 5}}}}})
+    assert merged == json.loads(path.read_text())
+    assert merged["h100"]["bfloat16"] == {"A": {"1": {"x": 1}, "16": {"x": 9}, "64": {"x": 4}}, "B": {"1": {"x": 3}}}
+    assert merged["cpu"]["float32"]["C"] == {"1": {"x": 5}}
+
+
+def test_config_file_follows_the_environment(tmp_path, monkeypatch):
+    cfg = search.decode_config((8, 256, 4), (8, 256, 4))
+    path = tmp_path / "mine.json"
+    search.merge_table(path, {"h100": {"bfloat16": {"E8_H128_I96_K2": {"1": cfg}}}})
+    assert configs.config_path() == configs.CONFIG_FILE
+    monkeypatch.setenv(configs.CONFIG_ENV, str(path))
+    assert configs.config_path() == path
+    assert configs.get_config("h100", "bfloat16", 3, 8, 128, 96, 2) == cfg
+    monkeypatch.delenv(configs.CONFIG_ENV)
+    assert configs.get_config("h100", "bfloat16", 3, 8, 128, 96, 2) != cfg  # the package's table again
+
+
+def test_cli_refuses_where_the_kernels_cannot_run(monkeypatch, capsys):
+    from moe_lab.cli import main
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert main(["tune-kernels", "--models", "tiny", "--device", "cpu"]) == 2
+    assert "TRITON_INTERPRET=1" in capsys.readouterr().out
+    if not torch.cuda.is_available():
+        assert main(["tune-kernels", "--models", "tiny"]) == 2
+        assert "no CUDA device" in capsys.readouterr().out
