@@ -323,7 +323,8 @@ def main(argv=None) -> int:
     p.add_argument("--tune-models", default=",".join(MODELS))
     p.add_argument("--tune-share", type=float, default=0.55, help="tuning stops at this fraction of the budget")
     p.add_argument("--no-check", action="store_true", help="skip the correctness stage (the pytest file covers it)")
-    p.add_argument("--wide", action="store_true", help="with --tune: also the wide space where pairs per expert are many")
+    p.add_argument("--wide", action="store_true",
+                   help="with --tune: also the wide space where pairs per expert are many")
     p.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny shapes: checks the script")
     args = p.parse_args(argv)
     if args.dry_run:

@@ -93,6 +93,25 @@ def test_search_finds_the_cheapest_config_of_its_space(fake_kernels):
     assert len({k for _, k in results}) == len(results)  # each config timed once
 
 
+@pytest.mark.parametrize("layout,one_dot", [({}, 0), ({"is_concatenated": False}, 1), ({"has_gate": False}, 0)])
+def test_search_tries_tma_on_each_block_m_best(fake_kernels, layout, one_dot):
+    from moe_lab import Experts, ExpertsLayout
+
+    seen, state = fake_kernels
+    experts = Experts(8, 128, 96, ExpertsLayout(**layout))
+    inputs = (torch.randn(200, 128), torch.randint(0, 8, (200, 2)), torch.rand(200, 2))
+    state["cost"] = lambda cfg: 1.0 if cfg["up"].get("TMA") and cfg["down"].get("TMA") else 2.0
+    incumbent = configs.heuristic_config(200, 8, 128, 96, 2)
+    assert all("TMA" not in c["up"] for c in search.candidates(400, 8))
+    without = search.search_bucket(experts, inputs, incumbent, wide=False, reps=1, log=print)
+    assert all("TMA" not in k for _, k in without)
+    results = search.search_bucket(experts, inputs, incumbent, wide=False, reps=1, log=print, tma=True)
+    best = json.loads(results[0][1])
+    assert best["up"]["TMA"] == best["down"]["TMA"] == 1 and best["up"]["ONE_DOT"] == one_dot
+    tma_rows = [json.loads(k) for _, k in results if "TMA" in k]
+    assert len(tma_rows) == 3 * len(search.grouped_space(400, 8))  # gate/up, down, both: per BLOCK_M
+
+
 def test_search_keeps_the_incumbent_when_nothing_beats_it(fake_kernels):
     seen, state = fake_kernels
     experts, inputs = tiny_inputs(T=1)

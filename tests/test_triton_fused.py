@@ -119,6 +119,44 @@ def test_tuned_configs_and_plan_cache(seed):
         check(experts, x_TH, ids_TK, weights_TK, None, TOL[torch.bfloat16], f"T={T}")
 
 
+def tma_config(layout: ExpertsLayout) -> dict:
+    """Weights through TMA (one box per tile: one dot for an interleaved gate/up); tiles that cross experts' rows."""
+    one_dot = int(layout.has_gate and not layout.is_concatenated)
+    return {"path": "grouped", "BLOCK_M": 16,
+            "up": dict(BLOCK_N=32, BLOCK_K=16, GROUP_M=2, ONE_DOT=one_dot, TMA=1, **TILE),
+            "down": dict(BLOCK_N=32, BLOCK_K=16, GROUP_M=2, TMA=1, **TILE)}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUTS.keys())
+def test_tma_weight_loads_match_reference(layout, dtype, seed):
+    """H = 80, I = 48 with 32-row tiles: an expert's last row tile reaches into the next one's rows (masked);
+    H != I, so a swapped coordinate of the transposed views shows."""
+    from test_backends import Case
+
+    c = Case(E=6, H=80, I=48, K=2, T=21, routing="skewed")
+    experts = make_experts(c, LAYOUTS[layout], dtype, DEVICE, seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, dtype, DEVICE, seed)
+    check(experts, x_TH, ids_TK, weights_TK, tma_config(LAYOUTS[layout]), TOL[dtype], f"{layout}/tma")
+
+
+def test_tma_is_refused_where_it_does_not_apply(seed):
+    from test_backends import Case
+
+    c = Case(E=4, H=48, I=40, K=2, T=9)  # I = 40: a 16-wide K tile of down would cross experts
+    experts = make_experts(c, LAYOUTS["gated_silu"], torch.float32, DEVICE, seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, torch.float32, DEVICE, seed)
+    with pytest.raises(ValueError, match="reduction size 40 to be a multiple of BLOCK_K 16"):
+        triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config=tma_config(LAYOUTS["gated_silu"]))
+    c = Case(E=4, H=48, I=48, K=2, T=9)
+    experts = make_experts(c, LAYOUTS["interleaved"], torch.float32, DEVICE, seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, torch.float32, DEVICE, seed)
+    two_dots = tma_config(LAYOUTS["interleaved"])
+    two_dots["up"]["ONE_DOT"] = 0
+    with pytest.raises(ValueError, match="ONE_DOT=1 for an interleaved layout"):
+        triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config=two_dots)
+
+
 def test_tune_kernels_merges_configs_that_run(tmp_path, monkeypatch, seed):
     """`moe-lab tune-kernels`' search on the real kernels (a shrunk space, the tiny shape): each bucket's winner
     lands in the file MOE_LAB_KERNEL_CONFIGS names, and calls without a config then run it, correctly."""
@@ -127,7 +165,7 @@ def test_tune_kernels_merges_configs_that_run(tmp_path, monkeypatch, seed):
 
     monkeypatch.setattr(search, "DECODE_UP", [(32, 128, 4), (64, 128, 4)])  # few programs: the interpreter is slow
     monkeypatch.setattr(search, "DECODE_DOWN", [(64, 128, 4), (128, 128, 4)])
-    monkeypatch.setattr(search, "GROUPED", {16: ([(64, 128, 1, 4, 2)], [(64, 128, 1, 4, 2), (128, 128, 1, 4, 2)])})
+    monkeypatch.setattr(search, "GROUPED", {16: ([(64, 32, 1, 4, 2)], [(64, 32, 1, 4, 2), (128, 32, 1, 4, 2)])})
     path = tmp_path / "tuned.json"
     monkeypatch.setenv(configs.CONFIG_ENV, str(path))
     table, rows = search.search(["tiny"], [1, 24], torch.bfloat16, DEVICE, reps=1, log=lambda m: None)
@@ -135,7 +173,9 @@ def test_tune_kernels_merges_configs_that_run(tmp_path, monkeypatch, seed):
     kind = next(iter(table))
     tuned = json.loads(path.read_text())[kind]["bfloat16"]["E8_H128_I96_K2"]
     assert set(tuned) == {"1", "24"} and sum(r["chosen"] for r in rows) == 2
-    assert all(math.isfinite(r["ms"]) for r in rows)
+    assert all(math.isfinite(r["ms"]) for r in rows)  # every config ran, the TMA ones (H, I multiples of 32) too
+    has_tma = DEVICE == "cpu" or torch.cuda.get_device_capability()[0] >= 9
+    assert any('"TMA": 1' in r["config"] for r in rows) == has_tma
     experts = build_experts("tiny", device=DEVICE, dtype=torch.bfloat16, seed=seed)
     for T in (1, 24, 50):  # 50 falls in bucket 24
         cfg = configs.get_config(kind, "bfloat16", T, 8, 128, 96, 2)

@@ -10,7 +10,8 @@ Weights are read through strides, so every stored orientation works unchanged: t
 
 Prefill path (`gate_up_grouped` then `down_grouped`): one program per (row block, column tile); the
 row block's expert comes from `block_expert`, its rows from `sorted_ids` (token = pair // K), so the
-tokens are gathered while loading and never copied. Accumulation in float32.
+tokens are gathered while loading and never copied. Accumulation in float32. With `W_TMA` the weight
+tiles come through a TMA descriptor of the weight's 2D view (`_w_tile`) instead of pointer loads.
 
 Decode path (`gate_up_decode` then `down_decode`): one program per (pair, column tile) for gate/up,
 one per (token, hidden tile) for down, which loops over the token's K pairs and so also does the
@@ -75,6 +76,17 @@ def _gate_up_rows(n, I, GATE_MODE: tl.constexpr):
 
 
 @triton.jit
+def _w_tile(w_desc, expert, rows_per_expert, k_per_expert, row0, k0, W_T: tl.constexpr):
+    """A (BLOCK_K, BLOCK_R) weight tile through TMA: output features row0.., reduction k0.. of one expert.
+    Stored (E*rows, K), K contiguous: loaded (BLOCK_R, BLOCK_K) and transposed; stored transposed
+    (E*K, rows): loaded as it is. Rows past the expert's end read the next expert's (or TMA's zero
+    fill); the epilogue masks their columns, and K tiles never cross an expert (K % BLOCK_K == 0)."""
+    if W_T:
+        return w_desc.load([expert * k_per_expert + k0, row0])
+    return w_desc.load([expert * rows_per_expert + row0, k0]).T
+
+
+@triton.jit
 def _tile_ids(pid, num_blocks_m, num_pid_n, GROUP_M: tl.constexpr):
     """Grouped ordering: GROUP_M consecutive row blocks (mostly one expert) share each weight tile in L2."""
     num_pid_in_group = GROUP_M * num_pid_n
@@ -92,9 +104,11 @@ def _gate_up_one_dot(
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap, limit, alpha,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
+    W_TMA: tl.constexpr, W_T: tl.constexpr,
 ):
     """Gate and up in one (BLOCK_M, 2*BLOCK_N) dot: weight-tile column 2j is gate row n_j, column 2j+1 up row n_j
-    (contiguous rows for an interleaved layout); the epilogue splits the accumulator into its two halves."""
+    (contiguous rows for an interleaved layout, so W_TMA loads them as one box); the epilogue splits the
+    accumulator into its two halves."""
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, tl.cdiv(I, BLOCK_N), GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
@@ -111,19 +125,25 @@ def _gate_up_one_dot(
     rows_c = tl.where(is_up, up_rows_c, gate_rows_c)
     offs_k = tl.arange(0, BLOCK_K)
     x_ptrs = x_ptr + token[:, None] * stride_xt + offs_k[None, :] * stride_xh
-    w_ptrs = w_ptr + expert.to(tl.int64) * stride_we + offs_k[:, None] * stride_wh + rows_c[None, :] * stride_wn
+    if not W_TMA:
+        w_ptrs = w_ptr + expert.to(tl.int64) * stride_we + offs_k[:, None] * stride_wh + rows_c[None, :] * stride_wn
     acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(H, BLOCK_K)):
         if EVEN_K:
             xa = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
-            wt = tl.load(w_ptrs)
         else:
             k_ok = offs_k < H - k * BLOCK_K
             xa = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        if W_TMA:  # interleaved only (the Plan checks): rows 2n, 2n+1 of the tile are contiguous
+            wt = _w_tile(w_ptr, expert, 2 * I, H, 2 * pid_n * BLOCK_N, k * BLOCK_K, W_T)
+        elif EVEN_K:
+            wt = tl.load(w_ptrs)
+        else:
             wt = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
         acc = _dot(xa, wt, acc, DOT_MODE)
         x_ptrs += BLOCK_K * stride_xh
-        w_ptrs += BLOCK_K * stride_wh
+        if not W_TMA:
+            w_ptrs += BLOCK_K * stride_wh
     if HAS_BIAS:
         acc += tl.load(b_ptr + expert.to(tl.int64) * stride_be + rows_c * stride_bn).to(tl.float32)[None, :]
     g, u = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N, 2)))
@@ -141,12 +161,14 @@ def _gate_up_grouped_kernel(
     limit, alpha,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr, ONE_DOT: tl.constexpr,
+    EVEN_K: tl.constexpr, ONE_DOT: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr,
 ):
+    """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage."""
     if ONE_DOT and GATE_MODE != 0:
         _gate_up_one_dot(x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr, S, TOPK, H, I, num_blocks_m,
                          stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
-                         limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K)
+                         limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K,
+                         W_TMA, W_T)
         return
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, tl.cdiv(I, BLOCK_N), GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
@@ -161,29 +183,42 @@ def _gate_up_grouped_kernel(
     gate_rows, up_rows = _gate_up_rows(tl.where(n_ok, offs_n, 0), I, GATE_MODE)
     offs_k = tl.arange(0, BLOCK_K)
     x_ptrs = x_ptr + token[:, None] * stride_xt + offs_k[None, :] * stride_xh
-    w_base = w_ptr + expert.to(tl.int64) * stride_we
-    wg_ptrs = w_base + offs_k[:, None] * stride_wh + gate_rows[None, :] * stride_wn  # (BLOCK_K, BLOCK_N)
-    wu_ptrs = w_base + offs_k[:, None] * stride_wh + up_rows[None, :] * stride_wn
+    if W_TMA:  # concatenated or no gate (the Plan checks): gate rows n.., up rows I + n..
+        if GATE_MODE != 0:
+            n_rows = 2 * I
+        else:
+            n_rows = I
+    else:
+        w_base = w_ptr + expert.to(tl.int64) * stride_we
+        wg_ptrs = w_base + offs_k[:, None] * stride_wh + gate_rows[None, :] * stride_wn  # (BLOCK_K, BLOCK_N)
+        wu_ptrs = w_base + offs_k[:, None] * stride_wh + up_rows[None, :] * stride_wn
     acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(H, BLOCK_K)):
         if EVEN_K:
             xa = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
-            wg = tl.load(wg_ptrs)
         else:
             k_ok = offs_k < H - k * BLOCK_K
             xa = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        if W_TMA:
+            wg = _w_tile(w_ptr, expert, n_rows, H, pid_n * BLOCK_N, k * BLOCK_K, W_T)
+        elif EVEN_K:
+            wg = tl.load(wg_ptrs)
+        else:
             wg = tl.load(wg_ptrs, mask=k_ok[:, None], other=0.0)
         acc_g = _dot(xa, wg, acc_g, DOT_MODE)
         if GATE_MODE != 0:
-            if EVEN_K:
+            if W_TMA:
+                wu = _w_tile(w_ptr, expert, n_rows, H, I + pid_n * BLOCK_N, k * BLOCK_K, W_T)
+            elif EVEN_K:
                 wu = tl.load(wu_ptrs)
             else:
                 wu = tl.load(wu_ptrs, mask=k_ok[:, None], other=0.0)
             acc_u = _dot(xa, wu, acc_u, DOT_MODE)
-            wu_ptrs += BLOCK_K * stride_wh
         x_ptrs += BLOCK_K * stride_xh
-        wg_ptrs += BLOCK_K * stride_wh
+        if not W_TMA:
+            wg_ptrs += BLOCK_K * stride_wh
+            wu_ptrs += BLOCK_K * stride_wh
     if HAS_BIAS:
         b_base = b_ptr + expert.to(tl.int64) * stride_be
         acc_g += tl.load(b_base + gate_rows * stride_bn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -204,8 +239,9 @@ def _down_grouped_kernel(
     stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys,
     MUL_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr,
+    EVEN_K: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr,
 ):
+    """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage."""
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, tl.cdiv(H, BLOCK_N), GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
@@ -218,19 +254,26 @@ def _down_grouped_kernel(
     offs_n_safe = tl.where(n_ok, offs_n, 0)
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + offs_p.to(tl.int64)[:, None] * stride_ap + offs_k[None, :]
-    w_ptrs = w_ptr + expert.to(tl.int64) * stride_we + offs_k[:, None] * stride_wi + offs_n_safe[None, :] * stride_wh
+    if not W_TMA:
+        w_base = w_ptr + expert.to(tl.int64) * stride_we
+        w_ptrs = w_base + offs_k[:, None] * stride_wi + offs_n_safe[None, :] * stride_wh
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(I, BLOCK_K)):
         if EVEN_K:
             a = tl.load(a_ptrs)
-            w = tl.load(w_ptrs)
         else:
             k_ok = offs_k < I - k * BLOCK_K
             a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+        if W_TMA:
+            w = _w_tile(w_ptr, expert, H, I, pid_n * BLOCK_N, k * BLOCK_K, W_T)
+        elif EVEN_K:
+            w = tl.load(w_ptrs)
+        else:
             w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
         acc = _dot(a, w, acc, DOT_MODE)
         a_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K * stride_wi
+        if not W_TMA:
+            w_ptrs += BLOCK_K * stride_wi
     if HAS_BIAS:
         acc += tl.load(b_ptr + expert.to(tl.int64) * stride_be + offs_n_safe * stride_bh).to(tl.float32)[None, :]
     if MUL_WEIGHT:

@@ -78,6 +78,21 @@ def _opts(cfg: dict) -> dict:
     return {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
 
 
+def _tma_view(strides: tuple[int, int, int], E: int, rows: int, k: int, block_rows: int, block_k: int,
+              what: str) -> tuple[tuple[int, int], bool, tuple[int, int]]:
+    """(2D shape, transposed storage?, box) of a weight's TMA view from the strides of its (E, rows, K) view;
+    ValueError where TMA does not apply (a K tile would cross experts, or the storage is not contiguous)."""
+    se, sr, sk = strides
+    if k % block_k:
+        raise ValueError(f"triton_fused: TMA on the {what} weight needs its reduction size {k} to be a multiple "
+                         f"of BLOCK_K {block_k}")
+    if sk == 1 and sr == k and se == rows * k:
+        return (E * rows, k), False, (block_rows, block_k)
+    if sr == 1 and sk == rows and se == rows * k:
+        return (E * k, rows), True, (block_k, block_rows)
+    raise ValueError(f"triton_fused: TMA on the {what} weight needs it contiguous as stored (strides {strides})")
+
+
 class Plan:
     """Every launch of one experts call for fixed shapes, layout, dtype and config."""
 
@@ -126,15 +141,29 @@ class Plan:
                         {"num_warps": 4, "num_stages": 1}),
             ]
         dot_mode = 2 if INTERPRETED else (1 if dtype == torch.float32 else 0)
+        one_dot = bool(up.get("ONE_DOT", 0)) and spec.gate_mode != 0
+        self.up_tma = self.down_tma = None  # TMA views of the weights: (2D shape, transposed?, box)
+        if up.get("TMA", 0):
+            if one_dot != (spec.gate_mode == 2):
+                raise ValueError("triton_fused: TMA on the gate/up weight loads one box per tile: ONE_DOT=1 for an "
+                                 "interleaved layout, 0 otherwise")
+            N = 2 * I if spec.gate_mode else I
+            self.up_tma = _tma_view(up_strides, E, N, H, up["BLOCK_N"] * (2 if one_dot else 1), up["BLOCK_K"],
+                                    "gate/up")
+        if down.get("TMA", 0):
+            self.down_tma = _tma_view(down_strides, E, H, I, down["BLOCK_N"], down["BLOCK_K"], "down")
+        self._descriptors: dict[str, tuple[int, object]] = {}
         self.up = _Launch(_gate_up_grouped_kernel, (B * triton.cdiv(I, up["BLOCK_N"]),),
                           dict(GATE_MODE=spec.gate_mode, ACT=spec.act, DOT_MODE=dot_mode, BLOCK_M=bm,
                                BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"], GROUP_M=up["GROUP_M"],
-                               EVEN_K=H % up["BLOCK_K"] == 0, ONE_DOT=bool(up.get("ONE_DOT", 0)), **common),
+                               EVEN_K=H % up["BLOCK_K"] == 0, ONE_DOT=one_dot, W_TMA=self.up_tma is not None,
+                               W_T=bool(self.up_tma and self.up_tma[1]), **common),
                           _opts(up))
         self.up_scalars = (S, K, H, I, B, *x_strides, *up_strides, bu0, bu1, I, spec.limit, spec.alpha)
         self.down = _Launch(_down_grouped_kernel, (B * triton.cdiv(H, down["BLOCK_N"]),),
                             dict(MUL_WEIGHT=reduce, DOT_MODE=dot_mode, BLOCK_M=bm, BLOCK_N=down["BLOCK_N"],
                                  BLOCK_K=down["BLOCK_K"], GROUP_M=down["GROUP_M"], EVEN_K=I % down["BLOCK_K"] == 0,
+                                 W_TMA=self.down_tma is not None, W_T=bool(self.down_tma and self.down_tma[1]),
                                  **common), _opts(down))
         self.down_scalars = (S, H, I, B, I, *down_strides, bd0, bd1, H)
 
@@ -165,12 +194,29 @@ class Plan:
             self.align[1](stream, partial, meta, self.G)
             self.align[2](stream, ids_S, partial, meta, sorted_P, block_expert_B, S, self.E, B, triton.cdiv(B, self.G))
         a_PI = torch.empty(B * bm, I, dtype=self.dtype, device=dev)
-        self.up(stream, x_TH, w_up, b_up, a_PI, sorted_P, block_expert_B, *self.up_scalars)
+        w_up_arg = self._descriptor("up", w_up, self.up_tma) if self.up_tma else w_up
+        self.up(stream, x_TH, w_up_arg, b_up, a_PI, sorted_P, block_expert_B, *self.up_scalars)
         y_SH = torch.empty(S, H, dtype=self.dtype, device=dev)
-        self.down(stream, a_PI, w_down, b_down, y_SH, rw_S, sorted_P, block_expert_B, *self.down_scalars)
+        w_down_arg = self._descriptor("down", w_down, self.down_tma) if self.down_tma else w_down
+        self.down(stream, a_PI, w_down_arg, b_down, y_SH, rw_S, sorted_P, block_expert_B, *self.down_scalars)
         if not self.reduce or self.K == 1:
             return y_SH
         return y_SH.view(self.T, self.K, H).sum(dim=1)  # float32 accumulation inside, output in the input dtype
+
+
+    def _descriptor(self, which: str, w: torch.Tensor, view: tuple):
+        """The TMA descriptor of a stored weight's 2D view, kept while the weight stays where it is."""
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        cached = self._descriptors.get(which)
+        if cached is None or cached[0] != w.data_ptr():
+            (rows, cols), _, box = view
+            try:
+                desc = TensorDescriptor(w, [rows, cols], [cols, 1], list(box))
+            except AssertionError as err:  # base or row stride not 16-byte aligned
+                raise ValueError(f"triton_fused: TMA on the {which} weight: {err}") from None
+            cached = self._descriptors[which] = (w.data_ptr(), desc)
+        return cached[1]
 
 
 def fused_experts(

@@ -6,8 +6,9 @@ the decode path (few pairs: gate/up candidates with one down, then every down wi
 and per BLOCK_M that suits the pairs per expert, the gate/up candidates (two dots and one dot) with one
 down, then every down with the best gate/up. The config in force before the search (tuned or heuristic)
 competes too, so a search never makes a bucket slower than it measured. `wide` adds a larger space for
-the matmul-bound buckets (BLOCK_M 64 to 256). Every candidate is timed as the whole experts call: on
-CUDA captured in a CUDA graph, replays timed by CUDA events with the L2 flushed before each (GPU time,
+the matmul-bound buckets (BLOCK_M 64 to 256); on GPUs with TMA (sm90 on), each BLOCK_M's best tiles
+are timed again with the weights loaded through TMA descriptors. Every candidate is timed as the whole
+experts call: on CUDA captured in a CUDA graph, replays timed by CUDA events with the L2 flushed before each (GPU time,
 no host overhead); elsewhere (Triton's interpreter, for tests) by wall clock. Candidates compile first,
 in threads; one that does not fit (too much shared memory) is logged and skipped.
 """
@@ -61,10 +62,15 @@ def decode_config(up: tuple, down: tuple) -> dict:
             "down": {"BLOCK_N": down[0], "BLOCK_K": down[1], "num_warps": down[2], "num_stages": 2}}
 
 
-def grouped_config(block_m: int, up: tuple, down: tuple) -> dict:
-    """`up` is (BLOCK_N, BLOCK_K, GROUP_M, warps, stages, ONE_DOT), `down` the same without ONE_DOT."""
-    return {"path": "grouped", "BLOCK_M": block_m, "up": {**dict(zip(TILE_KEYS, up[:5])), "ONE_DOT": up[5]},
-            "down": dict(zip(TILE_KEYS, down))}
+def grouped_config(block_m: int, up: tuple, down: tuple, tma: tuple[int, int] = (0, 0)) -> dict:
+    """`up` is (BLOCK_N, BLOCK_K, GROUP_M, warps, stages, ONE_DOT), `down` the same without ONE_DOT; `tma`
+    says which weights (gate/up, down) load through TMA descriptors."""
+    cfg = {"path": "grouped", "BLOCK_M": block_m, "up": {**dict(zip(TILE_KEYS, up[:5])), "ONE_DOT": up[5]},
+           "down": dict(zip(TILE_KEYS, down))}
+    for side, on in zip(("up", "down"), tma):
+        if on:
+            cfg[side]["TMA"] = 1
+    return cfg
 
 
 def grouped_space(S: int, E: int, wide: bool = False) -> dict[int, tuple[list[tuple], list[tuple]]]:
@@ -126,8 +132,10 @@ def precompile(experts, inputs: tuple, configs: list[dict], threads: int = 8) ->
         list(pool.map(build, configs))
 
 
-def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int, log) -> list[tuple[float, str]]:
-    """(ms, config JSON) of every config timed for one token count, fastest first; inf where it failed."""
+def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int, log,
+                  tma: bool = False) -> list[tuple[float, str]]:
+    """(ms, config JSON) of every config timed for one token count, fastest first; inf where it failed.
+    `tma`: per BLOCK_M, the best tiles again with the gate/up weight, the down weight or both through TMA."""
     from moe_lab.backends.triton_fused import triton_fused_experts
 
     from moe_lab.backends.common import num_experts
@@ -153,17 +161,23 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
         best_up = min(DECODE_UP, key=lambda u: time_it(decode_config(u, DECODE_DOWN[1])))
         for d in DECODE_DOWN:
             time_it(decode_config(best_up, d))
+    interleaved = bool(experts.has_gate and not experts.is_concatenated)  # TMA: one box per gate/up tile
     for bm, (ups, downs) in grouped_space(S, E, wide).items():
         best_up = min(ups, key=lambda u: time_it(grouped_config(bm, u, downs[0])))
-        for d in downs:
-            time_it(grouped_config(bm, best_up, d))
+        best_down = min(downs, key=lambda d: time_it(grouped_config(bm, best_up, d)))
+        if tma:
+            up_tma = best_up[:5] + (int(interleaved),)
+            for sides in ((1, 0), (0, 1), (1, 1)):
+                time_it(grouped_config(bm, up_tma if sides[0] else best_up, best_down, sides))
     return sorted((ms, key) for key, ms in timed.items())
 
 
 def search(models: list[str], tokens: list[int], dtype: torch.dtype = torch.bfloat16, device: str = "cuda",
-           wide: bool = False, budget_s: float | None = None, reps: int = 10, log=print) -> tuple[dict, list[dict]]:
+           wide: bool = False, budget_s: float | None = None, reps: int = 10, log=print,
+           tma: bool | None = None) -> tuple[dict, list[dict]]:
     """Search every (model, token count); returns ({device kind: {dtype: {shape key: {T: config}}}}, one row
-    per config timed). Past `budget_s` no new token count starts; the ones left are logged, not tuned."""
+    per config timed). Past `budget_s` no new token count starts; the ones left are logged, not tuned.
+    `tma` (default: on GPUs with TMA, sm90 on, and under the interpreter) adds the TMA variants."""
     from moe_lab.devices import device_kind
     from moe_lab.kernels.configs import get_config, shape_key
     from moe_lab.routing import synthetic_routing
@@ -171,6 +185,8 @@ def search(models: list[str], tokens: list[int], dtype: torch.dtype = torch.bflo
 
     dev = torch.device(device)
     kind, dtype_name = device_kind(dev), str(dtype).removeprefix("torch.")
+    if tma is None:
+        tma = dev.type != "cuda" or torch.cuda.get_device_capability(dev)[0] >= 9
     start = time.time()
     table: dict = {kind: {dtype_name: {}}}
     rows: list[dict] = []
@@ -195,7 +211,7 @@ def search(models: list[str], tokens: list[int], dtype: torch.dtype = torch.bflo
                 break
             incumbent = get_config(kind, dtype_name, T, E, H, I, K)
             results = search_bucket(experts, inputs(T), incumbent, wide, reps,
-                                    lambda m: log(f"tune-kernels {model} {m}"))
+                                    lambda m: log(f"tune-kernels {model} {m}"), tma)
             best_ms, best = results[0]
             if math.isinf(best_ms):
                 raise RuntimeError(f"tune-kernels {model} T={T}: no config ran, the incumbent included")
@@ -245,6 +261,8 @@ def add_tune_kernels_parser(sub) -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--device", default="cuda")
     p.add_argument("--wide", action="store_true", help="also the wide space where pairs per expert are many")
+    p.add_argument("--no-tma", dest="tma", action="store_false", default=None,
+                   help="leave out the configs that load weights through TMA (default: in where the GPU has TMA)")
     p.add_argument("--out", default=None, help="JSON config file to merge into (default: the one in force, "
                                                "MOE_LAB_KERNEL_CONFIGS or the package's)")
     p.add_argument("--candidates", default=None, help="CSV of every config timed")
@@ -263,7 +281,7 @@ def _tune_kernels_command(args: argparse.Namespace) -> int:
         print(f"moe-lab tune-kernels: device {args.device!r} runs the kernels only under TRITON_INTERPRET=1")
         return 2
     table, rows = search(args.models.split(","), [int(t) for t in args.tokens.split(",")],
-                         getattr(torch, args.dtype), args.device, args.wide, args.budget_s, args.reps)
+                         getattr(torch, args.dtype), args.device, args.wide, args.budget_s, args.reps, tma=args.tma)
     out = Path(args.out) if args.out else config_path()
     merge_table(out, table)
     if args.candidates:
