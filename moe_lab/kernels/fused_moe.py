@@ -99,6 +99,25 @@ def _tile_ids(pid, num_blocks_m, num_pid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _block_pairs(pid_m, sorted_ptr, S, TOPK, BLOCK_M: tl.constexpr):
+    """A row block's padded positions, their pairs, which rows are real (pair < S), and their tokens."""
+    offs_p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pair = tl.load(sorted_ptr + offs_p)
+    row_ok = pair < S
+    token = tl.where(row_ok, pair // TOPK, 0).to(tl.int64)
+    return offs_p, pair, row_ok, token
+
+
+@triton.jit
+def _x_tile(x_ptrs, row_ok, offs_k, k, H, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """The gathered (BLOCK_M, BLOCK_K) token tile of reduction step k: zero on padding rows and past H."""
+    if EVEN_K:
+        return tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
+    k_ok = offs_k < H - k * BLOCK_K
+    return tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+
+
+@triton.jit
 def _gate_up_one_dot(
     x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr, S, TOPK, H, I, num_blocks_m,
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap, limit, alpha,
@@ -113,10 +132,7 @@ def _gate_up_one_dot(
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
         return
-    offs_p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    pair = tl.load(sorted_ptr + offs_p)
-    row_ok = pair < S
-    token = tl.where(row_ok, pair // TOPK, 0).to(tl.int64)
+    offs_p, pair, row_ok, token = _block_pairs(pid_m, sorted_ptr, S, TOPK, BLOCK_M)
     offs_c = tl.arange(0, 2 * BLOCK_N)  # weight-tile columns
     n_c = pid_n * BLOCK_N + offs_c // 2
     n_c = tl.where(n_c < I, n_c, 0)
@@ -129,17 +145,13 @@ def _gate_up_one_dot(
         w_ptrs = w_ptr + expert.to(tl.int64) * stride_we + offs_k[:, None] * stride_wh + rows_c[None, :] * stride_wn
     acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(H, BLOCK_K)):
-        if EVEN_K:
-            xa = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
-        else:
-            k_ok = offs_k < H - k * BLOCK_K
-            xa = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        xa = _x_tile(x_ptrs, row_ok, offs_k, k, H, BLOCK_K, EVEN_K)
         if W_TMA:  # interleaved only (the Plan checks): rows 2n, 2n+1 of the tile are contiguous
             wt = _w_tile(w_ptr, expert, 2 * I, H, 2 * pid_n * BLOCK_N, k * BLOCK_K, W_T)
         elif EVEN_K:
             wt = tl.load(w_ptrs)
         else:
-            wt = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+            wt = tl.load(w_ptrs, mask=(offs_k < H - k * BLOCK_K)[:, None], other=0.0)
         acc = _dot(xa, wt, acc, DOT_MODE)
         x_ptrs += BLOCK_K * stride_xh
         if not W_TMA:
@@ -174,10 +186,7 @@ def _gate_up_grouped_kernel(
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
         return
-    offs_p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    pair = tl.load(sorted_ptr + offs_p)
-    row_ok = pair < S
-    token = tl.where(row_ok, pair // TOPK, 0).to(tl.int64)
+    offs_p, pair, row_ok, token = _block_pairs(pid_m, sorted_ptr, S, TOPK, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
     gate_rows, up_rows = _gate_up_rows(tl.where(n_ok, offs_n, 0), I, GATE_MODE)
@@ -195,16 +204,13 @@ def _gate_up_grouped_kernel(
     acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(H, BLOCK_K)):
-        if EVEN_K:
-            xa = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
-        else:
-            k_ok = offs_k < H - k * BLOCK_K
-            xa = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        xa = _x_tile(x_ptrs, row_ok, offs_k, k, H, BLOCK_K, EVEN_K)
         if W_TMA:
             wg = _w_tile(w_ptr, expert, n_rows, H, pid_n * BLOCK_N, k * BLOCK_K, W_T)
         elif EVEN_K:
             wg = tl.load(wg_ptrs)
         else:
+            k_ok = offs_k < H - k * BLOCK_K
             wg = tl.load(wg_ptrs, mask=k_ok[:, None], other=0.0)
         acc_g = _dot(xa, wg, acc_g, DOT_MODE)
         if GATE_MODE != 0:
@@ -246,9 +252,7 @@ def _down_grouped_kernel(
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
         return
-    offs_p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    pair = tl.load(sorted_ptr + offs_p)
-    row_ok = pair < S
+    offs_p, pair, row_ok, _ = _block_pairs(pid_m, sorted_ptr, S, 1, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < H
     offs_n_safe = tl.where(n_ok, offs_n, 0)
