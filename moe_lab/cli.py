@@ -1,5 +1,6 @@
 """The `moe-lab` command line: `check` backends, run a `sweep`, describe the `env`ironment, run a `batch` of
-sweep notebooks, `tune` auto's dispatch table, `tune-kernels` for triton_fused's tile configs."""
+sweep notebooks, `tune` auto's dispatch table, `tune-kernels` for triton_fused's tile configs, `prune` stale
+results rows."""
 
 from __future__ import annotations
 
@@ -138,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     from moe_lab.kernels.search import add_tune_kernels_parser  # `moe-lab tune-kernels`: triton_fused's tile configs
 
     add_tune_kernels_parser(sub)
+    from moe_lab.harness.prune import add_prune_parser  # `moe-lab prune`: drop stale rows so a sweep remeasures them
+
+    add_prune_parser(sub)
     return parser
 
 

@@ -344,7 +344,7 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _expand(paths) -> list[tuple[Path, bool]]:
+def expand_paths(paths) -> list[tuple[Path, bool]]:
     """(file, named explicitly) for every file, directory (its *.csv, recursively) or glob given."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -374,7 +374,7 @@ def load_results(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     explicitly must be results.
     """
     frames = []
-    for path, explicit in _expand(paths):
+    for path, explicit in expand_paths(paths):
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
         if not RESULTS_MARKER <= set(df.columns):
             if explicit:

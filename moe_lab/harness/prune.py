@@ -1,0 +1,93 @@
+"""Drop rows from results CSVs so that a sweep measures those cells again (`moe-lab prune`).
+
+For rows that a change has made stale: a backend's code changed, or a status (`oom`, `error`) came from
+a bug fixed since. Rows are chosen by exact values of cell fields and status, and by `--before` (rows
+that finished before a UTC time); every filter given must match. A resumed `moe-lab sweep`, or
+`moe-lab batch --force` (each notebook again, measuring only the cells without a row), then reruns
+exactly those cells. Files are rewritten atomically; git keeps what was there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from moe_lab.harness.sweep import COLUMNS, RESULTS_MARKER, expand_paths, format_row, read_rows
+
+FILTER_FIELDS = ("level", "model", "backend", "compile_mode", "dtype", "device", "routing", "status")
+
+
+def _utc(value: str) -> pd.Timestamp:
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def row_matches(row: dict, filters: dict[str, list[str]], before: pd.Timestamp | None) -> bool:
+    """Every filter matches: the row's field is one of the values given, and it finished before `before`."""
+    if any(row.get(field, "") not in values for field, values in filters.items()):
+        return False
+    return before is None or (row.get("timestamp", "") != "" and _utc(row["timestamp"]) < before)
+
+
+def prune(paths, *, before: str | None = None, dry_run: bool = False,
+          **filters: list[str]) -> list[tuple[Path, int, int]]:
+    """Drop the matching rows of every results CSV under `paths` (files, directories, globs); returns
+    (file, rows dropped, rows before) per file. At least one filter or `before` is required."""
+    unknown = sorted(set(filters) - set(FILTER_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown filter(s) {unknown}; valid: {', '.join(FILTER_FIELDS)}")
+    filters = {k: [str(v) for v in vs] for k, vs in filters.items() if vs}
+    if not filters and before is None:
+        raise ValueError("give at least one filter or --before: pruning would drop every row")
+    cutoff = _utc(before) if before is not None else None
+    out = []
+    for path, explicit in expand_paths(paths):
+        with open(path, newline="") as f:
+            header = set(f.readline().strip().split(","))
+        if not RESULTS_MARKER <= header:
+            if explicit:
+                raise ValueError(f"{path} is not a results CSV (it lacks {', '.join(sorted(RESULTS_MARKER))})")
+            continue  # a batch log or another CSV beside the results
+        rows = read_rows(path)
+        keep = [r for r in rows if not row_matches(r, filters, cutoff)]
+        dropped = len(rows) - len(keep)
+        if dropped and not dry_run:
+            tmp = path.with_name(path.name + ".pruning")
+            with open(tmp, "w", newline="") as f:
+                f.write(format_row(dict(zip(COLUMNS, COLUMNS))) + "".join(format_row(r) for r in keep))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        out.append((path, dropped, len(rows)))
+    return out
+
+
+def add_prune_parser(sub) -> None:
+    """Register `moe-lab prune` on the CLI's subparsers."""
+    p = sub.add_parser("prune", help="drop results rows (stale backends, fixed failures) so a sweep measures them "
+                                     "again", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", help="results CSVs, directories of them, or globs")
+    for field in FILTER_FIELDS:
+        p.add_argument(f"--{field.replace('_', '-')}", dest=field, metavar="A,B",
+                       help=f"rows whose {field} is one of these (comma-separated)")
+    p.add_argument("--before", metavar="TIME", help="rows that finished before this time (ISO 8601, UTC if no zone)")
+    p.add_argument("--dry-run", action="store_true", help="count what would be dropped, change nothing")
+    p.set_defaults(func=_prune_command)
+
+
+def _prune_command(args: argparse.Namespace) -> int:
+    filters = {f: getattr(args, f).split(",") for f in FILTER_FIELDS if getattr(args, f)}
+    try:
+        result = prune(args.paths, before=args.before, dry_run=args.dry_run, **filters)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"moe-lab prune: {exc}")
+        return 2
+    verb = "would drop" if args.dry_run else "dropped"
+    for path, dropped, total in result:
+        print(f"{path}: {verb} {dropped} of {total} rows")
+    if any(d for _, d, _ in result) and not args.dry_run:
+        print("rerun the sweep (or `moe-lab batch FILE --force`) to measure those cells again")
+    return 0
