@@ -184,3 +184,24 @@ def test_cli_refuses_where_the_kernels_cannot_run(monkeypatch, capsys):
     if not torch.cuda.is_available():
         assert main(["tune-kernels", "--models", "tiny"]) == 2
         assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_cli_merges_into_a_new_file_that_starts_as_the_table_in_force(tmp_path, monkeypatch, capsys):
+    from moe_lab.cli import main
+
+    cfg = search.decode_config((8, 256, 4), (8, 256, 4))
+    found = {"cpu": {"float32": {"E8_H128_I96_K2": {"1": cfg}}}}
+    rows = [dict(device="cpu", dtype="float32", model="tiny", shape="E8_H128_I96_K2", tokens=1, ms=0.5,
+                 config=json.dumps(cfg, sort_keys=True), chosen=1)]
+    calls = []
+    monkeypatch.setattr(search, "search", lambda *a, **k: calls.append((a, k)) or (found, rows))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the CLI's gate for a CPU device; the search itself is stubbed
+    out, cands = tmp_path / "mine.json", tmp_path / "c.csv"
+    assert main(["tune-kernels", "--models", "tiny", "--tokens", "1", "--device", "cpu", "--dtype", "float32",
+                 "--out", str(out), "--candidates", str(cands), "--no-tma"]) == 0
+    assert calls[0][0][:4] == (["tiny"], [1], torch.float32, "cpu") and calls[0][1]["tma"] is False
+    written = json.loads(out.read_text())
+    package = json.loads(configs.CONFIG_FILE.read_text())
+    assert written["cpu"]["float32"]["E8_H128_I96_K2"] == {"1": cfg}
+    assert {k: v for k, v in written.items() if k != "cpu"} == package  # the table in force, kept whole
+    assert len(cands.read_text().splitlines()) == 2 and "merged 1 bucket(s)" in capsys.readouterr().out

@@ -264,7 +264,8 @@ def add_tune_kernels_parser(sub) -> None:
     p.add_argument("--no-tma", dest="tma", action="store_false", default=None,
                    help="leave out the configs that load weights through TMA (default: in where the GPU has TMA)")
     p.add_argument("--out", default=None, help="JSON config file to merge into (default: the one in force, "
-                                               "MOE_LAB_KERNEL_CONFIGS or the package's)")
+                                               "MOE_LAB_KERNEL_CONFIGS or the package's); a new file starts as a "
+                                               "copy of the one in force")
     p.add_argument("--candidates", default=None, help="CSV of every config timed")
     p.add_argument("--budget-s", type=float, default=None, help="start no new token count after this many seconds")
     p.add_argument("--reps", type=int, default=10)
@@ -283,6 +284,9 @@ def _tune_kernels_command(args: argparse.Namespace) -> int:
     table, rows = search(args.models.split(","), [int(t) for t in args.tokens.split(",")],
                          getattr(torch, args.dtype), args.device, args.wide, args.budget_s, args.reps, tma=args.tma)
     out = Path(args.out) if args.out else config_path()
+    if not out.exists() and config_path().exists():  # a new file starts as the table in force, then gets the winners
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(config_path().read_text())
     merge_table(out, table)
     if args.candidates:
         write_rows(args.candidates, rows)
