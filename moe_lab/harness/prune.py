@@ -10,12 +10,11 @@ exactly those cells. Files are rewritten atomically; git keeps what was there.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import pandas as pd
 
-from moe_lab.harness.sweep import COLUMNS, RESULTS_MARKER, expand_paths, format_row, read_rows
+from moe_lab.harness.sweep import RESULTS_MARKER, expand_paths, read_rows, rewrite_rows
 
 FILTER_FIELDS = ("level", "model", "backend", "compile_mode", "dtype", "device", "routing", "status")
 
@@ -55,12 +54,7 @@ def prune(paths, *, before: str | None = None, dry_run: bool = False,
         keep = [r for r in rows if not row_matches(r, filters, cutoff)]
         dropped = len(rows) - len(keep)
         if dropped and not dry_run:
-            tmp = path.with_name(path.name + ".pruning")
-            with open(tmp, "w", newline="") as f:
-                f.write(format_row(dict(zip(COLUMNS, COLUMNS))) + "".join(format_row(r) for r in keep))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            rewrite_rows(path, keep)
         out.append((path, dropped, len(rows)))
     return out
 

@@ -263,13 +263,19 @@ def read_rows(path: str | Path) -> list[dict]:
         raise ValueError(f"{path} has columns moe_lab does not write ({', '.join(unknown)}): not a results CSV of "
                          f"this version; write this sweep to another --out")
     rows = [{c: r.get(c, "") for c in COLUMNS} for r in rows]
-    tmp = path.with_name(path.name + ".upgrading")
+    rewrite_rows(path, rows)
+    return rows
+
+
+def rewrite_rows(path: str | Path, rows: list[dict]) -> None:
+    """Replace a results CSV by today's header and `rows`, atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".rewriting")
     with open(tmp, "w", newline="") as f:
         f.write(format_row(dict(zip(COLUMNS, COLUMNS))) + "".join(format_row(r) for r in rows))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    return rows
 
 
 def append_row(path: str | Path, row: dict) -> None:
