@@ -49,21 +49,23 @@ def test_every_candidate_is_a_config_the_kernels_take():
 def fake_kernels(monkeypatch):
     """triton_fused stands in as a recorder; the timer charges each config by `cost` (inf: it fails)."""
     seen: list[dict] = []
-    state = {"cost": lambda cfg: 1.0}
+    state = {"cost": lambda cfg: 1.0, "wrong": lambda cfg: 1.0}  # wrong: factor on the right output
 
     def fake_fused(experts, x_TH, ids_TK, w_TK, *, config=None):
         seen.append(config)
         if state["cost"](config) == float("inf"):
             raise RuntimeError("out of resource: shared memory")
-        return x_TH
+        return x_TH * state["wrong"](config)
 
     def fake_ms(fn, device, reps=10):
         fn()
         return state["cost"](seen[-1])
 
+    import moe_lab.backends.grouped_mm as gm
     import moe_lab.backends.triton_fused as tf
 
     monkeypatch.setattr(tf, "triton_fused_experts", fake_fused)
+    monkeypatch.setattr(gm, "grouped_mm_experts", lambda experts, x_TH, ids_TK, w_TK: x_TH)  # the right output
     monkeypatch.setattr(search, "gpu_ms", fake_ms)
     return seen, state
 
@@ -131,6 +133,22 @@ def test_search_logs_and_skips_configs_that_fail(fake_kernels):
     assert json.loads(results[0][1])["path"] == "grouped"
     assert any("config failed" in line and "shared memory" in line for line in lines)
     assert results[-1][0] == float("inf")
+
+
+def test_search_never_chooses_a_config_with_a_wrong_result(fake_kernels):
+    seen, state = fake_kernels
+    experts, inputs = tiny_inputs(T=1)
+    state["cost"] = lambda cfg: 0.5 if cfg["path"] == "decode" else 2.0  # decode is fastest, but wrong by 1%
+    state["wrong"] = lambda cfg: 1.01 if cfg["path"] == "decode" else 1.0
+    lines = []
+    results = search.search_bucket(experts, inputs, configs.heuristic_config(1, 8, 128, 96, 2), wide=False,
+                                   reps=1, log=lines.append, expected_TH=inputs[0])
+    assert json.loads(results[0][1])["path"] == "grouped" and results[0][0] == 2.0
+    assert any("wrong result: relative error 1.00e-02" in line for line in lines)
+    state["wrong"] = lambda cfg: 1.0 + 1e-6 if cfg["path"] == "decode" else 1.0  # float32 rounding: fine
+    again = search.search_bucket(experts, inputs, configs.heuristic_config(1, 8, 128, 96, 2), wide=False,
+                                 reps=1, log=lines.append, expected_TH=inputs[0])
+    assert json.loads(again[0][1])["path"] == "decode" and again[0][0] == 0.5
 
 
 def test_search_writes_rows_and_a_table_per_bucket(fake_kernels, tmp_path, monkeypatch):

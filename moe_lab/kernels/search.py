@@ -7,7 +7,9 @@ and per BLOCK_M that suits the pairs per expert, the gate/up candidates (two dot
 down, then every down with the best gate/up. The config in force before the search (tuned or heuristic)
 competes too, so a search never makes a bucket slower than it measured. `wide` adds a larger space for
 the matmul-bound buckets (BLOCK_M 64 to 256); on GPUs with TMA (sm90 on), each BLOCK_M's best tiles
-are timed again with the weights loaded through TMA descriptors. Every candidate is timed as the whole
+are timed again with the weights loaded through TMA descriptors. Before it is timed, each candidate's output
+is checked against moe_lab's grouped_mm backend on the same inputs; one that differs by more than the
+dtype's tolerance is logged and never chosen. Every candidate is timed as the whole
 experts call: on CUDA captured in a CUDA graph, replays timed by CUDA events with the L2 flushed before each (GPU time,
 no host overhead); elsewhere (Triton's interpreter, for tests) by wall clock. Candidates compile first,
 in threads; one that does not fit (too much shared memory) is logged and skipped.
@@ -55,6 +57,8 @@ GROUPED_WIDE = {
     256: ([(64, 64, 8, 8, 3, 0), (32, 64, 8, 8, 4, 0)], [(64, 128, 8, 8, 3), (64, 64, 8, 8, 4)]),
 }
 WIDE_MIN_PAIRS_PER_EXPERT = 64  # the wide space applies from here on
+# a candidate's relative error against grouped_mm above this is a wrong kernel, not rounding
+RESULT_TOLERANCE = {torch.bfloat16: 3e-2, torch.float16: 5e-3, torch.float32: 1e-4}
 
 
 def decode_config(up: tuple, down: tuple) -> dict:
@@ -133,12 +137,13 @@ def precompile(experts, inputs: tuple, configs: list[dict], threads: int = 8) ->
 
 
 def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int, log,
-                  tma: bool = False) -> list[tuple[float, str]]:
+                  tma: bool = False, expected_TH: torch.Tensor | None = None) -> list[tuple[float, str]]:
     """(ms, config JSON) of every config timed for one token count, fastest first; inf where it failed.
-    `tma`: per BLOCK_M, the best tiles again with the gate/up weight, the down weight or both through TMA."""
-    from moe_lab.backends.triton_fused import triton_fused_experts
-
+    `tma`: per BLOCK_M, the best tiles again with the gate/up weight, the down weight or both through TMA.
+    `expected_TH`: the right output; a config whose output differs beyond the dtype's tolerance fails."""
     from moe_lab.backends.common import num_experts
+    from moe_lab.backends.triton_fused import triton_fused_experts
+    from moe_lab.reference import relative_error
 
     x_TH, ids_TK, _ = inputs
     T, K = ids_TK.shape
@@ -150,6 +155,10 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
         if key not in timed:
             try:
                 with torch.no_grad():
+                    if expected_TH is not None:
+                        err = relative_error(triton_fused_experts(experts, *inputs, config=cfg), expected_TH)
+                        if not err <= RESULT_TOLERANCE[x_TH.dtype]:
+                            raise ValueError(f"wrong result: relative error {err:.2e} against grouped_mm")
                     timed[key] = gpu_ms(lambda: triton_fused_experts(experts, *inputs, config=cfg), x_TH.device, reps)
             except Exception as err:  # noqa: BLE001  (a config that does not fit: too much shared memory)
                 log(f"T={T}: config failed: {key} ({str(err).splitlines()[0][:100]})")
@@ -176,8 +185,9 @@ def search(models: list[str], tokens: list[int], dtype: torch.dtype = torch.bflo
            wide: bool = False, budget_s: float | None = None, reps: int = 10, log=print,
            tma: bool | None = None) -> tuple[dict, list[dict]]:
     """Search every (model, token count); returns ({device kind: {dtype: {shape key: {T: config}}}}, one row
-    per config timed). Past `budget_s` no new token count starts; the ones left are logged, not tuned.
+    per config timed). Each candidate's output is checked against the grouped_mm backend's. Past `budget_s` no new token count starts; the ones left are logged, not tuned.
     `tma` (default: on GPUs with TMA, sm90 on, and under the interpreter) adds the TMA variants."""
+    from moe_lab.backends.grouped_mm import grouped_mm_experts
     from moe_lab.devices import device_kind
     from moe_lab.kernels.configs import get_config, shape_key
     from moe_lab.routing import synthetic_routing
@@ -210,8 +220,10 @@ def search(models: list[str], tokens: list[int], dtype: torch.dtype = torch.bflo
                 log(f"tune-kernels {model}: time budget spent; T={T} and later not tuned")
                 break
             incumbent = get_config(kind, dtype_name, T, E, H, I, K)
+            with torch.no_grad():
+                expected_TH = grouped_mm_experts(experts, *inputs(T))
             results = search_bucket(experts, inputs(T), incumbent, wide, reps,
-                                    lambda m: log(f"tune-kernels {model} {m}"), tma)
+                                    lambda m: log(f"tune-kernels {model} {m}"), tma, expected_TH)
             best_ms, best = results[0]
             if math.isinf(best_ms):
                 raise RuntimeError(f"tune-kernels {model} T={T}: no config ran, the incumbent included")
