@@ -166,22 +166,14 @@ def _gate_up_one_dot(
 
 
 @triton.jit
-def _gate_up_grouped_kernel(
-    x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr,
-    S, TOPK, H, I, num_blocks_m,
-    stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
-    limit, alpha,
+def _gate_up_two_dots(
+    x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr, S, TOPK, H, I, num_blocks_m,
+    stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap, limit, alpha,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr, ONE_DOT: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
+    W_TMA: tl.constexpr, W_T: tl.constexpr,
 ):
-    """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage."""
-    if ONE_DOT and GATE_MODE != 0:
-        _gate_up_one_dot(x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr, S, TOPK, H, I, num_blocks_m,
-                         stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
-                         limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K,
-                         W_TMA, W_T)
-        return
+    """Gate and up as two (BLOCK_M, BLOCK_N) dots (one without a gate): weight rows n.. and their up rows."""
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, tl.cdiv(I, BLOCK_N), GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
@@ -236,6 +228,30 @@ def _gate_up_grouped_kernel(
         out = _act(acc_g, ACT, alpha)
     a_ptrs = a_ptr + offs_p.to(tl.int64)[:, None] * stride_ap + offs_n[None, :]
     tl.store(a_ptrs, out.to(a_ptr.dtype.element_ty), mask=n_ok[None, :])
+
+
+@triton.jit
+def _gate_up_grouped_kernel(
+    x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr,
+    S, TOPK, H, I, num_blocks_m,
+    stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
+    limit, alpha,
+    GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr, ONE_DOT: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr,
+):
+    """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
+    One path is compiled: the other's weight tiles would not match this layout's TMA box."""
+    if ONE_DOT and GATE_MODE != 0:
+        _gate_up_one_dot(x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr, S, TOPK, H, I, num_blocks_m,
+                         stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
+                         limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K,
+                         W_TMA, W_T)
+    else:
+        _gate_up_two_dots(x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr, S, TOPK, H, I, num_blocks_m,
+                          stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
+                          limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K,
+                          W_TMA, W_T)
 
 
 @triton.jit
