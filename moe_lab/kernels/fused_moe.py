@@ -81,9 +81,11 @@ def _w_tile(w_desc, expert, rows_per_expert, k_per_expert, row0, k0, W_T: tl.con
     Stored (E*rows, K), K contiguous: loaded (BLOCK_R, BLOCK_K) and transposed; stored transposed
     (E*K, rows): loaded as it is. Rows past the expert's end read the next expert's (or TMA's zero
     fill); the epilogue masks their columns, and K tiles never cross an expert (K % BLOCK_K == 0)."""
-    if W_T:
-        return w_desc.load([expert * k_per_expert + k0, row0])
-    return w_desc.load([expert * rows_per_expert + row0, k0]).T
+    if W_T:  # if/else, not an early return: the compiler would build both returns and refuse their shapes
+        tile = w_desc.load([expert * k_per_expert + k0, row0])
+    else:
+        tile = w_desc.load([expert * rows_per_expert + row0, k0]).T
+    return tile
 
 
 @triton.jit
