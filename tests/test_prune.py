@@ -6,14 +6,14 @@ import pytest
 
 from moe_lab.cli import main
 from moe_lab.harness import COLUMNS, SweepGrid, append_row, load_results, run_sweep
-from moe_lab.harness.prune import prune
+from moe_lab.harness.prune import prune, status_kind
 from moe_lab.harness.sweep import pending_cells, read_rows
 
 ROWS = [  # backend, status, timestamp
     ("eager", "ok", "2026-11-22T10:00:00Z"),
     ("triton_fused", "ok", "2026-11-22T10:00:00Z"),
     ("triton_fused", "ok", "2026-11-22T16:00:00Z"),
-    ("batched_mm", "oom", "2026-11-22T10:00:00Z"),
+    ("batched_mm", "oom: out of memory on cuda", "2026-11-22T10:00:00Z"),
     ("batched_mm", "ok", "2026-11-22T10:00:00Z"),
 ]
 
@@ -40,6 +40,15 @@ def test_prune_by_backend_keeps_the_rest(results):
 def test_every_filter_must_match(results):
     prune(results, backend=["batched_mm", "eager"], status=["oom", "error"])
     assert kept(results) == [ROWS[0], ROWS[1], ROWS[2], ROWS[4]]
+
+
+def test_status_matches_whole_or_by_kind(results):
+    assert prune(results, status=["oom: out of memory on cuda"], dry_run=True) == [(results, 1, 5)]
+    assert prune(results, status=["oom"], dry_run=True) == [(results, 1, 5)]
+    assert prune(results, status=["oo", "out of memory on cuda"], dry_run=True) == [(results, 0, 5)]
+    assert prune(results, backend=["oom"], dry_run=True) == [(results, 0, 5)]  # kinds are for status only
+    assert status_kind("fallback:batched_mm: transformers decodes with batched_mm") == "fallback"
+    assert status_kind("ok") == "ok"
 
 
 def test_before_drops_older_rows_only(results):

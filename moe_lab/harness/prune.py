@@ -1,8 +1,9 @@
 """Drop rows from results CSVs so that a sweep measures those cells again (`moe-lab prune`).
 
 For rows that a change has made stale: a backend's code changed, or a status (`oom`, `error`) came from
-a bug fixed since. Rows are chosen by exact values of cell fields and status, and by `--before` (rows
-that finished before a UTC time); every filter given must match. A resumed `moe-lab sweep`, or
+a bug fixed since. Rows are chosen by exact values of cell fields, by status (the whole status or its
+kind, the part before the first colon: `oom` matches `oom: out of memory on cuda`), and by `--before`
+(rows that finished before a UTC time); every filter given must match. A resumed `moe-lab sweep`, or
 `moe-lab batch --force` (each notebook again, measuring only the cells without a row), then reruns
 exactly those cells. Files are rewritten atomically; git keeps what was there.
 """
@@ -24,10 +25,18 @@ def _utc(value: str) -> pd.Timestamp:
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
+def status_kind(status: str) -> str:
+    """`oom` of `oom: out of memory on cuda`, `fallback` of `fallback:batched_mm: ...`, `ok` of `ok`."""
+    return status.split(":", 1)[0].strip()
+
+
 def row_matches(row: dict, filters: dict[str, list[str]], before: pd.Timestamp | None) -> bool:
-    """Every filter matches: the row's field is one of the values given, and it finished before `before`."""
-    if any(row.get(field, "") not in values for field, values in filters.items()):
-        return False
+    """Every filter matches: the row's field is one of the values given (a status also by its kind), and it
+    finished before `before`."""
+    for field, values in filters.items():
+        value = row.get(field, "")
+        if value not in values and not (field == "status" and status_kind(value) in values):
+            return False
     return before is None or (row.get("timestamp", "") != "" and _utc(row["timestamp"]) < before)
 
 
