@@ -114,6 +114,26 @@ def test_search_tries_tma_on_each_block_m_best(fake_kernels, layout, one_dot):
     assert len(tma_rows) == 3 * len(search.grouped_space(400, 8))  # gate/up, down, both: per BLOCK_M
 
 
+def test_tma_variants_fit_block_k_to_the_reduction_size(fake_kernels):
+    """gpt-oss has H = I = 2880: the best tiles' BLOCK_K 128/256 do not divide it, the TMA variants use 64."""
+    from moe_lab import Experts
+
+    seen, state = fake_kernels
+    experts = Experts(8, 192, 96)  # H = 192 = 64 * 3, I = 96 = 32 * 3
+    inputs = (torch.randn(200, 192), torch.randint(0, 8, (200, 2)), torch.rand(200, 2))
+    results = search.search_bucket(experts, inputs, configs.heuristic_config(200, 8, 192, 96, 2), wide=False,
+                                   reps=1, log=print, tma=True)
+    tma_configs = [json.loads(k) for _, k in results if "TMA" in k]
+    assert tma_configs
+    for cfg in tma_configs:
+        for side, k_size in (("up", 192), ("down", 96)):
+            if cfg[side].get("TMA"):
+                assert k_size % cfg[side]["BLOCK_K"] == 0
+    assert any(c["up"].get("TMA") and c["up"]["BLOCK_K"] == 64 for c in tma_configs)  # 128 and 256 halved
+    assert search._fit_block_k((64, 256, 8, 8, 3), 2880) == (64, 64, 8, 8, 3)
+    assert search._fit_block_k((64, 128, 8, 8, 3), 2048) == (64, 128, 8, 8, 3)
+
+
 def test_search_keeps_the_incumbent_when_nothing_beats_it(fake_kernels):
     seen, state = fake_kernels
     experts, inputs = tiny_inputs(T=1)

@@ -118,6 +118,14 @@ def gpu_ms(fn, device: torch.device, reps: int = 10) -> float:
     return ms
 
 
+def _fit_block_k(tile: tuple, k_size: int) -> tuple:
+    """`tile` (BLOCK_N, BLOCK_K, ...) with BLOCK_K halved until it divides `k_size` (down to 16)."""
+    block_k = tile[1]
+    while k_size % block_k and block_k > 16:
+        block_k //= 2
+    return (tile[0], block_k) + tuple(tile[2:])
+
+
 def _config_key(cfg: dict) -> str:
     return json.dumps(cfg, sort_keys=True)
 
@@ -141,13 +149,13 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
     """(ms, config JSON) of every config timed for one token count, fastest first; inf where it failed.
     `tma`: per BLOCK_M, the best tiles again with the gate/up weight, the down weight or both through TMA.
     `expected_TH`: the right output; a config whose output differs beyond the dtype's tolerance fails."""
-    from moe_lab.backends.common import num_experts
+    from moe_lab.backends.common import down_weight_EIH, num_experts
     from moe_lab.backends.triton_fused import triton_fused_experts
     from moe_lab.reference import relative_error
 
     x_TH, ids_TK, _ = inputs
     T, K = ids_TK.shape
-    S, E = T * K, num_experts(experts)
+    S, E, H, I = T * K, num_experts(experts), x_TH.shape[1], down_weight_EIH(experts).shape[1]
     timed: dict[str, float] = {}
 
     def time_it(cfg: dict) -> float:
@@ -174,10 +182,12 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
     for bm, (ups, downs) in grouped_space(S, E, wide).items():
         best_up = min(ups, key=lambda u: time_it(grouped_config(bm, u, downs[0])))
         best_down = min(downs, key=lambda d: time_it(grouped_config(bm, best_up, d)))
-        if tma:
-            up_tma = best_up[:5] + (int(interleaved),)
+        if tma:  # TMA boxes never cross an expert: BLOCK_K halved until it divides the reduction size
+            up_tma = _fit_block_k(best_up, H)[:5] + (int(interleaved),)
+            down_tma = _fit_block_k(best_down, I)
             for sides in ((1, 0), (0, 1), (1, 1)):
-                time_it(grouped_config(bm, up_tma if sides[0] else best_up, best_down, sides))
+                time_it(grouped_config(bm, up_tma if sides[0] else best_up, down_tma if sides[1] else best_down,
+                                       sides))
     return sorted((ms, key) for key, ms in timed.items())
 
 
