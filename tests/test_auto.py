@@ -85,6 +85,20 @@ def test_other_keys_fall_back_to_the_default(table_env):
     assert choose_backend(transposed, x_TH, ids_TK) == "grouped_mm"
 
 
+@pytest.mark.parametrize("model", ["qwen1.5-moe-a2.7b", "gpt-oss-20b", "olmoe-1b-7b"])
+def test_transformers_module_has_the_tag_of_moe_labs(model):
+    """`moe-lab tune` measures moe_lab's Experts; auto is called on the family's own transformers module, so
+    both must key the same table rows (gpt-oss' clamped swiglu once missed, and auto ran grouped_mm)."""
+    from moe_lab.shapes import build_config, hf_experts_class
+
+    config = build_config(model)
+    with torch.device("meta"):
+        hf_module = hf_experts_class(config)(config)
+    ours = build_experts(model, device="meta")
+    assert layout_tag(hf_module) == layout_tag(ours)
+    assert (layout_tag(ours) == "interleaved+transposed+bias+clamped_swiglu") == (model == "gpt-oss-20b")
+
+
 def test_unknown_backend_in_table_is_an_error(table_env):
     write_table(table_env, [dict(tokens=1, backend="no_such_backend")])
     with pytest.raises(ValueError, match="no_such_backend"):

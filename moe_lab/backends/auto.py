@@ -51,10 +51,24 @@ def layout_tag(experts: torch.nn.Module) -> str:
                                    ("interleaved", experts.has_gate and not experts.is_concatenated),
                                    ("transposed", experts.is_transposed), ("bias", experts.has_bias),
                                    ("norm", getattr(experts, "has_post_expert_norm", False))) if on]
-    gate_fn = getattr(getattr(experts, "layout", None), "gate_fn", None)
-    if gate_fn not in (None, "silu"):
+    gate_fn = gate_fn_name(experts)
+    if gate_fn != "silu":
         flags.append(gate_fn)
     return "+".join(flags) or "default"
+
+
+def gate_fn_name(experts: torch.nn.Module) -> str:
+    """The gate (or activation) function's name, the same for moe_lab's `Experts` and transformers' module of
+    one family: `silu`, `gelu`, `gelu_tanh`, `relu`, `clamped_swiglu` (gpt-oss), else the activation's class."""
+    from moe_lab.backends.triton_fused import _activation_name
+
+    layout = getattr(experts, "layout", None)
+    if layout is not None and hasattr(layout, "gate_fn"):  # moe_lab's Experts
+        return layout.gate_fn
+    if experts.has_gate and type(experts).__name__ == "GptOssExperts":
+        return "clamped_swiglu"
+    act_fn = getattr(experts, "act_fn", None)
+    return _activation_name(act_fn) or type(act_fn).__name__
 
 
 @cache
