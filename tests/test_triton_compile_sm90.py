@@ -1,0 +1,160 @@
+"""Every `triton_fused` kernel built by Triton's real compiler for an H100 (sm90), on a CPU-only machine.
+
+Triton's interpreter (tests/test_triton_fused.py without CUDA) runs the kernels as Python and never
+compiles them, so code that only the compiler refuses passes there: both returns of an early return
+inside a constexpr `if` built and their shapes refused; the gate/up kernel's path not taken built all
+the same, on weight tiles that do not fit it. Here each call goes through the NVIDIA backend down to
+ptxas for sm90, with a stand-in driver (no GPU) and every launch turned into a warm-up (compile, no
+launch): outputs are uninitialised memory and not checked; correctness is tests/test_triton_fused.py's.
+Skipped on CUDA machines (the GPU tests compile and run everything there), under TRITON_INTERPRET=1,
+and without triton's NVIDIA backend and ptxas. Legend: T tokens, H hidden, I expert intermediate, E experts,
+K top-k.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections import defaultdict
+
+import pytest
+import torch
+from test_backends import LAYOUTS, Case, make_experts, make_inputs
+from test_triton_fused import CONFIGS, TILE, tma_config
+
+import moe_lab.backends.triton_fused as triton_fused
+
+
+def _why_not_here() -> str | None:
+    """The reason this module cannot run on this machine, or None."""
+    if torch.cuda.is_available():
+        return "CUDA here: tests/test_triton_fused.py compiles and runs every kernel on the GPU"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "TRITON_INTERPRET=1: the kernels are interpreted, not compiled"
+    try:
+        from triton import knobs
+        from triton.backends import backends
+    except ImportError as err:
+        return f"needs triton (pip install 'moe-lab[triton]'): {err}"
+    if "nvidia" not in backends:
+        return "needs triton's NVIDIA backend"
+    try:
+        knobs.nvidia.ptxas  # finds the tool: RuntimeError where there is none
+    except RuntimeError as err:
+        return f"needs ptxas (triton's NVIDIA backend ships one): {err}"
+    from moe_lab.kernels import INTERPRETED
+
+    if INTERPRETED:
+        return "moe_lab.kernels was imported under TRITON_INTERPRET=1: the kernels are interpreted, not compiled"
+    return None
+
+
+SKIP_REASON = _why_not_here()
+if SKIP_REASON:
+    pytest.skip(SKIP_REASON, allow_module_level=True)
+
+SM90 = 90
+SHAPES = {  # H, I multiples of TMA's 16-wide K tiles; H != I, so that a swapped coordinate shows in a shape
+    "k_tail": Case(E=6, H=80, I=48, K=2, T=21, routing="skewed"),  # a K tail on the 32- and 64-wide K tiles
+    "even_k": Case(E=6, H=96, I=64, K=2, T=21, routing="skewed"),  # none (EVEN_K) on any tile used here
+}
+GEMMS = ["_gate_up_grouped_kernel", "_down_grouped_kernel"]
+KERNELS = {  # config -> the kernels one call compiles, in launch order
+    "tma": ["_align_single_kernel", *GEMMS],
+    "grouped16": ["_align_single_kernel", *GEMMS],
+    "grouped16_one_dot": ["_align_single_kernel", *GEMMS],
+    "decode": ["_gate_up_decode_kernel", "_down_decode_kernel"],
+}
+
+
+class _SM90Driver:
+    """What the JIT and the backend ask of the active driver when nothing is launched: device, stream, target."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return self.target
+
+
+@pytest.fixture
+def compiled(monkeypatch) -> list:
+    """Every kernel launch compiles for sm90 and returns before launching; the CompiledKernels, in launch order.
+
+    The fake driver, the JIT's `run`, the backend's device check, its plan cache and the kernels' per-device
+    caches are all swapped through monkeypatch: a plan or a cached kernel built here (sm90, never loadable on
+    this machine) never reaches another test. The on-disk cache (TRITON_CACHE_DIR) stays: its entries are the
+    compiler's output for the exact source, so a warm cache is still this source compiled for sm90, only faster.
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime import driver
+    from triton.runtime.jit import JITFunction
+
+    from moe_lab.kernels import align, fused_moe
+
+    kernels = []
+    jit_run = JITFunction.run
+
+    def compile_only(self, *args, grid, warmup, **kwargs):
+        kernel = jit_run(self, *args, grid=grid, warmup=True, **kwargs)
+        kernels.append(kernel)
+        return kernel
+
+    # the attribute, not set_active(): teardown puts back None (no driver chosen yet), which reset_active() cannot
+    monkeypatch.setattr(driver, "_active", _SM90Driver(GPUTarget("cuda", SM90, 32)))
+    monkeypatch.setattr(JITFunction, "run", compile_only)
+    monkeypatch.setattr(triton_fused, "_runnable", lambda device: None)
+    monkeypatch.setattr(triton_fused, "_PLANS", weakref.WeakKeyDictionary())
+    for fn in [*vars(align).values(), *vars(fused_moe).values()]:
+        if isinstance(fn, JITFunction):
+            monkeypatch.setattr(fn, "device_caches", defaultdict(fn.create_binder))
+    return kernels
+
+
+def compile_call(experts, x_TH, ids_TK, weights_TK, config, compiled, names: list[str]) -> None:
+    """One call with `config`: an output of x's shape and dtype, and `names` compiled for sm90 by ptxas."""
+    with torch.no_grad():
+        out_TH = triton_fused.triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config=config)
+    assert out_TH.shape == x_TH.shape and out_TH.dtype == x_TH.dtype
+    assert [k.name for k in compiled] == names
+    for kernel in compiled:
+        assert kernel.metadata.target.backend == "cuda" and kernel.metadata.target.arch == SM90, kernel.name
+        assert kernel.asm.get("cubin"), f"{kernel.name}: no cubin"
+    with_tma = [k.name for k in compiled if k.metadata.tensordesc_meta]  # weights loaded through TMA descriptors
+    assert with_tma == (GEMMS if config["up"].get("TMA") else [])
+
+
+def matrix():
+    """Every layout with TMA, the decode path and two dots (one dot too where there is a gate), in bf16 and fp32
+    with K tails; again without K tails in bf16 (TMA has none either way: its K tiles divide K)."""
+    pairs = [(layout, config) for layout in LAYOUTS for config in KERNELS
+             if config != "grouped16_one_dot" or LAYOUTS[layout].has_gate]
+    runs = [(torch.bfloat16, "k_tail"), (torch.float32, "k_tail"), (torch.bfloat16, "even_k")]
+    return [pytest.param(layout, config, dtype, shape,
+                         id=f"{layout}-{config}-{str(dtype).removeprefix('torch.')}-{shape}")
+            for dtype, shape in runs for layout, config in pairs if config != "tma" or shape == "k_tail"]
+
+
+@pytest.mark.parametrize("layout,config,dtype,shape", matrix())
+def test_kernels_compile_for_sm90(layout, config, dtype, shape, compiled, seed):
+    experts = make_experts(SHAPES[shape], LAYOUTS[layout], dtype, "cpu", seed)
+    x_TH, ids_TK, weights_TK = make_inputs(SHAPES[shape], dtype, "cpu", seed)
+    cfg = tma_config(LAYOUTS[layout]) if config == "tma" else CONFIGS[config]
+    compile_call(experts, x_TH, ids_TK, weights_TK, cfg, compiled, KERNELS[config])
+
+
+def test_multi_program_alignment_compiles_for_sm90(compiled, seed):
+    """More pairs than one alignment program takes (align.SINGLE_MAX_PAIRS): its three launches."""
+    c = Case(E=5, H=16, I=16, K=2, T=1100, routing="skewed")
+    experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, "cpu", seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, "cpu", seed)
+    cfg = {"path": "grouped", "BLOCK_M": 64, "up": dict(BLOCK_N=16, BLOCK_K=16, GROUP_M=8, **TILE),
+           "down": dict(BLOCK_N=16, BLOCK_K=16, GROUP_M=8, **TILE)}
+    compile_call(experts, x_TH, ids_TK, weights_TK, cfg, compiled,
+                 ["_align_count_kernel", "_align_scan_kernel", "_align_scatter_kernel", *GEMMS])
