@@ -102,16 +102,27 @@ def test_search_tries_tma_on_each_block_m_best(fake_kernels, layout, one_dot):
     seen, state = fake_kernels
     experts = Experts(8, 128, 96, ExpertsLayout(**layout))
     inputs = (torch.randn(200, 128), torch.randint(0, 8, (200, 2)), torch.rand(200, 2))
-    state["cost"] = lambda cfg: 1.0 if cfg["up"].get("TMA") and cfg["down"].get("TMA") else 2.0
+    def cost(cfg):  # weights through TMA on both sides help, then the activations through TMA on both
+        both_w = cfg["up"].get("TMA") and cfg["down"].get("TMA")
+        both_a = cfg["up"].get("A_TMA") and cfg["down"].get("A_TMA")
+        return (1.0 if both_w else 2.0) - (0.5 if both_a else 0.0)
+
+    state["cost"] = cost
     incumbent = configs.heuristic_config(200, 8, 128, 96, 2)
-    assert all("TMA" not in c["up"] for c in search.candidates(400, 8))
+    assert all("TMA" not in c["up"] and "TMA" not in c["down"] for c in search.candidates(400, 8))
     without = search.search_bucket(experts, inputs, incumbent, wide=False, reps=1, log=print)
     assert all("TMA" not in k for _, k in without)
     results = search.search_bucket(experts, inputs, incumbent, wide=False, reps=1, log=print, tma=True)
     best = json.loads(results[0][1])
-    assert best["up"]["TMA"] == best["down"]["TMA"] == 1 and best["up"]["ONE_DOT"] == one_dot
-    tma_rows = [json.loads(k) for _, k in results if "TMA" in k]
-    assert len(tma_rows) == 3 * len(search.grouped_space(400, 8))  # gate/up, down, both: per BLOCK_M
+    assert best["up"]["TMA"] == best["down"]["TMA"] == best["up"]["A_TMA"] == best["down"]["A_TMA"] == 1
+    assert best["up"]["ONE_DOT"] == one_dot and results[0][0] == 0.5
+    cfgs = [json.loads(k) for _, k in results]
+    weights_only = [c for c in cfgs if "TMA" in c["up"] or "TMA" in c["down"]]
+    weights_only = [c for c in weights_only if "A_TMA" not in c["up"] and "A_TMA" not in c["down"]]
+    with_a = [c for c in cfgs if "A_TMA" in c["up"] or "A_TMA" in c["down"]]
+    n_bm = len(search.grouped_space(400, 8))
+    assert len(weights_only) == 3 * n_bm  # gate/up, down, both: per BLOCK_M
+    assert len(with_a) == 3 * n_bm and all(c["up"].get("TMA") and c["down"].get("TMA") for c in with_a)
 
 
 def test_tma_variants_fit_block_k_to_the_reduction_size(fake_kernels):
@@ -243,3 +254,48 @@ def test_cli_merges_into_a_new_file_that_starts_as_the_table_in_force(tmp_path, 
     assert written["cpu"]["float32"]["E8_H128_I96_K2"] == {"1": cfg}
     assert {k: v for k, v in written.items() if k != "cpu"} == package  # the table in force, kept whole
     assert len(cands.read_text().splitlines()) == 2 and "merged 1 bucket(s)" in capsys.readouterr().out
+
+
+def test_cli_starts_from_the_package_table_when_the_named_file_is_missing(tmp_path, monkeypatch):
+    """MOE_LAB_KERNEL_CONFIGS naming the --out file before it exists: the search starts from the package's table
+    (its incumbents), not from nothing."""
+    from moe_lab.cli import main
+
+    out = tmp_path / "new.json"
+    monkeypatch.setenv(configs.CONFIG_ENV, str(out))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    seen = []
+
+    def fake_search(*a, **k):
+        seen.append(configs.load_table())
+        return {}, []
+
+    monkeypatch.setattr(search, "search", fake_search)
+    assert main(["tune-kernels", "--models", "tiny", "--tokens", "1", "--device", "cpu", "--out", str(out)]) == 0
+    package = json.loads(configs.CONFIG_FILE.read_text())
+    assert seen == [package] and json.loads(out.read_text()) == package
+
+
+def test_gate_up_tiles_are_compared_beside_a_down_tile_that_runs(fake_kernels):
+    """The first down tile of a BLOCK_M does not fit in shared memory: the gate/up tiles must still be compared
+    (beside the next down tile), not all fail alike and leave the first one the winner."""
+    seen, state = fake_kernels
+    experts, inputs = tiny_inputs(T=200)
+    space = search.grouped_space(400, 8)
+    bm = 64
+    ups, downs = space[bm]
+    fast_up = ups[-1]
+
+    def cost(cfg):
+        if cfg.get("BLOCK_M") != bm:
+            return 5.0
+        if cfg["down"] == dict(zip(search.TILE_KEYS, downs[0])):
+            raise RuntimeError("out of resource: shared memory")
+        return 1.0 if cfg["up"] == {**dict(zip(search.TILE_KEYS, fast_up[:5])), "ONE_DOT": fast_up[5]} else 2.0
+
+    state["cost"] = cost
+    results = search.search_bucket(experts, inputs, configs.heuristic_config(200, 8, 128, 96, 2), wide=False,
+                                   reps=1, log=print)
+    best = json.loads(results[0][1])
+    assert results[0][0] == 1.0 and best["BLOCK_M"] == bm and best["up"]["ONE_DOT"] == fast_up[5]
+    assert [best["up"][k] for k in search.TILE_KEYS] == list(fast_up[:5])

@@ -20,7 +20,7 @@ from collections import defaultdict
 import pytest
 import torch
 from test_backends import LAYOUTS, Case, make_experts, make_inputs
-from test_triton_fused import CONFIGS, TILE, tma_config
+from test_triton_fused import CONFIGS, TILE, row_block_config, tma_config
 
 import moe_lab.backends.triton_fused as triton_fused
 
@@ -64,6 +64,7 @@ KERNELS = {  # config -> the kernels one call compiles, in launch order
     "grouped16": ["_align_single_kernel", *GEMMS],
     "grouped16_one_dot": ["_align_single_kernel", *GEMMS],
     "decode": ["_gate_up_decode_kernel", "_down_decode_kernel"],
+    "a_tma": ["_align_single_kernel", "_gather_rows_kernel", *GEMMS],
 }
 
 
@@ -126,8 +127,8 @@ def compile_call(experts, x_TH, ids_TK, weights_TK, config, compiled, names: lis
     for kernel in compiled:
         assert kernel.metadata.target.backend == "cuda" and kernel.metadata.target.arch == SM90, kernel.name
         assert kernel.asm.get("cubin"), f"{kernel.name}: no cubin"
-    with_tma = [k.name for k in compiled if k.metadata.tensordesc_meta]  # weights loaded through TMA descriptors
-    assert with_tma == (GEMMS if config["up"].get("TMA") else [])
+    with_tma = [k.name for k in compiled if k.metadata.tensordesc_meta]  # operands loaded through TMA descriptors
+    assert with_tma == (GEMMS if config["up"].get("TMA") or config["up"].get("A_TMA") else [])
 
 
 def matrix():
@@ -138,14 +139,15 @@ def matrix():
     runs = [(torch.bfloat16, "k_tail"), (torch.float32, "k_tail"), (torch.bfloat16, "even_k")]
     return [pytest.param(layout, config, dtype, shape,
                          id=f"{layout}-{config}-{str(dtype).removeprefix('torch.')}-{shape}")
-            for dtype, shape in runs for layout, config in pairs if config != "tma" or shape == "k_tail"]
+            for dtype, shape in runs for layout, config in pairs if config not in ("tma", "a_tma") or shape == "k_tail"]
 
 
 @pytest.mark.parametrize("layout,config,dtype,shape", matrix())
 def test_kernels_compile_for_sm90(layout, config, dtype, shape, compiled, seed):
     experts = make_experts(SHAPES[shape], LAYOUTS[layout], dtype, "cpu", seed)
     x_TH, ids_TK, weights_TK = make_inputs(SHAPES[shape], dtype, "cpu", seed)
-    cfg = tma_config(LAYOUTS[layout]) if config == "tma" else CONFIGS[config]
+    cfg = {"tma": lambda: tma_config(LAYOUTS[layout]), "a_tma": lambda: row_block_config(LAYOUTS[layout], True)}.get(
+        config, lambda: CONFIGS[config])()
     compile_call(experts, x_TH, ids_TK, weights_TK, cfg, compiled, KERNELS[config])
 
 

@@ -140,6 +140,51 @@ def test_tma_weight_loads_match_reference(layout, dtype, seed):
     check(experts, x_TH, ids_TK, weights_TK, tma_config(LAYOUTS[layout]), TOL[dtype], f"{layout}/tma")
 
 
+def row_block_config(layout: ExpertsLayout, weights_tma: bool) -> dict:
+    """Tokens gathered into the aligned order and both GEMMs' activations loaded through TMA (A_TMA), the
+    weights through TMA too or by pointers."""
+    cfg = tma_config(layout) if weights_tma else {
+        "path": "grouped", "BLOCK_M": 16, "up": dict(BLOCK_N=32, BLOCK_K=32, GROUP_M=2, **TILE),
+        "down": dict(BLOCK_N=32, BLOCK_K=32, GROUP_M=2, **TILE)}
+    cfg["up"]["A_TMA"] = cfg["down"]["A_TMA"] = 1
+    return cfg
+
+
+@pytest.mark.parametrize("weights_tma", [False, True], ids=["weights_by_pointer", "weights_tma"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32] if HAS_CUDA else [torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUTS.keys())
+def test_tma_row_blocks_match_reference(layout, dtype, weights_tma, seed):
+    """H = 80, I = 48: 32-wide K tiles by pointer leave a tail that TMA fills with zeros; skewed routing leaves
+    experts without tokens and padding rows in most blocks."""
+    from test_backends import Case
+
+    c = Case(E=6, H=80, I=48, K=2, T=21, routing="skewed")
+    experts = make_experts(c, LAYOUTS[layout], dtype, DEVICE, seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, dtype, DEVICE, seed)
+    check(experts, x_TH, ids_TK, weights_TK, row_block_config(LAYOUTS[layout], weights_tma), TOL[dtype],
+          f"{layout}/a_tma")
+
+
+@pytest.mark.parametrize("case", ["hot_expert", "one_token", "noncontiguous_routing"])
+def test_tma_row_blocks_cases(case, seed):
+    c = CASES[case]
+    experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, DEVICE, seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, DEVICE, seed)
+    check(experts, x_TH, ids_TK, weights_TK, row_block_config(LAYOUTS["gated_silu"], False), TOL[torch.bfloat16],
+          f"{case}/a_tma")
+
+
+def test_tma_row_blocks_refused_on_unaligned_rows(seed):
+    from test_backends import Case
+
+    c = Case(E=4, H=44, I=48, K=2, T=9)  # a bf16 row of 44 is 88 bytes: not a TMA row stride
+    experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, DEVICE, seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, DEVICE, seed)
+    with pytest.raises(ValueError, match="A_TMA on the gathered tokens needs rows of a multiple of 16 bytes"):
+        triton_fused_experts(experts, x_TH, ids_TK, weights_TK,
+                             config=row_block_config(LAYOUTS["gated_silu"], False))
+
+
 def test_tma_is_refused_where_it_does_not_apply(seed):
     from test_backends import Case
 

@@ -14,6 +14,7 @@ sentinel convention of expert parallelism): they get no row and contribute nothi
 Two modes: one program does everything when S <= SINGLE_MAX_PAIRS (one launch, the decode and
 mid-size case); otherwise three launches: per-chunk counts, one scan program, per-chunk scatter.
 Ranks inside an expert come from a one-hot cumulative sum, so there are no atomics and nothing to zero.
+`_gather_rows_kernel` copies the tokens into that order (P, H) for GEMMs that load plain row blocks.
 """
 
 from __future__ import annotations
@@ -144,6 +145,26 @@ def _align_scatter_kernel(ids_ptr, partial_ptr, meta_ptr, sorted_ptr, block_expe
     b_start = g * blocks_per_prog
     b_stop = tl.minimum(b_start + blocks_per_prog, max_blocks)
     _label_blocks(block_expert_ptr, sorted_ptr, starts, counts, b_start, b_stop, S, E_PAD, BLOCK_M, BLOCKS_PER_STEP)
+
+
+@triton.jit
+def _gather_rows_kernel(x_ptr, sorted_ptr, block_expert_ptr, out_ptr, S, TOPK, H, stride_xt, stride_xh,
+                        BLOCK_M: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
+    """out[p] = x[sorted[p] // K] for ROWS padded positions p (zeros on padding rows); blocks past the end
+    (expert -1) are left unwritten, as nothing reads them."""
+    row0 = tl.program_id(0) * ROWS
+    if tl.load(block_expert_ptr + row0 // BLOCK_M) < 0:
+        return
+    offs_p = row0 + tl.arange(0, ROWS)
+    pair = tl.load(sorted_ptr + offs_p)
+    ok = pair < S
+    token = tl.where(ok, pair // TOPK, 0).to(tl.int64)
+    for h0 in range(0, H, BLOCK_H):
+        offs_h = h0 + tl.arange(0, BLOCK_H)
+        h_ok = offs_h < H
+        rows = tl.load(x_ptr + token[:, None] * stride_xt + offs_h[None, :] * stride_xh,
+                       mask=ok[:, None] & h_ok[None, :], other=0.0)
+        tl.store(out_ptr + offs_p.to(tl.int64)[:, None] * H + offs_h[None, :], rows, mask=h_ok[None, :])
 
 
 def max_blocks(num_pairs: int, num_experts: int, block_m: int) -> int:

@@ -8,7 +8,9 @@
 - `{"path": "grouped", "BLOCK_M": m, "up": {BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, ONE_DOT},
   "down": {...}}`: expert-aligned grouped GEMMs; `"TMA": 1` in "up" or "down" loads that weight
   through a TMA descriptor (its reduction size a multiple of BLOCK_K, stored contiguous; for gate/up
-  ONE_DOT 1 on an interleaved layout, 0 otherwise), else pointer loads.
+  ONE_DOT 1 on an interleaved layout, 0 otherwise), else pointer loads; `"A_TMA": 1` in "up" gathers
+  the tokens once into the aligned order (one extra copy) and loads them through TMA, in "down" loads
+  the intermediate through TMA (both need rows of a multiple of 16 bytes).
 
 The file is written ahead of time by `moe-lab tune-kernels` (`moe_lab.kernels.search`) on the device;
 users pay no autotuning. `MOE_LAB_KERNEL_CONFIGS` names another file (a user's own tuning). A call

@@ -125,7 +125,7 @@ def _gate_up_one_dot(
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap, limit, alpha,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
-    W_TMA: tl.constexpr, W_T: tl.constexpr,
+    W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
 ):
     """Gate and up in one (BLOCK_M, 2*BLOCK_N) dot: weight-tile column 2j is gate row n_j, column 2j+1 up row n_j
     (contiguous rows for an interleaved layout, so W_TMA loads them as one box); the epilogue splits the
@@ -142,12 +142,17 @@ def _gate_up_one_dot(
     gate_rows_c, up_rows_c = _gate_up_rows(n_c, I, GATE_MODE)
     rows_c = tl.where(is_up, up_rows_c, gate_rows_c)
     offs_k = tl.arange(0, BLOCK_K)
-    x_ptrs = x_ptr + token[:, None] * stride_xt + offs_k[None, :] * stride_xh
+    if not A_TMA:
+        x_ptrs = x_ptr + token[:, None] * stride_xt + offs_k[None, :] * stride_xh
     if not W_TMA:
         w_ptrs = w_ptr + expert.to(tl.int64) * stride_we + offs_k[:, None] * stride_wh + rows_c[None, :] * stride_wn
     acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(H, BLOCK_K)):
-        xa = _x_tile(x_ptrs, row_ok, offs_k, k, H, BLOCK_K, EVEN_K)
+        if A_TMA:
+            xa = x_ptr.load([pid_m * BLOCK_M, k * BLOCK_K])
+        else:
+            xa = _x_tile(x_ptrs, row_ok, offs_k, k, H, BLOCK_K, EVEN_K)
+            x_ptrs += BLOCK_K * stride_xh
         if W_TMA:  # interleaved only (the Plan checks): rows 2n, 2n+1 of the tile are contiguous
             wt = _w_tile(w_ptr, expert, 2 * I, H, 2 * pid_n * BLOCK_N, k * BLOCK_K, W_T)
         elif EVEN_K:
@@ -155,7 +160,6 @@ def _gate_up_one_dot(
         else:
             wt = tl.load(w_ptrs, mask=(offs_k < H - k * BLOCK_K)[:, None], other=0.0)
         acc = _dot(xa, wt, acc, DOT_MODE)
-        x_ptrs += BLOCK_K * stride_xh
         if not W_TMA:
             w_ptrs += BLOCK_K * stride_wh
     if HAS_BIAS:
@@ -173,7 +177,7 @@ def _gate_up_two_dots(
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap, limit, alpha,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
-    W_TMA: tl.constexpr, W_T: tl.constexpr,
+    W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
 ):
     """Gate and up as two (BLOCK_M, BLOCK_N) dots (one without a gate): weight rows n.. and their up rows."""
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, tl.cdiv(I, BLOCK_N), GROUP_M)
@@ -185,7 +189,8 @@ def _gate_up_two_dots(
     n_ok = offs_n < I
     gate_rows, up_rows = _gate_up_rows(tl.where(n_ok, offs_n, 0), I, GATE_MODE)
     offs_k = tl.arange(0, BLOCK_K)
-    x_ptrs = x_ptr + token[:, None] * stride_xt + offs_k[None, :] * stride_xh
+    if not A_TMA:
+        x_ptrs = x_ptr + token[:, None] * stride_xt + offs_k[None, :] * stride_xh
     if W_TMA:  # concatenated or no gate (the Plan checks): gate rows n.., up rows I + n..
         if GATE_MODE != 0:
             n_rows = 2 * I
@@ -198,7 +203,11 @@ def _gate_up_two_dots(
     acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(H, BLOCK_K)):
-        xa = _x_tile(x_ptrs, row_ok, offs_k, k, H, BLOCK_K, EVEN_K)
+        if A_TMA:
+            xa = x_ptr.load([pid_m * BLOCK_M, k * BLOCK_K])
+        else:
+            xa = _x_tile(x_ptrs, row_ok, offs_k, k, H, BLOCK_K, EVEN_K)
+            x_ptrs += BLOCK_K * stride_xh
         if W_TMA:
             wg = _w_tile(w_ptr, expert, n_rows, H, pid_n * BLOCK_N, k * BLOCK_K, W_T)
         elif EVEN_K:
@@ -215,7 +224,6 @@ def _gate_up_two_dots(
             else:
                 wu = tl.load(wu_ptrs, mask=k_ok[:, None], other=0.0)
             acc_u = _dot(xa, wu, acc_u, DOT_MODE)
-        x_ptrs += BLOCK_K * stride_xh
         if not W_TMA:
             wg_ptrs += BLOCK_K * stride_wh
             wu_ptrs += BLOCK_K * stride_wh
@@ -240,20 +248,22 @@ def _gate_up_grouped_kernel(
     limit, alpha,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr, ONE_DOT: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr,
+    EVEN_K: tl.constexpr, ONE_DOT: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
 ):
     """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
+    A_TMA: `x_ptr` is a TMA descriptor of the tokens already gathered in the aligned order, (P, H) (see
+    `align.gather_rows`): row blocks loaded whole instead of gathered row by row.
     One path is compiled: the other's weight tiles would not match this layout's TMA box."""
     if ONE_DOT and GATE_MODE != 0:
         _gate_up_one_dot(x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr, S, TOPK, H, I, num_blocks_m,
                          stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
                          limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K,
-                         W_TMA, W_T)
+                         W_TMA, W_T, A_TMA)
     else:
         _gate_up_two_dots(x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr, S, TOPK, H, I, num_blocks_m,
                           stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
                           limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K,
-                          W_TMA, W_T)
+                          W_TMA, W_T, A_TMA)
 
 
 @triton.jit
@@ -263,9 +273,10 @@ def _down_grouped_kernel(
     stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys,
     MUL_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr,
+    EVEN_K: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
 ):
-    """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage."""
+    """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
+    A_TMA: `a_ptr` is a TMA descriptor of the (P, I) intermediate."""
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, tl.cdiv(H, BLOCK_N), GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
@@ -275,17 +286,22 @@ def _down_grouped_kernel(
     n_ok = offs_n < H
     offs_n_safe = tl.where(n_ok, offs_n, 0)
     offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + offs_p.to(tl.int64)[:, None] * stride_ap + offs_k[None, :]
+    if not A_TMA:
+        a_ptrs = a_ptr + offs_p.to(tl.int64)[:, None] * stride_ap + offs_k[None, :]
     if not W_TMA:
         w_base = w_ptr + expert.to(tl.int64) * stride_we
         w_ptrs = w_base + offs_k[:, None] * stride_wi + offs_n_safe[None, :] * stride_wh
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(I, BLOCK_K)):
-        if EVEN_K:
+        k_ok = offs_k < I - k * BLOCK_K
+        if A_TMA:
+            a = a_ptr.load([pid_m * BLOCK_M, k * BLOCK_K])
+        elif EVEN_K:
             a = tl.load(a_ptrs)
         else:
-            k_ok = offs_k < I - k * BLOCK_K
             a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+        if not A_TMA:
+            a_ptrs += BLOCK_K
         if W_TMA:
             w = _w_tile(w_ptr, expert, H, I, pid_n * BLOCK_N, k * BLOCK_K, W_T)
         elif EVEN_K:
@@ -293,7 +309,6 @@ def _down_grouped_kernel(
         else:
             w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
         acc = _dot(a, w, acc, DOT_MODE)
-        a_ptrs += BLOCK_K
         if not W_TMA:
             w_ptrs += BLOCK_K * stride_wi
     if HAS_BIAS:
@@ -312,9 +327,10 @@ def _gate_up_decode_kernel(
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn,
     limit, alpha,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, EVEN_K: tl.constexpr,
 ):
-    """a[s, n-tile] = gate(x[t] @ W_up[e]^T) for one pair s = (t, k), e its expert; float32 out (S, I)."""
+    """a[s, n-tile] = gate(x[t] @ W_up[e]^T) for one pair s = (t, k), e its expert; float32 out (S, I).
+    The NUM_K = cdiv(H, BLOCK_K) reduction steps are unrolled: no step waits on another's loads."""
     s = tl.program_id(0)
     pid_n = tl.program_id(1)
     t = s // TOPK
@@ -330,24 +346,21 @@ def _gate_up_decode_kernel(
     wu_ptrs = w_base + up_rows[:, None] * stride_wn + offs_k[None, :] * stride_wh
     acc_g = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k in range(0, tl.cdiv(H, BLOCK_K)):
+    for k in tl.static_range(NUM_K):
         if EVEN_K:
-            xk = tl.load(x_ptrs).to(tl.float32)
-            wg = tl.load(wg_ptrs)
+            xk = tl.load(x_ptrs + k * BLOCK_K * stride_xh).to(tl.float32)
+            wg = tl.load(wg_ptrs + k * BLOCK_K * stride_wh)
         else:
             k_ok = offs_k < H - k * BLOCK_K
-            xk = tl.load(x_ptrs, mask=k_ok, other=0.0).to(tl.float32)
-            wg = tl.load(wg_ptrs, mask=k_ok[None, :], other=0.0)
+            xk = tl.load(x_ptrs + k * BLOCK_K * stride_xh, mask=k_ok, other=0.0).to(tl.float32)
+            wg = tl.load(wg_ptrs + k * BLOCK_K * stride_wh, mask=k_ok[None, :], other=0.0)
         acc_g += wg.to(tl.float32) * xk[None, :]
         if GATE_MODE != 0:
             if EVEN_K:
-                wu = tl.load(wu_ptrs)
+                wu = tl.load(wu_ptrs + k * BLOCK_K * stride_wh)
             else:
-                wu = tl.load(wu_ptrs, mask=k_ok[None, :], other=0.0)
+                wu = tl.load(wu_ptrs + k * BLOCK_K * stride_wh, mask=k_ok[None, :], other=0.0)
             acc_u += wu.to(tl.float32) * xk[None, :]
-            wu_ptrs += BLOCK_K * stride_wh
-        x_ptrs += BLOCK_K * stride_xh
-        wg_ptrs += BLOCK_K * stride_wh
     g = tl.sum(acc_g, axis=1)
     if HAS_BIAS:
         b_base = b_ptr + e.to(tl.int64) * stride_be
@@ -365,13 +378,15 @@ def _gate_up_decode_kernel(
 @triton.jit
 def _down_decode_kernel(
     a_ptr, ids_ptr, topk_w_ptr, w_ptr, b_ptr, out_ptr,
-    TOPK, H, I, E,
+    H, I, E,
     stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ot,
-    REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+    PAIRS: tl.constexpr, REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, EVEN_K: tl.constexpr,
 ):
-    """REDUCE: out[t, h-tile] = sum_k w[t,k] * (a[t*K+k] @ W_down[e]^T + b[e]), one program per (t, tile).
-    Otherwise out[s, h-tile] = a[s] @ W_down[e]^T + b[e] per pair (for a post-expert norm)."""
+    """REDUCE: out[t, h-tile] = sum_k w[t,k] * (a[t*K+k] @ W_down[e]^T + b[e]), one program per (t, tile),
+    PAIRS = K. Otherwise (PAIRS = 1) out[s, h-tile] = a[s] @ W_down[e]^T + b[e] per pair (for a post-expert
+    norm). Pairs and reduction steps are unrolled and an invalid pair is masked, not branched around, so
+    every pair's loads are in flight together."""
     row = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -380,35 +395,28 @@ def _down_decode_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    if REDUCE:
-        first = row * TOPK
-        count = TOPK
-    else:
-        first = row
-        count = 1
-    for j in range(0, count):
-        s = first + j
+    for j in tl.static_range(PAIRS):
+        s = row * PAIRS + j
         e = tl.load(ids_ptr + s).to(tl.int32)
         valid = (e >= 0) & (e < E)
-        if valid:
-            if REDUCE:
-                rw = tl.load(topk_w_ptr + s).to(tl.float32)
+        e = tl.where(valid, e, 0)
+        if REDUCE:
+            rw = tl.load(topk_w_ptr + s).to(tl.float32)
+        else:
+            rw = 1.0
+        w_ptrs = w_ptr + e.to(tl.int64) * stride_we + offs_n_safe[:, None] * stride_wh + offs_k[None, :] * stride_wi
+        a_ptrs = a_ptr + s.to(tl.int64) * I + offs_k
+        for k in tl.static_range(NUM_K):
+            if EVEN_K:
+                ak = tl.load(a_ptrs + k * BLOCK_K, mask=valid, other=0.0)
+                wd = tl.load(w_ptrs + k * BLOCK_K * stride_wi, mask=valid, other=0.0)
             else:
-                rw = 1.0
-            w_ptrs = w_ptr + e.to(tl.int64) * stride_we + offs_n_safe[:, None] * stride_wh + offs_k[None, :] * stride_wi
-            a_ptrs = a_ptr + s.to(tl.int64) * I + offs_k
-            for k in range(0, tl.cdiv(I, BLOCK_K)):
-                if EVEN_K:
-                    ak = tl.load(a_ptrs)
-                    wd = tl.load(w_ptrs)
-                else:
-                    k_ok = offs_k < I - k * BLOCK_K
-                    ak = tl.load(a_ptrs, mask=k_ok, other=0.0)
-                    wd = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
-                acc += wd.to(tl.float32) * (ak * rw)[None, :]
-                a_ptrs += BLOCK_K
-                w_ptrs += BLOCK_K * stride_wi
-            if HAS_BIAS:
-                bias += rw * tl.load(b_ptr + e.to(tl.int64) * stride_be + offs_n_safe * stride_bh).to(tl.float32)
+                k_ok = (offs_k < I - k * BLOCK_K) & valid
+                ak = tl.load(a_ptrs + k * BLOCK_K, mask=k_ok, other=0.0)
+                wd = tl.load(w_ptrs + k * BLOCK_K * stride_wi, mask=k_ok[None, :], other=0.0)
+            acc += wd.to(tl.float32) * (ak * rw)[None, :]
+        if HAS_BIAS:
+            b = tl.load(b_ptr + e.to(tl.int64) * stride_be + offs_n_safe * stride_bh, mask=valid & n_ok, other=0.0)
+            bias += rw * b.to(tl.float32)
     out = tl.sum(acc, axis=1) + bias
     tl.store(out_ptr + row.to(tl.int64) * stride_ot + offs_n, out.to(out_ptr.dtype.element_ty), mask=n_ok)

@@ -18,7 +18,8 @@ import triton
 from moe_lab.backends.common import log_once
 from moe_lab.kernels import INTERPRETED
 from moe_lab.kernels.align import (BLOCKS_PER_STEP, CHUNK, SINGLE_MAX_PAIRS, SUB, _align_count_kernel,
-                                   _align_scan_kernel, _align_scatter_kernel, _align_single_kernel, max_blocks)
+                                   _align_scan_kernel, _align_scatter_kernel, _align_single_kernel,
+                                   _gather_rows_kernel, max_blocks)
 from moe_lab.kernels.fused_moe import (_down_decode_kernel, _down_grouped_kernel, _gate_up_decode_kernel,
                                        _gate_up_grouped_kernel)
 
@@ -74,6 +75,9 @@ class _Launch:
                 self.compiled = k
 
 
+GATHER_ROWS = 16  # rows per program of the token gather (A_TMA); every BLOCK_M is a multiple
+
+
 def _opts(cfg: dict) -> dict:
     return {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
 
@@ -112,12 +116,14 @@ class Plan:
             up, down = config["up"], config["down"]
             self.up = _Launch(_gate_up_decode_kernel, (S, triton.cdiv(I, up["BLOCK_N"])),
                               dict(GATE_MODE=spec.gate_mode, ACT=spec.act, BLOCK_N=up["BLOCK_N"],
-                                   BLOCK_K=up["BLOCK_K"], EVEN_K=H % up["BLOCK_K"] == 0, **common), _opts(up))
+                                   BLOCK_K=up["BLOCK_K"], NUM_K=triton.cdiv(H, up["BLOCK_K"]),
+                                   EVEN_K=H % up["BLOCK_K"] == 0, **common), _opts(up))
             self.up_scalars = (K, H, I, E, *x_strides, *up_strides, bu0, bu1, spec.limit, spec.alpha)
             self.down = _Launch(_down_decode_kernel, (self.out_rows, triton.cdiv(H, down["BLOCK_N"])),
-                                dict(REDUCE=reduce, BLOCK_N=down["BLOCK_N"], BLOCK_K=down["BLOCK_K"],
+                                dict(PAIRS=K if reduce else 1, REDUCE=reduce, BLOCK_N=down["BLOCK_N"],
+                                     BLOCK_K=down["BLOCK_K"], NUM_K=triton.cdiv(I, down["BLOCK_K"]),
                                      EVEN_K=I % down["BLOCK_K"] == 0, **common), _opts(down))
-            self.down_scalars = (K, H, I, E, *down_strides, bd0, bd1, H)
+            self.down_scalars = (H, I, E, *down_strides, bd0, bd1, H)
             return
         bm, up, down = config["BLOCK_M"], config["up"], config["down"]
         self.bm = bm
@@ -153,18 +159,31 @@ class Plan:
         if down.get("TMA", 0):
             self.down_tma = _tma_view(down_strides, E, H, I, down["BLOCK_N"], down["BLOCK_K"], "down")
         self._descriptors: dict[str, tuple[int, object]] = {}
+        self.a_tma_up, self.a_tma_down = bool(up.get("A_TMA", 0)), bool(down.get("A_TMA", 0))
+        for on, cols, what in ((self.a_tma_up, H, "gathered tokens"), (self.a_tma_down, I, "intermediate")):
+            if on and (cols * dtype.itemsize) % 16:
+                raise ValueError(f"triton_fused: A_TMA on the {what} needs rows of a multiple of 16 bytes "
+                                 f"({cols} x {dtype.itemsize} bytes)")
+        if self.a_tma_up:
+            if bm % GATHER_ROWS:
+                raise ValueError(f"triton_fused: A_TMA needs BLOCK_M a multiple of {GATHER_ROWS}, not {bm}")
+            self.gather = _Launch(_gather_rows_kernel, (B * bm // GATHER_ROWS,),
+                                  dict(BLOCK_M=bm, ROWS=GATHER_ROWS, BLOCK_H=min(512, triton.next_power_of_2(H))),
+                                  {"num_warps": 4, "num_stages": 1})
+            self.x_strides = x_strides
+        self.a_boxes = ([bm, up["BLOCK_K"]], [bm, down["BLOCK_K"]])
         self.up = _Launch(_gate_up_grouped_kernel, (B * triton.cdiv(I, up["BLOCK_N"]),),
                           dict(GATE_MODE=spec.gate_mode, ACT=spec.act, DOT_MODE=dot_mode, BLOCK_M=bm,
                                BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"], GROUP_M=up["GROUP_M"],
                                EVEN_K=H % up["BLOCK_K"] == 0, ONE_DOT=one_dot, W_TMA=self.up_tma is not None,
-                               W_T=bool(self.up_tma and self.up_tma[1]), **common),
+                               W_T=bool(self.up_tma and self.up_tma[1]), A_TMA=self.a_tma_up, **common),
                           _opts(up))
         self.up_scalars = (S, K, H, I, B, *x_strides, *up_strides, bu0, bu1, I, spec.limit, spec.alpha)
         self.down = _Launch(_down_grouped_kernel, (B * triton.cdiv(H, down["BLOCK_N"]),),
                             dict(MUL_WEIGHT=reduce, DOT_MODE=dot_mode, BLOCK_M=bm, BLOCK_N=down["BLOCK_N"],
                                  BLOCK_K=down["BLOCK_K"], GROUP_M=down["GROUP_M"], EVEN_K=I % down["BLOCK_K"] == 0,
                                  W_TMA=self.down_tma is not None, W_T=bool(self.down_tma and self.down_tma[1]),
-                                 **common), _opts(down))
+                                 A_TMA=self.a_tma_down, **common), _opts(down))
         self.down_scalars = (S, H, I, B, I, *down_strides, bd0, bd1, H)
 
     def __call__(self, x_TH, ids_S, rw_S, w_up, w_down, b_up, b_down) -> torch.Tensor:
@@ -193,12 +212,18 @@ class Plan:
             self.align[0](stream, ids_S, partial, S, self.E)
             self.align[1](stream, partial, meta, self.G)
             self.align[2](stream, ids_S, partial, meta, sorted_P, block_expert_B, S, self.E, B, triton.cdiv(B, self.G))
+        x_arg = x_TH
+        if self.a_tma_up:  # the tokens gathered once into the aligned order, then loaded as plain row blocks
+            xs_PH = torch.empty(B * bm, H, dtype=self.dtype, device=dev)
+            self.gather(stream, x_TH, sorted_P, block_expert_B, xs_PH, S, self.K, H, *self.x_strides)
+            x_arg = _row_blocks(xs_PH, self.a_boxes[0])
         a_PI = torch.empty(B * bm, I, dtype=self.dtype, device=dev)
         w_up_arg = self._descriptor("up", w_up, self.up_tma) if self.up_tma else w_up
-        self.up(stream, x_TH, w_up_arg, b_up, a_PI, sorted_P, block_expert_B, *self.up_scalars)
+        self.up(stream, x_arg, w_up_arg, b_up, a_PI, sorted_P, block_expert_B, *self.up_scalars)
         y_SH = torch.empty(S, H, dtype=self.dtype, device=dev)
         w_down_arg = self._descriptor("down", w_down, self.down_tma) if self.down_tma else w_down
-        self.down(stream, a_PI, w_down_arg, b_down, y_SH, rw_S, sorted_P, block_expert_B, *self.down_scalars)
+        a_arg = _row_blocks(a_PI, self.a_boxes[1]) if self.a_tma_down else a_PI
+        self.down(stream, a_arg, w_down_arg, b_down, y_SH, rw_S, sorted_P, block_expert_B, *self.down_scalars)
         if not self.reduce or self.K == 1:
             return y_SH
         return y_SH.view(self.T, self.K, H).sum(dim=1)  # float32 accumulation inside, output in the input dtype
@@ -217,6 +242,13 @@ class Plan:
                 raise ValueError(f"triton_fused: TMA on the {which} weight: {err}") from None
             cached = self._descriptors[which] = (w.data_ptr(), desc)
         return cached[1]
+
+
+def _row_blocks(t_PC: torch.Tensor, box: list[int]):
+    """A TMA descriptor of a contiguous (P, C) activation, loaded in (BLOCK_M, BLOCK_K) boxes."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return TensorDescriptor(t_PC, list(t_PC.shape), [t_PC.shape[1], 1], box)
 
 
 def fused_experts(

@@ -7,7 +7,8 @@ and per BLOCK_M that suits the pairs per expert, the gate/up candidates (two dot
 down, then every down with the best gate/up. The config in force before the search (tuned or heuristic)
 competes too, so a search never makes a bucket slower than it measured. `wide` adds a larger space for
 the matmul-bound buckets (BLOCK_M 64 to 256); on GPUs with TMA (sm90 on), each BLOCK_M's best tiles
-are timed again with the weights loaded through TMA descriptors. Before it is timed, each candidate's output
+are timed again with the weights loaded through TMA descriptors, then the best of those with the
+activations through TMA too (tokens gathered into the aligned order first). Before it is timed, each candidate's output
 is checked against moe_lab's grouped_mm backend on the same inputs; one that differs by more than the
 dtype's tolerance is logged and never chosen. Every candidate is timed as the whole
 experts call: on CUDA captured in a CUDA graph, replays timed by CUDA events with the L2 flushed before each (GPU time,
@@ -31,8 +32,11 @@ import torch
 TILE_KEYS = ("BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
 DECODE_MAX_PAIRS = 128  # the decode path competes up to this many (token, expert) pairs
 # decode tiles: (BLOCK_N, BLOCK_K, num_warps), num_stages 2
-DECODE_UP = [(4, 512, 4), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 512, 8), (32, 256, 8), (4, 1024, 4)]
-DECODE_DOWN = [(4, 512, 4), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 512, 8), (4, 256, 2)]
+# (a BLOCK_K of 1024 to 2048 takes a whole row of a real shape in one or two unrolled steps: all loads in flight)
+DECODE_UP = [(4, 512, 4), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 512, 8), (32, 256, 8), (4, 1024, 4),
+             (4, 2048, 8), (2, 2048, 4), (8, 1024, 8)]
+DECODE_DOWN = [(4, 512, 4), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 512, 8), (4, 256, 2), (4, 1024, 4),
+               (2, 1024, 4), (8, 1024, 8)]
 # grouped tiles per BLOCK_M: (gate/up candidates, down candidates), each (BLOCK_N, BLOCK_K, GROUP_M, warps, stages);
 # every gate/up candidate runs with two dots and with one dot (ONE_DOT 0 and 1)
 GROUPED = {
@@ -43,17 +47,18 @@ GROUPED = {
     64: ([(64, 64, 8, 4, 4), (128, 64, 8, 8, 3), (64, 128, 8, 4, 3)],
          [(128, 64, 8, 4, 4), (128, 64, 8, 8, 3), (256, 64, 8, 8, 3), (64, 128, 8, 4, 3)]),
     128: ([(64, 64, 8, 4, 4), (64, 128, 8, 8, 3), (128, 64, 8, 8, 3), (64, 64, 16, 8, 4)],
-          [(64, 256, 8, 8, 3), (128, 64, 8, 8, 4), (128, 128, 8, 8, 3), (256, 64, 8, 8, 3)]),
+          [(128, 64, 8, 8, 4), (128, 128, 8, 8, 3), (256, 64, 8, 8, 3), (64, 128, 8, 8, 4)]),
 }
 # the wide space for many pairs per expert: gate/up candidates carry their ONE_DOT as a sixth field
 GROUPED_WIDE = {
-    64: ([(64, 64, 8, 4, 4, 1), (64, 64, 8, 4, 4, 0), (64, 128, 8, 8, 3, 1), (64, 64, 16, 4, 3, 1)],
+    64: ([(64, 64, 8, 4, 4, 1), (64, 64, 8, 4, 4, 0), (64, 128, 8, 8, 3, 1), (64, 64, 16, 4, 3, 1),
+          (128, 64, 8, 8, 3, 0), (128, 64, 8, 4, 3, 0)],
          [(64, 128, 8, 4, 4), (64, 256, 8, 8, 3), (128, 128, 8, 8, 3)]),
     128: ([(64, 64, 8, 4, 4, 0), (64, 64, 8, 4, 3, 0), (64, 64, 16, 4, 4, 0), (64, 64, 4, 4, 4, 0),
            (64, 128, 8, 4, 3, 0), (128, 64, 8, 8, 3, 0), (64, 64, 8, 8, 4, 0), (32, 128, 8, 4, 4, 0),
            (32, 64, 8, 4, 4, 1), (64, 64, 8, 8, 4, 1), (64, 64, 8, 4, 3, 1)],
-          [(64, 256, 8, 8, 3), (64, 256, 8, 4, 3), (64, 128, 8, 4, 4), (128, 128, 8, 8, 3), (64, 256, 16, 8, 3),
-           (128, 64, 8, 4, 4), (64, 256, 4, 8, 3)]),
+          [(256, 64, 8, 8, 3), (64, 128, 8, 4, 4), (128, 128, 8, 8, 3), (256, 64, 16, 8, 3), (128, 64, 8, 4, 4),
+           (256, 64, 4, 8, 3), (256, 64, 8, 8, 4)]),
     256: ([(64, 64, 8, 8, 3, 0), (32, 64, 8, 8, 4, 0)], [(64, 128, 8, 8, 3), (64, 64, 8, 8, 4)]),
 }
 WIDE_MIN_PAIRS_PER_EXPERT = 64  # the wide space applies from here on
@@ -66,14 +71,18 @@ def decode_config(up: tuple, down: tuple) -> dict:
             "down": {"BLOCK_N": down[0], "BLOCK_K": down[1], "num_warps": down[2], "num_stages": 2}}
 
 
-def grouped_config(block_m: int, up: tuple, down: tuple, tma: tuple[int, int] = (0, 0)) -> dict:
+def grouped_config(block_m: int, up: tuple, down: tuple, tma: tuple[int, int] = (0, 0),
+                   a_tma: tuple[int, int] = (0, 0)) -> dict:
     """`up` is (BLOCK_N, BLOCK_K, GROUP_M, warps, stages, ONE_DOT), `down` the same without ONE_DOT; `tma`
-    says which weights (gate/up, down) load through TMA descriptors."""
+    says which weights (gate/up, down) load through TMA descriptors, `a_tma` which activations (the tokens
+    gathered into the aligned order, the intermediate)."""
     cfg = {"path": "grouped", "BLOCK_M": block_m, "up": {**dict(zip(TILE_KEYS, up[:5])), "ONE_DOT": up[5]},
            "down": dict(zip(TILE_KEYS, down))}
-    for side, on in zip(("up", "down"), tma):
+    for side, on, on_a in zip(("up", "down"), tma, a_tma):
         if on:
             cfg[side]["TMA"] = 1
+        if on_a:
+            cfg[side]["A_TMA"] = 1
     return cfg
 
 
@@ -180,14 +189,26 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
             time_it(decode_config(best_up, d))
     interleaved = bool(experts.has_gate and not experts.is_concatenated)  # TMA: one box per gate/up tile
     for bm, (ups, downs) in grouped_space(S, E, wide).items():
-        best_up = min(ups, key=lambda u: time_it(grouped_config(bm, u, downs[0])))
+        # the gate/up tiles are compared beside one down tile that runs (one that does not fit in shared
+        # memory would fail them all alike, and the first gate/up tile would win by default)
+        partner = next((d for d in downs if math.isfinite(time_it(grouped_config(bm, ups[0], d)))), None)
+        if partner is None:
+            partner = next((d for u in ups[1:] for d in downs if math.isfinite(time_it(grouped_config(bm, u, d)))),
+                           None)
+        if partner is None:
+            log(f"T={T}: no config runs at BLOCK_M {bm}")
+            continue
+        best_up = min(ups, key=lambda u: time_it(grouped_config(bm, u, partner)))
         best_down = min(downs, key=lambda d: time_it(grouped_config(bm, best_up, d)))
         if tma:  # TMA boxes never cross an expert: BLOCK_K halved until it divides the reduction size
             up_tma = _fit_block_k(best_up, H)[:5] + (int(interleaved),)
             down_tma = _fit_block_k(best_down, I)
-            for sides in ((1, 0), (0, 1), (1, 1)):
-                time_it(grouped_config(bm, up_tma if sides[0] else best_up, down_tma if sides[1] else best_down,
-                                       sides))
+            tiles = {}  # (weights through TMA per side) -> (gate/up tile, down tile)
+            for sides in ((0, 0), (1, 0), (0, 1), (1, 1)):
+                tiles[sides] = (up_tma if sides[0] else best_up, down_tma if sides[1] else best_down)
+            best_sides = min(tiles, key=lambda sd: time_it(grouped_config(bm, *tiles[sd], sd)))
+            for a_sides in ((1, 0), (0, 1), (1, 1)):  # then the activations through TMA on top of the best
+                time_it(grouped_config(bm, *tiles[best_sides], best_sides, a_sides))
     return sorted((ms, key) for key, ms in timed.items())
 
 
@@ -295,7 +316,7 @@ def add_tune_kernels_parser(sub) -> None:
 
 
 def _tune_kernels_command(args: argparse.Namespace) -> int:
-    from moe_lab.kernels.configs import config_path
+    from moe_lab.kernels.configs import CONFIG_FILE, config_path, load_table
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("moe-lab tune-kernels: no CUDA device here (triton_fused's kernels run on CUDA)")
@@ -303,12 +324,13 @@ def _tune_kernels_command(args: argparse.Namespace) -> int:
     if not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
         print(f"moe-lab tune-kernels: device {args.device!r} runs the kernels only under TRITON_INTERPRET=1")
         return 2
+    out = Path(args.out) if args.out else config_path()
+    if not out.exists():  # a new file starts as the table in force (or, if that file is missing, the package's)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text((config_path() if config_path().exists() else CONFIG_FILE).read_text())
+        load_table.cache_clear()
     table, rows = search(args.models.split(","), [int(t) for t in args.tokens.split(",")],
                          getattr(torch, args.dtype), args.device, args.wide, args.budget_s, args.reps, tma=args.tma)
-    out = Path(args.out) if args.out else config_path()
-    if not out.exists() and config_path().exists():  # a new file starts as the table in force, then gets the winners
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(config_path().read_text())
     merge_table(out, table)
     if args.candidates:
         write_rows(args.candidates, rows)
