@@ -190,7 +190,7 @@ def check(budget: float) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------- bench
-def bench(budget: float, bw: float, peak: float, compile_modes: bool) -> list[dict]:
+def bench(budget: float, bw: float, peak: float, compile_modes: bool, autotune_tokens: tuple[int, ...]) -> list[dict]:
     import transformers
     from transformers.integrations.moe import batched_mm_experts_forward, grouped_mm_experts_forward
 
@@ -253,24 +253,24 @@ def bench(budget: float, bw: float, peak: float, compile_modes: bool) -> list[di
         add(model, 1, "triton_fused", "cuda-graph", float(np.median(samples[20:])), fl, "one decode step, graph replay")
         log(f"bench {model}: cuda-graph decode T=1 {np.median(samples[20:]) * 1e3:.1f} us (floor {fl * 1e3:.1f} us)")
         del g
-    if compile_modes:  # cheap modes for every model first, the 40-57 s max-autotune compiles last
-        for expensive in (False, True):
+    if compile_modes:  # cheap modes for every model first, then the 40-57 s max-autotune compiles, largest T first
+        cheap = [("batched_mm", "max-autotune-no-cudagraphs", 1), ("batched_mm", "reduce-overhead", 1)]
+        cheap += [("grouped_mm", "default", T) for T in COMPILE_TOKENS]
+        cheap += [("batched_mm", "default", 1), ("batched_mm", "reduce-overhead", 4)]
+        for model in MODELS:
+            _bench_compiled(model, get_shape(model), modules[model], hf_fns, budget, bw, peak, add, cheap)
+        for T in autotune_tokens:
             for model in MODELS:
-                _bench_compiled(model, get_shape(model), modules[model], hf_fns, budget, bw, peak, add, expensive)
+                _bench_compiled(model, get_shape(model), modules[model], hf_fns, budget, bw, peak, add,
+                                [("grouped_mm", "max-autotune-no-cudagraphs", T)])
     return rows
 
 
-def _bench_compiled(model, shape, ex, hf_fns, budget, bw, peak, add, expensive):
-    """transformers' functions under torch.compile, one compile per (mode, T) (dynamic=False), as budget allows."""
-    if not expensive:
-        plan = [("batched_mm", "max-autotune-no-cudagraphs", 1), ("batched_mm", "reduce-overhead", 1)]
-        plan += [("grouped_mm", "default", T) for T in COMPILE_TOKENS]
-        plan += [("batched_mm", "default", 1), ("batched_mm", "reduce-overhead", 4)]
-    elif model == MODELS[0]:  # 40-57 s of autotuning each; the issue's anchors are on this model
-        plan = [("grouped_mm", "max-autotune-no-cudagraphs", 8192)]
-    else:
-        plan = []
+def _bench_compiled(model, shape, ex, hf_fns, budget, bw, peak, add, plan):
+    """transformers' functions under torch.compile, one compile per (backend, mode, T) of `plan` (dynamic=False),
+    as budget allows."""
     for hname, mode, T in plan:
+        expensive = mode.startswith("max-autotune") and hname == "grouped_mm"
         if left(budget) < (75 if expensive else 25):
             log(f"bench {model}: compiled {hname} {mode} T={T} and later not run (time budget)")
             break
@@ -320,6 +320,9 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=450.0, help="stop starting new work after this many seconds")
     p.add_argument("--no-bench", action="store_true")
     p.add_argument("--no-compile", action="store_true", help="skip transformers under torch.compile")
+    p.add_argument("--autotune-tokens", default="8192",
+                   help="token counts where transformers' grouped_mm is timed under max-autotune-no-cudagraphs "
+                        "(40-57 s of autotuning each), every model, largest first")
     p.add_argument("--tune-models", default=",".join(MODELS))
     p.add_argument("--tune-share", type=float, default=0.55, help="tuning stops at this fraction of the budget")
     p.add_argument("--no-check", action="store_true", help="skip the correctness stage (the pytest file covers it)")
@@ -355,7 +358,8 @@ def main(argv=None) -> int:
         if args.tune:
             tune(args, out, budget)
         if not args.no_bench and left(budget) > 30:
-            rows = bench(budget, bw, peak, compile_modes=not args.no_compile)
+            autotune = tuple(sorted((int(t) for t in args.autotune_tokens.split(",") if t), reverse=True))
+            rows = bench(budget, bw, peak, compile_modes=not args.no_compile, autotune_tokens=autotune)
             _write_csv(out / "triton_gpu_bench.csv", rows)
             _summary(rows)
     except Exception:  # noqa: BLE001
