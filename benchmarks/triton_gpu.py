@@ -190,7 +190,8 @@ def check(budget: float) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------- bench
-def bench(budget: float, bw: float, peak: float, compile_modes: bool, autotune_tokens: tuple[int, ...]) -> list[dict]:
+def bench(budget: float, bw: float, peak: float, compile_modes: bool, autotune_tokens: tuple[int, ...],
+          cheap_compile: bool = True) -> list[dict]:
     import transformers
     from transformers.integrations.moe import batched_mm_experts_forward, grouped_mm_experts_forward
 
@@ -257,7 +258,7 @@ def bench(budget: float, bw: float, peak: float, compile_modes: bool, autotune_t
         cheap = [("batched_mm", "max-autotune-no-cudagraphs", 1), ("batched_mm", "reduce-overhead", 1)]
         cheap += [("grouped_mm", "default", T) for T in COMPILE_TOKENS]
         cheap += [("batched_mm", "default", 1), ("batched_mm", "reduce-overhead", 4)]
-        for model in MODELS:
+        for model in MODELS if cheap_compile else ():
             _bench_compiled(model, get_shape(model), modules[model], hf_fns, budget, bw, peak, add, cheap)
         for T in autotune_tokens:
             for model in MODELS:
@@ -320,6 +321,9 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=450.0, help="stop starting new work after this many seconds")
     p.add_argument("--no-bench", action="store_true")
     p.add_argument("--no-compile", action="store_true", help="skip transformers under torch.compile")
+    p.add_argument("--models", default=",".join(MODELS), help="model shapes benchmarked")
+    p.add_argument("--no-cheap-compile", dest="cheap_compile", action="store_false",
+                   help="leave out the default / reduce-overhead / batched_mm compiles (max-autotune ones only)")
     p.add_argument("--autotune-tokens", default="8192",
                    help="token counts where transformers' grouped_mm is timed under max-autotune-no-cudagraphs "
                         "(40-57 s of autotuning each), every model, largest first")
@@ -330,6 +334,7 @@ def main(argv=None) -> int:
                    help="with --tune: also the wide space where pairs per expert are many")
     p.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny shapes: checks the script")
     args = p.parse_args(argv)
+    MODELS = tuple(args.models.split(","))
     if args.dry_run:
         DEV, MODELS, TOKENS = "cpu", ("tiny",), (1, 8, 64)
         args.tune_models, args.no_bench = "tiny", True
@@ -359,7 +364,8 @@ def main(argv=None) -> int:
             tune(args, out, budget)
         if not args.no_bench and left(budget) > 30:
             autotune = tuple(sorted((int(t) for t in args.autotune_tokens.split(",") if t), reverse=True))
-            rows = bench(budget, bw, peak, compile_modes=not args.no_compile, autotune_tokens=autotune)
+            rows = bench(budget, bw, peak, compile_modes=not args.no_compile, autotune_tokens=autotune,
+                         cheap_compile=args.cheap_compile)
             _write_csv(out / "triton_gpu_bench.csv", rows)
             _summary(rows)
     except Exception:  # noqa: BLE001

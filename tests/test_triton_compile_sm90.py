@@ -64,6 +64,7 @@ KERNELS = {  # config -> the kernels one call compiles, in launch order
     "grouped16": ["_align_single_kernel", *GEMMS],
     "grouped16_one_dot": ["_align_single_kernel", *GEMMS],
     "decode": ["_gate_up_decode_kernel", "_down_decode_kernel"],
+    "decode_rolled": ["_gate_up_decode_kernel", "_down_decode_kernel"],
     "a_tma": ["_align_single_kernel", "_gather_rows_kernel", *GEMMS],
 }
 

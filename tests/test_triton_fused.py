@@ -62,6 +62,9 @@ TILE = dict(num_warps=4, num_stages=2)
 CONFIGS = {  # each kernel path forced, with small tiles so that tiny shapes still span several tiles
     "decode": {"path": "decode", "up": dict(BLOCK_N=16 if HAS_CUDA else 32, BLOCK_K=32, **TILE),
                "down": dict(BLOCK_N=16 if HAS_CUDA else 32, BLOCK_K=32, **TILE)},
+    # one warp and wide tiles: more weight values per thread than an unrolled decode kernel holds (loops kept)
+    "decode_rolled": {"path": "decode", "up": dict(BLOCK_N=64, BLOCK_K=128, num_warps=1, num_stages=2),
+                      "down": dict(BLOCK_N=64, BLOCK_K=128, num_warps=1, num_stages=2)},
     "grouped16": {"path": "grouped", "BLOCK_M": 16, "up": dict(BLOCK_N=32, BLOCK_K=32, GROUP_M=2, **TILE),
                   "down": dict(BLOCK_N=32, BLOCK_K=32, GROUP_M=2, **TILE)},
     "grouped16_one_dot": {"path": "grouped", "BLOCK_M": 16,
@@ -138,6 +141,18 @@ def test_tma_weight_loads_match_reference(layout, dtype, seed):
     experts = make_experts(c, LAYOUTS[layout], dtype, DEVICE, seed)
     x_TH, ids_TK, weights_TK = make_inputs(c, dtype, DEVICE, seed)
     check(experts, x_TH, ids_TK, weights_TK, tma_config(LAYOUTS[layout]), TOL[dtype], f"{layout}/tma")
+
+
+@pytest.mark.parametrize("case", ["unaligned_odd", "experts_without_tokens", "one_token", "top1"])
+def test_decode_loops_kept_where_unrolled_loads_would_not_fit(case, seed):
+    from moe_lab.kernels.ops import _unrolls
+
+    rolled = CONFIGS["decode_rolled"]
+    assert not _unrolls(2, rolled["up"]) and not _unrolls(2, rolled["down"]) and _unrolls(2, CONFIGS["decode"]["up"])
+    c = CASES[case]
+    experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, DEVICE, seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, DEVICE, seed)
+    check(experts, x_TH, ids_TK, weights_TK, rolled, TOL[torch.bfloat16], f"{case}/decode_rolled")
 
 
 def row_block_config(layout: ExpertsLayout, weights_tma: bool) -> dict:

@@ -321,16 +321,38 @@ def _down_grouped_kernel(
 
 
 @triton.jit
+def _gate_up_decode_step(x_ptrs, wg_ptrs, wu_ptrs, acc_g, acc_u, offs_k, k, H, stride_xh, stride_wh,
+                         GATE_MODE: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """Reduction step k of `_gate_up_decode_kernel`: the gate and up partial products, elementwise in float32."""
+    if EVEN_K:
+        xk = tl.load(x_ptrs + k * BLOCK_K * stride_xh).to(tl.float32)
+        wg = tl.load(wg_ptrs + k * BLOCK_K * stride_wh)
+    else:
+        k_ok = offs_k < H - k * BLOCK_K
+        xk = tl.load(x_ptrs + k * BLOCK_K * stride_xh, mask=k_ok, other=0.0).to(tl.float32)
+        wg = tl.load(wg_ptrs + k * BLOCK_K * stride_wh, mask=k_ok[None, :], other=0.0)
+    acc_g += wg.to(tl.float32) * xk[None, :]
+    if GATE_MODE != 0:
+        if EVEN_K:
+            wu = tl.load(wu_ptrs + k * BLOCK_K * stride_wh)
+        else:
+            wu = tl.load(wu_ptrs + k * BLOCK_K * stride_wh, mask=k_ok[None, :], other=0.0)
+        acc_u += wu.to(tl.float32) * xk[None, :]
+    return acc_g, acc_u
+
+
+@triton.jit
 def _gate_up_decode_kernel(
     x_ptr, ids_ptr, w_ptr, b_ptr, a_ptr,
     TOPK, H, I, E,
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn,
     limit, alpha,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, EVEN_K: tl.constexpr, UNROLL: tl.constexpr,
 ):
     """a[s, n-tile] = gate(x[t] @ W_up[e]^T) for one pair s = (t, k), e its expert; float32 out (S, I).
-    The NUM_K = cdiv(H, BLOCK_K) reduction steps are unrolled: no step waits on another's loads."""
+    UNROLL: the NUM_K = cdiv(H, BLOCK_K) reduction steps unrolled, so no step waits on another's loads
+    (the plan unrolls only where those loads fit in registers)."""
     s = tl.program_id(0)
     pid_n = tl.program_id(1)
     t = s // TOPK
@@ -346,21 +368,14 @@ def _gate_up_decode_kernel(
     wu_ptrs = w_base + up_rows[:, None] * stride_wn + offs_k[None, :] * stride_wh
     acc_g = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k in tl.static_range(NUM_K):
-        if EVEN_K:
-            xk = tl.load(x_ptrs + k * BLOCK_K * stride_xh).to(tl.float32)
-            wg = tl.load(wg_ptrs + k * BLOCK_K * stride_wh)
-        else:
-            k_ok = offs_k < H - k * BLOCK_K
-            xk = tl.load(x_ptrs + k * BLOCK_K * stride_xh, mask=k_ok, other=0.0).to(tl.float32)
-            wg = tl.load(wg_ptrs + k * BLOCK_K * stride_wh, mask=k_ok[None, :], other=0.0)
-        acc_g += wg.to(tl.float32) * xk[None, :]
-        if GATE_MODE != 0:
-            if EVEN_K:
-                wu = tl.load(wu_ptrs + k * BLOCK_K * stride_wh)
-            else:
-                wu = tl.load(wu_ptrs + k * BLOCK_K * stride_wh, mask=k_ok[None, :], other=0.0)
-            acc_u += wu.to(tl.float32) * xk[None, :]
+    if UNROLL:
+        for k in tl.static_range(NUM_K):
+            acc_g, acc_u = _gate_up_decode_step(x_ptrs, wg_ptrs, wu_ptrs, acc_g, acc_u, offs_k, k, H, stride_xh,
+                                                stride_wh, GATE_MODE, BLOCK_K, EVEN_K)
+    else:
+        for k in range(NUM_K):
+            acc_g, acc_u = _gate_up_decode_step(x_ptrs, wg_ptrs, wu_ptrs, acc_g, acc_u, offs_k, k, H, stride_xh,
+                                                stride_wh, GATE_MODE, BLOCK_K, EVEN_K)
     g = tl.sum(acc_g, axis=1)
     if HAS_BIAS:
         b_base = b_ptr + e.to(tl.int64) * stride_be
@@ -376,17 +391,58 @@ def _gate_up_decode_kernel(
 
 
 @triton.jit
+def _down_decode_pair(a_ptr, ids_ptr, topk_w_ptr, w_ptr, b_ptr, acc, bias, s, offs_n_safe, n_ok, offs_k, I, E,
+                      stride_we, stride_wh, stride_wi, stride_be, stride_bh,
+                      REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr,
+                      EVEN_K: tl.constexpr, UNROLL: tl.constexpr):
+    """Pair s's share of `_down_decode_kernel`: rw * a[s] @ W_down[e]^T into acc, rw * b[e] into bias; an
+    invalid pair is masked (no loads), not branched around."""
+    e = tl.load(ids_ptr + s).to(tl.int32)
+    valid = (e >= 0) & (e < E)
+    e = tl.where(valid, e, 0)
+    if REDUCE:
+        rw = tl.load(topk_w_ptr + s).to(tl.float32)
+    else:
+        rw = 1.0
+    w_ptrs = w_ptr + e.to(tl.int64) * stride_we + offs_n_safe[:, None] * stride_wh + offs_k[None, :] * stride_wi
+    a_ptrs = a_ptr + s.to(tl.int64) * I + offs_k
+    if UNROLL:
+        for k in tl.static_range(NUM_K):
+            acc = _down_decode_step(a_ptrs, w_ptrs, acc, rw, valid, offs_k, k, I, stride_wi, BLOCK_K, EVEN_K)
+    else:
+        for k in range(NUM_K):
+            acc = _down_decode_step(a_ptrs, w_ptrs, acc, rw, valid, offs_k, k, I, stride_wi, BLOCK_K, EVEN_K)
+    if HAS_BIAS:
+        b = tl.load(b_ptr + e.to(tl.int64) * stride_be + offs_n_safe * stride_bh, mask=valid & n_ok, other=0.0)
+        bias += rw * b.to(tl.float32)
+    return acc, bias
+
+
+@triton.jit
+def _down_decode_step(a_ptrs, w_ptrs, acc, rw, valid, offs_k, k, I, stride_wi,
+                      BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    if EVEN_K:
+        ak = tl.load(a_ptrs + k * BLOCK_K, mask=valid, other=0.0)
+        wd = tl.load(w_ptrs + k * BLOCK_K * stride_wi, mask=valid, other=0.0)
+    else:
+        k_ok = (offs_k < I - k * BLOCK_K) & valid
+        ak = tl.load(a_ptrs + k * BLOCK_K, mask=k_ok, other=0.0)
+        wd = tl.load(w_ptrs + k * BLOCK_K * stride_wi, mask=k_ok[None, :], other=0.0)
+    return acc + wd.to(tl.float32) * (ak * rw)[None, :]
+
+
+@triton.jit
 def _down_decode_kernel(
     a_ptr, ids_ptr, topk_w_ptr, w_ptr, b_ptr, out_ptr,
     H, I, E,
     stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ot,
     PAIRS: tl.constexpr, REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, EVEN_K: tl.constexpr, UNROLL: tl.constexpr,
 ):
     """REDUCE: out[t, h-tile] = sum_k w[t,k] * (a[t*K+k] @ W_down[e]^T + b[e]), one program per (t, tile),
     PAIRS = K. Otherwise (PAIRS = 1) out[s, h-tile] = a[s] @ W_down[e]^T + b[e] per pair (for a post-expert
-    norm). Pairs and reduction steps are unrolled and an invalid pair is masked, not branched around, so
-    every pair's loads are in flight together."""
+    norm). UNROLL: pairs and reduction steps unrolled, so every pair's loads are in flight together (the
+    plan unrolls only where they fit in registers)."""
     row = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -395,28 +451,15 @@ def _down_decode_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for j in tl.static_range(PAIRS):
-        s = row * PAIRS + j
-        e = tl.load(ids_ptr + s).to(tl.int32)
-        valid = (e >= 0) & (e < E)
-        e = tl.where(valid, e, 0)
-        if REDUCE:
-            rw = tl.load(topk_w_ptr + s).to(tl.float32)
-        else:
-            rw = 1.0
-        w_ptrs = w_ptr + e.to(tl.int64) * stride_we + offs_n_safe[:, None] * stride_wh + offs_k[None, :] * stride_wi
-        a_ptrs = a_ptr + s.to(tl.int64) * I + offs_k
-        for k in tl.static_range(NUM_K):
-            if EVEN_K:
-                ak = tl.load(a_ptrs + k * BLOCK_K, mask=valid, other=0.0)
-                wd = tl.load(w_ptrs + k * BLOCK_K * stride_wi, mask=valid, other=0.0)
-            else:
-                k_ok = (offs_k < I - k * BLOCK_K) & valid
-                ak = tl.load(a_ptrs + k * BLOCK_K, mask=k_ok, other=0.0)
-                wd = tl.load(w_ptrs + k * BLOCK_K * stride_wi, mask=k_ok[None, :], other=0.0)
-            acc += wd.to(tl.float32) * (ak * rw)[None, :]
-        if HAS_BIAS:
-            b = tl.load(b_ptr + e.to(tl.int64) * stride_be + offs_n_safe * stride_bh, mask=valid & n_ok, other=0.0)
-            bias += rw * b.to(tl.float32)
+    if UNROLL:
+        for j in tl.static_range(PAIRS):
+            acc, bias = _down_decode_pair(a_ptr, ids_ptr, topk_w_ptr, w_ptr, b_ptr, acc, bias, row * PAIRS + j,
+                                          offs_n_safe, n_ok, offs_k, I, E, stride_we, stride_wh, stride_wi, stride_be,
+                                          stride_bh, REDUCE, HAS_BIAS, BLOCK_K, NUM_K, EVEN_K, UNROLL)
+    else:
+        for j in range(PAIRS):
+            acc, bias = _down_decode_pair(a_ptr, ids_ptr, topk_w_ptr, w_ptr, b_ptr, acc, bias, row * PAIRS + j,
+                                          offs_n_safe, n_ok, offs_k, I, E, stride_we, stride_wh, stride_wi, stride_be,
+                                          stride_bh, REDUCE, HAS_BIAS, BLOCK_K, NUM_K, EVEN_K, UNROLL)
     out = tl.sum(acc, axis=1) + bias
     tl.store(out_ptr + row.to(tl.int64) * stride_ot + offs_n, out.to(out_ptr.dtype.element_ty), mask=n_ok)

@@ -78,6 +78,15 @@ class _Launch:
 GATHER_ROWS = 16  # rows per program of the token gather (A_TMA); every BLOCK_M is a multiple
 
 
+UNROLL_MAX_VALUES = 384  # weight values per thread that a fully unrolled decode kernel may have in flight
+
+
+def _unrolls(loads: int, cfg: dict) -> bool:
+    """Whether a decode kernel issuing `loads` (BLOCK_N, BLOCK_K) weight tiles per program unrolls them all:
+    only where they fit in registers (gpt-oss's decode, 768 values per thread unrolled, ran 7x slower)."""
+    return loads * cfg["BLOCK_N"] * cfg["BLOCK_K"] // (32 * cfg["num_warps"]) <= UNROLL_MAX_VALUES
+
+
 def _opts(cfg: dict) -> dict:
     return {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
 
@@ -117,12 +126,16 @@ class Plan:
             self.up = _Launch(_gate_up_decode_kernel, (S, triton.cdiv(I, up["BLOCK_N"])),
                               dict(GATE_MODE=spec.gate_mode, ACT=spec.act, BLOCK_N=up["BLOCK_N"],
                                    BLOCK_K=up["BLOCK_K"], NUM_K=triton.cdiv(H, up["BLOCK_K"]),
-                                   EVEN_K=H % up["BLOCK_K"] == 0, **common), _opts(up))
+                                   EVEN_K=H % up["BLOCK_K"] == 0,
+                                   UNROLL=_unrolls(triton.cdiv(H, up["BLOCK_K"]) * (2 if spec.gate_mode else 1), up),
+                                   **common), _opts(up))
             self.up_scalars = (K, H, I, E, *x_strides, *up_strides, bu0, bu1, spec.limit, spec.alpha)
             self.down = _Launch(_down_decode_kernel, (self.out_rows, triton.cdiv(H, down["BLOCK_N"])),
                                 dict(PAIRS=K if reduce else 1, REDUCE=reduce, BLOCK_N=down["BLOCK_N"],
                                      BLOCK_K=down["BLOCK_K"], NUM_K=triton.cdiv(I, down["BLOCK_K"]),
-                                     EVEN_K=I % down["BLOCK_K"] == 0, **common), _opts(down))
+                                     EVEN_K=I % down["BLOCK_K"] == 0,
+                                     UNROLL=_unrolls((K if reduce else 1) * triton.cdiv(I, down["BLOCK_K"]), down),
+                                     **common), _opts(down))
             self.down_scalars = (H, I, E, *down_strides, bd0, bd1, H)
             return
         bm, up, down = config["BLOCK_M"], config["up"], config["down"]
