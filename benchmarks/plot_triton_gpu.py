@@ -1,8 +1,10 @@
 """Figure: fraction of the roofline floor against tokens, every backend and compile mode, one panel per model.
 
-    python benchmarks/plot_triton_gpu.py data/results/h100/triton_gpu_bench.csv figures/h100_triton_fused_roofline.png
+    python benchmarks/plot_triton_gpu.py BENCH.csv [MORE.csv ...] figures/h100_triton_fused_roofline.png
 
-Reads the rows `benchmarks/triton_gpu.py` writes (model, T, backend, compile_mode, ms, floor_ms, frac).
+Reads the rows `benchmarks/triton_gpu.py` writes (model, T, backend, compile_mode, ms, floor_ms, frac). With
+several files, a (model, T, backend, compile_mode) point comes from the first file that has it: later files
+only fill in what the first lacks (e.g. a second call's max-autotune rows).
 """
 
 from __future__ import annotations
@@ -50,8 +52,10 @@ def roofline_figure(df: pd.DataFrame) -> plt.Figure:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    src, dst = argv
-    roofline_figure(pd.read_csv(src)).savefig(dst, dpi=130, bbox_inches="tight")
+    *srcs, dst = argv
+    df = pd.concat([pd.read_csv(src) for src in srcs], ignore_index=True)
+    df = df.drop_duplicates(subset=["model", "T", "backend", "compile_mode"], keep="first")
+    roofline_figure(df).savefig(dst, dpi=130, bbox_inches="tight")
     return 0
 
 
