@@ -25,7 +25,7 @@ import triton.language as tl
 
 SUB = 128  # pairs handled per inner step (one-hot matrix SUB x E_PAD)
 CHUNK = 1024  # pairs per program in the multi-program mode
-SINGLE_MAX_PAIRS = 2048
+SINGLE_MAX_PAIRS = 1024  # one program up to here; beyond, three launches are faster (benchmarks/align_threshold.py)
 BLOCKS_PER_STEP = 16  # row blocks labelled per inner step
 
 

@@ -1,0 +1,55 @@
+"""GPU time of the alignment by expert, one program against three launches, per number of pairs: where
+`moe_lab.kernels.align.SINGLE_MAX_PAIRS` should sit.
+
+    PYTHONPATH=. python benchmarks/align_threshold.py --out $OUT
+
+Each mode forced through `align_by_expert` (the threshold patched), BLOCK_M 32 and 64, uniform routing of
+the target models' (E, K); timed as a CUDA-graph replay with the L2 flushed (`moe_lab.kernels.search.gpu_ms`).
+Writes `align_threshold.csv` under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from pathlib import Path
+
+import torch
+
+from moe_lab.kernels import align
+from moe_lab.kernels.search import gpu_ms
+from moe_lab.routing import synthetic_routing
+
+EK = {"qwen1.5-moe-a2.7b": (60, 4), "qwen3-30b-a3b": (128, 8), "olmoe-1b-7b": (64, 8)}
+PAIRS = (128, 256, 512, 1024, 2048, 4096)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "out"))
+    args = p.parse_args(argv)
+    rows = []
+    dev = torch.device("cuda")
+    for model, (E, K) in EK.items():
+        for S in PAIRS:
+            ids_TK, _ = synthetic_routing("uniform", S // K, E, K, seed=S, device=dev)
+            ids_S = ids_TK.reshape(-1).contiguous()
+            for bm in (32, 64):
+                for mode, limit in (("single", 10**9), ("multi", 0)):
+                    align.SINGLE_MAX_PAIRS = limit
+                    us = gpu_ms(lambda: align.align_by_expert(ids_S, E, bm), dev) * 1e3
+                    rows.append(dict(model=model, E=E, K=K, pairs=S, BLOCK_M=bm, mode=mode, us=round(us, 2),
+                                     device=torch.cuda.get_device_name(), torch=torch.__version__))
+                    print(rows[-1], flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "align_threshold.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
