@@ -1,4 +1,4 @@
-"""GPU time of the alignment by expert, one program against three launches, per number of pairs: where
+"""GPU time of the alignment by expert, one program against two launches, per number of pairs: where
 `moe_lab.kernels.align.SINGLE_MAX_PAIRS` should sit.
 
     PYTHONPATH=. python benchmarks/align_threshold.py --out $OUT
@@ -22,7 +22,7 @@ from moe_lab.kernels.search import gpu_ms
 from moe_lab.routing import synthetic_routing
 
 EK = {"qwen1.5-moe-a2.7b": (60, 4), "qwen3-30b-a3b": (128, 8), "olmoe-1b-7b": (64, 8)}
-PAIRS = (128, 256, 512, 1024, 2048, 4096)
+PAIRS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
 
 
 def main(argv=None) -> int:

@@ -23,6 +23,7 @@ from test_backends import LAYOUTS, Case, make_experts, make_inputs
 from test_triton_fused import CONFIGS, TILE, row_block_config, tma_config
 
 import moe_lab.backends.triton_fused as triton_fused
+from moe_lab.kernels.align import SINGLE_MAX_PAIRS
 
 
 def _why_not_here() -> str | None:
@@ -59,13 +60,13 @@ SHAPES = {  # H, I multiples of TMA's 16-wide K tiles; H != I, so that a swapped
     "even_k": Case(E=6, H=96, I=64, K=2, T=21, routing="skewed"),  # none (EVEN_K) on any tile used here
 }
 GEMMS = ["_gate_up_grouped_kernel", "_down_grouped_kernel"]
-KERNELS = {  # config -> the kernels one call compiles, in launch order
-    "tma": ["_align_single_kernel", *GEMMS],
-    "grouped16": ["_align_single_kernel", *GEMMS],
-    "grouped16_one_dot": ["_align_single_kernel", *GEMMS],
+KERNELS = {  # config -> the kernels one call compiles, in launch order (K=2: the top-k sum after the GEMMs)
+    "tma": ["_align_single_kernel", *GEMMS, "_topk_sum_kernel"],
+    "grouped16": ["_align_single_kernel", *GEMMS, "_topk_sum_kernel"],
+    "grouped16_one_dot": ["_align_single_kernel", *GEMMS, "_topk_sum_kernel"],
     "decode": ["_gate_up_decode_kernel", "_down_decode_kernel"],
     "decode_rolled": ["_gate_up_decode_kernel", "_down_decode_kernel"],
-    "a_tma": ["_align_single_kernel", "_gather_rows_kernel", *GEMMS],
+    "a_tma": ["_align_single_kernel", "_gather_rows_kernel", *GEMMS, "_topk_sum_kernel"],
 }
 
 
@@ -98,7 +99,7 @@ def compiled(monkeypatch) -> list:
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction
 
-    from moe_lab.kernels import align, fused_moe
+    from moe_lab.kernels import align, fused_moe, topk_sum
 
     kernels = []
     jit_run = JITFunction.run
@@ -113,7 +114,7 @@ def compiled(monkeypatch) -> list:
     monkeypatch.setattr(JITFunction, "run", compile_only)
     monkeypatch.setattr(triton_fused, "_runnable", lambda device: None)
     monkeypatch.setattr(triton_fused, "_PLANS", weakref.WeakKeyDictionary())
-    for fn in [*vars(align).values(), *vars(fused_moe).values()]:
+    for fn in [*vars(align).values(), *vars(fused_moe).values(), *vars(topk_sum).values()]:
         if isinstance(fn, JITFunction):
             monkeypatch.setattr(fn, "device_caches", defaultdict(fn.create_binder))
     return kernels
@@ -149,15 +150,18 @@ def test_kernels_compile_for_sm90(layout, config, dtype, shape, compiled, seed):
     x_TH, ids_TK, weights_TK = make_inputs(SHAPES[shape], dtype, "cpu", seed)
     cfg = {"tma": lambda: tma_config(LAYOUTS[layout]), "a_tma": lambda: row_block_config(LAYOUTS[layout], True)}.get(
         config, lambda: CONFIGS[config])()
-    compile_call(experts, x_TH, ids_TK, weights_TK, cfg, compiled, KERNELS[config])
+    names = KERNELS[config]
+    if LAYOUTS[layout].has_post_expert_norm:  # per-pair outputs, normed and summed by the caller: no top-k sum
+        names = [n for n in names if n != "_topk_sum_kernel"]
+    compile_call(experts, x_TH, ids_TK, weights_TK, cfg, compiled, names)
 
 
 def test_multi_program_alignment_compiles_for_sm90(compiled, seed):
-    """More pairs than one alignment program takes (align.SINGLE_MAX_PAIRS): its three launches."""
-    c = Case(E=5, H=16, I=16, K=2, T=1100, routing="skewed")
+    """More pairs than one alignment program takes (align.SINGLE_MAX_PAIRS): its two launches."""
+    c = Case(E=5, H=16, I=16, K=2, T=SINGLE_MAX_PAIRS // 2 + 50, routing="skewed")
     experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, "cpu", seed)
     x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, "cpu", seed)
     cfg = {"path": "grouped", "BLOCK_M": 64, "up": dict(BLOCK_N=16, BLOCK_K=16, GROUP_M=8, **TILE),
            "down": dict(BLOCK_N=16, BLOCK_K=16, GROUP_M=8, **TILE)}
     compile_call(experts, x_TH, ids_TK, weights_TK, cfg, compiled,
-                 ["_align_count_kernel", "_align_scan_kernel", "_align_scatter_kernel", *GEMMS])
+                 ["_align_count_kernel", "_align_scatter_kernel", *GEMMS, "_topk_sum_kernel"])

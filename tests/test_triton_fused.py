@@ -246,10 +246,12 @@ def test_tune_kernels_merges_configs_that_run(tmp_path, monkeypatch, seed):
 
 
 def test_multi_program_alignment(seed):
-    """More pairs than the single-program alignment takes (2048): the three-launch alignment path."""
+    """More pairs than the single-program alignment takes: the two-launch alignment path."""
     from test_backends import Case
 
-    c = Case(E=5, H=16, I=16, K=2, T=1100, routing="skewed")
+    from moe_lab.kernels.align import SINGLE_MAX_PAIRS
+
+    c = Case(E=5, H=16, I=16, K=2, T=SINGLE_MAX_PAIRS // 2 + 50, routing="skewed")
     experts = make_experts(c, LAYOUTS["gated_silu"], torch.float32, DEVICE, seed)
     x_TH, ids_TK, weights_TK = make_inputs(c, torch.float32, DEVICE, seed)
     cfg = {"path": "grouped", "BLOCK_M": 64, "up": dict(BLOCK_N=16, BLOCK_K=16, GROUP_M=8, **TILE),
@@ -257,21 +259,30 @@ def test_multi_program_alignment(seed):
     check(experts, x_TH, ids_TK, weights_TK, cfg, TOL[torch.float32], "multi-program alignment")
 
 
-def test_alignment_is_sorted_and_padded():
-    from moe_lab.kernels.align import align_by_expert
+@pytest.mark.parametrize("repeats", [5, 600], ids=["one_program", "two_launches"])
+def test_alignment_groups_and_pads_every_expert(repeats):
+    """Each expert's pairs (in any order) in its own group, padded with the sentinel S to a multiple of BM,
+    groups in expert order, every block labelled; ids outside [0, E) dropped, an expert without pairs
+    takes no rows."""
+    from moe_lab.kernels.align import SINGLE_MAX_PAIRS, align_by_expert, max_blocks
 
     E, BM = 7, 16
-    ids_S = torch.tensor([3, 0, 3, 6, 3, 0, 2, 3] * 5, device=DEVICE)
+    ids_S = torch.tensor([3, 0, 3, 6, 3, -1, 0, 2, 7, 3], device=DEVICE).repeat(repeats)
+    S = ids_S.numel()
+    assert (S > SINGLE_MAX_PAIRS) == (repeats == 600)
     sorted_P, block_expert_B = align_by_expert(ids_S, E, BM)
-    want_sorted, want_blocks = [], []
+    assert sorted_P.numel() == max_blocks(S, E, BM) * BM
+    row, blocks = 0, []
     for e in range(E):
-        rows = (ids_S == e).nonzero().flatten().tolist()
-        n = -(-len(rows) // BM) * BM
-        want_sorted += rows + [ids_S.numel()] * (n - len(rows))
-        want_blocks += [e] * (n // BM)
-    assert sorted_P[:len(want_sorted)].tolist() == want_sorted
-    assert block_expert_B[:len(want_blocks)].tolist() == want_blocks
-    assert (block_expert_B[len(want_blocks):] == -1).all()
+        pairs = (ids_S == e).nonzero().flatten().tolist()
+        n = -(-len(pairs) // BM) * BM
+        group = sorted_P[row:row + n].tolist()
+        assert sorted(group[:len(pairs)]) == pairs, f"expert {e}"
+        assert group[len(pairs):] == [S] * (n - len(pairs)), f"padding of expert {e}"
+        blocks += [e] * (n // BM)
+        row += n
+    assert block_expert_B[:len(blocks)].tolist() == blocks
+    assert (block_expert_B[len(blocks):] == -1).all()
 
 
 def test_unsupported_gate_is_refused_by_name():
@@ -334,3 +345,21 @@ def test_transformers_family_module(model, T, seed):
     ids_TK, weights_TK = synthetic_routing("uniform", T, shape.experts, shape.top_k, seed=seed, device=DEVICE)
     x_TH = torch.randn(T, shape.hidden, generator=torch.Generator().manual_seed(seed)).to(DEVICE, torch.bfloat16)
     check(experts, x_TH, ids_TK, weights_TK, None, TOL[torch.bfloat16], f"{model} T={T}")
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="real-size shapes and real atomics: the GPU")
+@pytest.mark.parametrize("T", [300, 2000], ids=["one_alignment_program", "two_alignment_launches"])
+def test_output_is_the_same_bit_for_bit_every_call(T, seed):
+    """The alignment's atomics reorder the pairs inside an expert's group from call to call; the output
+    must not change by a single bit (every GEMM row is computed on its own)."""
+    from moe_lab import synthetic_routing
+    from moe_lab.shapes import build_hf_experts, get_shape
+
+    shape = get_shape("qwen3-30b-a3b")
+    experts = build_hf_experts("qwen3-30b-a3b", device=DEVICE, dtype=torch.bfloat16, seed=seed)
+    ids_TK, weights_TK = synthetic_routing("skewed", T, shape.experts, shape.top_k, seed=seed, device=DEVICE)
+    x_TH = torch.randn(T, shape.hidden, generator=torch.Generator().manual_seed(seed)).to(DEVICE, torch.bfloat16)
+    with torch.no_grad():
+        first_TH = triton_fused_experts(experts, x_TH, ids_TK, weights_TK)
+        for _ in range(5):
+            assert torch.equal(triton_fused_experts(experts, x_TH, ids_TK, weights_TK), first_TH)

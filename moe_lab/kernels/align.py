@@ -1,19 +1,24 @@
-"""Token alignment by expert on the device: pairs sorted by expert, each expert padded to BLOCK_M.
+"""Token alignment by expert on the device: pairs grouped by expert, each expert padded to BLOCK_M.
 
 Legend: T tokens, K top-k, S = T*K (token, expert) pairs numbered s = t*K + k, E experts,
-BM the GEMM row block. Output, all int32 and all on the device (no host round trip):
+BM the GEMM row block, G programs of CHUNK pairs. Output, all int32 and all on the device (no host
+round trip):
 
-- `sorted_ids_P` (P = max_blocks*BM): pair ids grouped by expert, each expert's group padded to a
-  multiple of BM with the sentinel S; stable (ascending pair id within an expert), so deterministic;
+- `sorted_ids_P` (P = max_blocks*BM): pair ids grouped by expert in expert order, each expert's group
+  padded to a multiple of BM with the sentinel S;
 - `block_expert_B` (B = max_blocks): the expert of each row block, -1 for blocks past the end.
 
 max_blocks = cdiv(S, BM) + min(E, S) bounds sum_e cdiv(count_e, BM) whatever the routing, so every
 launch size comes from shapes alone. Pairs whose expert id lies outside [0, E) are dropped (the
 sentinel convention of expert parallelism): they get no row and contribute nothing.
 
-Two modes: one program does everything when S <= SINGLE_MAX_PAIRS (one launch, the decode and
-mid-size case); otherwise three launches: per-chunk counts, one scan program, per-chunk scatter.
-Ranks inside an expert come from a one-hot cumulative sum, so there are no atomics and nothing to zero.
+Counts come from `tl.histogram`; a pair's row inside its expert's group from an atomically bumped
+per-expert cursor. So the order of the pairs inside a group varies from call to call, but nothing
+downstream depends on it: every GEMM row is computed on its own and written back to its pair's (t, k)
+slot, so the experts' output is the same bit for bit (a GPU test checks it).
+
+Two modes: one program does everything when S <= SINGLE_MAX_PAIRS (one launch); otherwise two
+launches: per-chunk counts, then per-chunk scatter (each program sums the counts before its chunk).
 `_gather_rows_kernel` copies the tokens into that order (P, H) for GEMMs that load plain row blocks.
 """
 
@@ -23,128 +28,107 @@ import torch
 import triton
 import triton.language as tl
 
-SUB = 128  # pairs handled per inner step (one-hot matrix SUB x E_PAD)
-CHUNK = 1024  # pairs per program in the multi-program mode
-SINGLE_MAX_PAIRS = 1024  # one program up to here; beyond, three launches are faster (benchmarks/align_threshold.py)
-BLOCKS_PER_STEP = 16  # row blocks labelled per inner step
+CHUNK = 1024  # pairs per program in the two-launch mode, and per step of any program
+SINGLE_MAX_PAIRS = 1024  # one program up to here, two launches beyond: measured crossover (align_threshold.py)
+LABEL_BLOCKS = 32  # row blocks labelled per step
+SCAN_ROWS = 16  # per-chunk count rows summed per step
 
 
 @triton.jit
-def _onehot(e_vec, E_PAD: tl.constexpr):
-    return e_vec[:, None] == tl.arange(0, E_PAD)[None, :]
+def _load_experts(ids_ptr, offs, stop, E):
+    """(expert of each pair in offs, clamped into [0, E); whether it is a real pair of an expert in [0, E))."""
+    e = tl.load(ids_ptr + offs, mask=offs < stop, other=-1).to(tl.int32)
+    ok = (e >= 0) & (e < E)
+    return tl.where(ok, e, 0), ok
 
 
 @triton.jit
-def _load_experts(ids_ptr, offs, S, E):
-    """Expert of each pair in offs; E_PAD-sized sentinel (never matches) for masked or out-of-range ids."""
-    e = tl.load(ids_ptr + offs, mask=offs < S, other=-1).to(tl.int32)
-    return tl.where((e >= 0) & (e < E), e, -1)
-
-
-@triton.jit
-def _count_range(ids_ptr, start, stop, S, E, E_PAD: tl.constexpr, SUB: tl.constexpr):
+def _count_range(ids_ptr, start, stop, E, E_PAD: tl.constexpr, CHUNK: tl.constexpr):
     counts = tl.zeros([E_PAD], dtype=tl.int32)
-    for s0 in range(start, stop, SUB):
-        offs = s0 + tl.arange(0, SUB)
-        e = _load_experts(ids_ptr, offs, tl.minimum(S, stop), E)
-        counts += tl.sum(_onehot(e, E_PAD).to(tl.int32), axis=0)
+    for s0 in range(start, stop, CHUNK):
+        e, ok = _load_experts(ids_ptr, s0 + tl.arange(0, CHUNK), stop, E)
+        counts += tl.histogram(e, E_PAD, mask=ok)
     return counts
 
 
 @triton.jit
-def _scatter_range(ids_ptr, sorted_ptr, base, start, stop, S, E, E_PAD: tl.constexpr, SUB: tl.constexpr):
-    """sorted[base[e] + rank] = s for the pairs s in [start, stop), rank = earlier pairs of the same expert."""
-    seen = tl.zeros([E_PAD], dtype=tl.int32)
-    for s0 in range(start, stop, SUB):
-        offs = s0 + tl.arange(0, SUB)
-        e = _load_experts(ids_ptr, offs, tl.minimum(S, stop), E)
-        hot = _onehot(e, E_PAD)
-        hot_i = hot.to(tl.int32)
-        incl = tl.cumsum(hot_i, axis=0)  # (SUB, E_PAD): pairs of expert e so far in this step
-        pos = tl.sum(tl.where(hot, incl - 1 + seen[None, :] + base[None, :], 0), axis=1)
-        tl.store(sorted_ptr + pos, offs.to(tl.int32), mask=e >= 0)
-        seen += tl.sum(hot_i, axis=0)
+def _scatter_range(ids_ptr, sorted_ptr, cursor_ptr, base, start, stop, E, E_PAD: tl.constexpr,
+                   CHUNK: tl.constexpr):
+    """sorted[pos] = s for the pairs s in [start, stop); pos from this program's cursor per expert, set to
+    base[e] (the group's first free row) and bumped atomically once per pair."""
+    tl.store(cursor_ptr + tl.arange(0, E_PAD), base)
+    tl.debug_barrier()  # every thread of the program sees the cursors before bumping them
+    for s0 in range(start, stop, CHUNK):
+        offs = s0 + tl.arange(0, CHUNK)
+        e, ok = _load_experts(ids_ptr, offs, stop, E)
+        pos = tl.atomic_add(cursor_ptr + e, 1, mask=ok, sem="relaxed")
+        tl.store(sorted_ptr + pos, offs.to(tl.int32), mask=ok)
 
 
 @triton.jit
-def _label_blocks(block_expert_ptr, sorted_ptr, starts, counts, b_start, b_stop, S,
-                  E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCKS_PER_STEP: tl.constexpr):
-    """block_expert[b] for b in [b_start, b_stop), and the sentinel S in every padding row of those blocks."""
-    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+def _label_blocks(block_expert_ptr, starts, padded, b_start, b_stop, BLOCK_M: tl.constexpr,
+                  LABEL_BLOCKS: tl.constexpr):
+    """block_expert[b] for b in [b_start, b_stop): the first expert whose padded group ends past the block's
+    first row (empty groups end where the one before does, so they never own a block); -1 past the end."""
     ends = starts + padded
     total = tl.sum(padded, axis=0)
-    has = counts > 0
-    for b0 in range(b_start, b_stop, BLOCKS_PER_STEP):
-        b = b0 + tl.arange(0, BLOCKS_PER_STEP)
+    for b0 in range(b_start, b_stop, LABEL_BLOCKS):
+        b = b0 + tl.arange(0, LABEL_BLOCKS)
         row0 = b * BLOCK_M
-        # the owner of a block: the one non-empty expert whose [start, end) holds its first row
-        own = has[None, :] & (starts[None, :] <= row0[:, None]) & (row0[:, None] < ends[None, :])
-        expert = tl.sum(tl.where(own, tl.arange(0, E_PAD)[None, :], 0), axis=1)
-        live = row0 < total
-        expert = tl.where(live, expert, -1)
-        tl.store(block_expert_ptr + b, expert, mask=b < b_stop)
-        e_start = tl.sum(tl.where(own, starts[None, :], 0), axis=1)
-        e_count = tl.sum(tl.where(own, counts[None, :], 0), axis=1)
-        rows = row0[:, None] + tl.arange(0, BLOCK_M)[None, :]
-        pad = (rows - e_start[:, None]) >= e_count[:, None]
-        tl.store(sorted_ptr + rows, tl.full(rows.shape, 0, tl.int32) + S,
-                 mask=pad & live[:, None] & (b < b_stop)[:, None])
+        expert = tl.sum((ends[None, :] <= row0[:, None]).to(tl.int32), axis=1)
+        tl.store(block_expert_ptr + b, tl.where(row0 < total, expert, -1), mask=b < b_stop)
 
 
 @triton.jit
-def _align_single_kernel(ids_ptr, sorted_ptr, block_expert_ptr, S, E, max_blocks,
-                         E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, SUB: tl.constexpr,
-                         BLOCKS_PER_STEP: tl.constexpr):
-    counts = _count_range(ids_ptr, 0, S, S, E, E_PAD, SUB)
+def _pad_groups(sorted_ptr, starts, counts, padded, S, BLOCK_M: tl.constexpr):
+    """The sentinel S in every padding row: [start + count, start + padded) of each expert."""
+    j = tl.arange(0, BLOCK_M)[None, :]
+    rows = (starts + counts)[:, None] + j
+    tl.store(sorted_ptr + rows, tl.full(rows.shape, 0, tl.int32) + S, mask=j < (padded - counts)[:, None])
+
+
+@triton.jit
+def _align_single_kernel(ids_ptr, sorted_ptr, block_expert_ptr, cursor_ptr, S, E, max_blocks,
+                         E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
+                         LABEL_BLOCKS: tl.constexpr):
+    counts = _count_range(ids_ptr, 0, S, E, E_PAD, CHUNK)
     padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     starts = tl.cumsum(padded, axis=0) - padded
-    _label_blocks(block_expert_ptr, sorted_ptr, starts, counts, 0, max_blocks, S, E_PAD, BLOCK_M, BLOCKS_PER_STEP)
-    _scatter_range(ids_ptr, sorted_ptr, starts, 0, S, S, E, E_PAD, SUB)
+    _scatter_range(ids_ptr, sorted_ptr, cursor_ptr, starts, 0, S, E, E_PAD, CHUNK)
+    _pad_groups(sorted_ptr, starts, counts, padded, S, BLOCK_M)
+    _label_blocks(block_expert_ptr, starts, padded, 0, max_blocks, BLOCK_M, LABEL_BLOCKS)
 
 
 @triton.jit
-def _align_count_kernel(ids_ptr, partial_ptr, S, E, E_PAD: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr):
+def _align_count_kernel(ids_ptr, partial_ptr, S, E, E_PAD: tl.constexpr, CHUNK: tl.constexpr):
     g = tl.program_id(0)
-    counts = _count_range(ids_ptr, g * CHUNK, g * CHUNK + CHUNK, S, E, E_PAD, SUB)
+    counts = _count_range(ids_ptr, g * CHUNK, tl.minimum(S, g * CHUNK + CHUNK), E, E_PAD, CHUNK)
     tl.store(partial_ptr + g * E_PAD + tl.arange(0, E_PAD), counts)
 
 
 @triton.jit
-def _align_scan_kernel(partial_ptr, meta_ptr, G, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, ROWS: tl.constexpr):
-    """partial[g, e] (counts) -> base row of chunk g's first pair of expert e; meta = (starts, counts)."""
-    cols = tl.arange(0, E_PAD)
-    counts = tl.zeros([E_PAD], dtype=tl.int32)
-    for g0 in range(0, G, ROWS):
-        r = g0 + tl.arange(0, ROWS)
-        part = tl.load(partial_ptr + r[:, None] * E_PAD + cols[None, :], mask=(r < G)[:, None], other=0)
-        counts += tl.sum(part, axis=0)
-    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-    starts = tl.cumsum(padded, axis=0) - padded
-    tl.store(meta_ptr + cols, starts)
-    tl.store(meta_ptr + E_PAD + cols, counts)
-    carry = starts
-    for g0 in range(0, G, ROWS):
-        r = g0 + tl.arange(0, ROWS)
-        m = (r < G)[:, None]
-        part = tl.load(partial_ptr + r[:, None] * E_PAD + cols[None, :], mask=m, other=0)
-        excl = tl.cumsum(part, axis=0) - part
-        tl.store(partial_ptr + r[:, None] * E_PAD + cols[None, :], excl + carry[None, :], mask=m)
-        carry += tl.sum(part, axis=0)
-
-
-@triton.jit
-def _align_scatter_kernel(ids_ptr, partial_ptr, meta_ptr, sorted_ptr, block_expert_ptr, S, E, max_blocks,
-                          blocks_per_prog, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
-                          SUB: tl.constexpr, BLOCKS_PER_STEP: tl.constexpr):
+def _align_scatter_kernel(ids_ptr, partial_ptr, sorted_ptr, block_expert_ptr, S, E, G, max_blocks, blocks_per_prog,
+                          E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, SCAN_ROWS: tl.constexpr,
+                          LABEL_BLOCKS: tl.constexpr):
+    """partial (2G, E_PAD): rows [0, G) the per-chunk counts, rows [G, 2G) each program's cursors."""
     g = tl.program_id(0)
     cols = tl.arange(0, E_PAD)
-    base = tl.load(partial_ptr + g * E_PAD + cols)
-    _scatter_range(ids_ptr, sorted_ptr, base, g * CHUNK, g * CHUNK + CHUNK, S, E, E_PAD, SUB)
-    starts = tl.load(meta_ptr + cols)
-    counts = tl.load(meta_ptr + E_PAD + cols)
+    counts = tl.zeros([E_PAD], dtype=tl.int32)
+    before = tl.zeros([E_PAD], dtype=tl.int32)  # pairs of each expert in the chunks before this one
+    for g0 in range(0, G, SCAN_ROWS):
+        r = g0 + tl.arange(0, SCAN_ROWS)
+        part = tl.load(partial_ptr + r[:, None] * E_PAD + cols[None, :], mask=(r < G)[:, None], other=0)
+        counts += tl.sum(part, axis=0)
+        before += tl.sum(tl.where((r < g)[:, None], part, 0), axis=0)
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    starts = tl.cumsum(padded, axis=0) - padded
+    _scatter_range(ids_ptr, sorted_ptr, partial_ptr + (G + g) * E_PAD, starts + before, g * CHUNK,
+                   tl.minimum(S, g * CHUNK + CHUNK), E, E_PAD, CHUNK)
+    if g == 0:
+        _pad_groups(sorted_ptr, starts, counts, padded, S, BLOCK_M)
     b_start = g * blocks_per_prog
-    b_stop = tl.minimum(b_start + blocks_per_prog, max_blocks)
-    _label_blocks(block_expert_ptr, sorted_ptr, starts, counts, b_start, b_stop, S, E_PAD, BLOCK_M, BLOCKS_PER_STEP)
+    _label_blocks(block_expert_ptr, starts, padded, b_start, tl.minimum(b_start + blocks_per_prog, max_blocks),
+                  BLOCK_M, LABEL_BLOCKS)
 
 
 @triton.jit
@@ -172,25 +156,29 @@ def max_blocks(num_pairs: int, num_experts: int, block_m: int) -> int:
     return triton.cdiv(num_pairs, block_m) + min(num_experts, num_pairs)
 
 
+def e_pad(num_experts: int) -> int:
+    """Histogram width: a power of two of at least 16 that holds every expert."""
+    return max(16, triton.next_power_of_2(num_experts))
+
+
 def align_by_expert(topk_ids_S: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(sorted_ids_P, block_expert_B) for the flattened expert ids of S pairs; see the module doc."""
     S = topk_ids_S.numel()
     E = num_experts
-    E_PAD = max(16, triton.next_power_of_2(E))
+    EP = e_pad(E)
     B = max_blocks(S, E, block_m)
     dev = topk_ids_S.device
     sorted_P = torch.empty(B * block_m, dtype=torch.int32, device=dev)
     block_expert_B = torch.empty(B, dtype=torch.int32, device=dev)
     if S <= SINGLE_MAX_PAIRS:
-        _align_single_kernel[(1,)](topk_ids_S, sorted_P, block_expert_B, S, E, B, E_PAD=E_PAD, BLOCK_M=block_m,
-                                   SUB=SUB, BLOCKS_PER_STEP=BLOCKS_PER_STEP, num_warps=4)
+        cursor = torch.empty(EP, dtype=torch.int32, device=dev)
+        _align_single_kernel[(1,)](topk_ids_S, sorted_P, block_expert_B, cursor, S, E, B, E_PAD=EP,
+                                   BLOCK_M=block_m, CHUNK=CHUNK, LABEL_BLOCKS=LABEL_BLOCKS, num_warps=4)
         return sorted_P, block_expert_B
     G = triton.cdiv(S, CHUNK)
-    partial_GE = torch.empty(G, E_PAD, dtype=torch.int32, device=dev)
-    meta = torch.empty(2 * E_PAD, dtype=torch.int32, device=dev)
-    _align_count_kernel[(G,)](topk_ids_S, partial_GE, S, E, E_PAD=E_PAD, CHUNK=CHUNK, SUB=SUB, num_warps=4)
-    _align_scan_kernel[(1,)](partial_GE, meta, G, E_PAD=E_PAD, BLOCK_M=block_m, ROWS=16, num_warps=4)
-    _align_scatter_kernel[(G,)](topk_ids_S, partial_GE, meta, sorted_P, block_expert_B, S, E, B, triton.cdiv(B, G),
-                                E_PAD=E_PAD, BLOCK_M=block_m, CHUNK=CHUNK, SUB=SUB,
-                                BLOCKS_PER_STEP=BLOCKS_PER_STEP, num_warps=4)
+    partial = torch.empty(2 * G, EP, dtype=torch.int32, device=dev)
+    _align_count_kernel[(G,)](topk_ids_S, partial, S, E, E_PAD=EP, CHUNK=CHUNK, num_warps=4)
+    _align_scatter_kernel[(G,)](topk_ids_S, partial, sorted_P, block_expert_B, S, E, G, B, triton.cdiv(B, G),
+                                E_PAD=EP, BLOCK_M=block_m, CHUNK=CHUNK, SCAN_ROWS=SCAN_ROWS,
+                                LABEL_BLOCKS=LABEL_BLOCKS, num_warps=4)
     return sorted_P, block_expert_B

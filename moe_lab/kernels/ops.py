@@ -17,11 +17,13 @@ import triton
 
 from moe_lab.backends.common import log_once
 from moe_lab.kernels import INTERPRETED
-from moe_lab.kernels.align import (BLOCKS_PER_STEP, CHUNK, SINGLE_MAX_PAIRS, SUB, _align_count_kernel,
-                                   _align_scan_kernel, _align_scatter_kernel, _align_single_kernel,
-                                   _gather_rows_kernel, max_blocks)
+from moe_lab.kernels.align import (CHUNK, LABEL_BLOCKS, SCAN_ROWS, SINGLE_MAX_PAIRS, _align_count_kernel,
+                                   _align_scatter_kernel, _align_single_kernel, _gather_rows_kernel, e_pad,
+                                   max_blocks)
 from moe_lab.kernels.fused_moe import (_down_decode_kernel, _down_grouped_kernel, _gate_up_decode_kernel,
                                        _gate_up_grouped_kernel)
+from moe_lab.kernels.topk_sum import TILE as SUM_TILE
+from moe_lab.kernels.topk_sum import _topk_sum_kernel
 
 try:
     from triton import knobs as _knobs
@@ -141,23 +143,18 @@ class Plan:
         bm, up, down = config["BLOCK_M"], config["up"], config["down"]
         self.bm = bm
         self.B = B = max_blocks(S, E, bm)
-        e_pad = max(16, triton.next_power_of_2(E))
+        self.e_pad = ep = e_pad(E)
         self.single = S <= SINGLE_MAX_PAIRS
+        once = {"num_warps": 4, "num_stages": 1}
         if self.single:
-            self.align = [_Launch(_align_single_kernel, (1,), dict(E_PAD=e_pad, BLOCK_M=bm, SUB=SUB,
-                                                                    BLOCKS_PER_STEP=BLOCKS_PER_STEP),
-                                  {"num_warps": 4, "num_stages": 1})]
+            self.align = [_Launch(_align_single_kernel, (1,),
+                                  dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, LABEL_BLOCKS=LABEL_BLOCKS), once)]
         else:
             self.G = G = triton.cdiv(S, CHUNK)
-            self.e_pad = e_pad
             self.align = [
-                _Launch(_align_count_kernel, (G,), dict(E_PAD=e_pad, CHUNK=CHUNK, SUB=SUB),
-                        {"num_warps": 4, "num_stages": 1}),
-                _Launch(_align_scan_kernel, (1,), dict(E_PAD=e_pad, BLOCK_M=bm, ROWS=16),
-                        {"num_warps": 4, "num_stages": 1}),
-                _Launch(_align_scatter_kernel, (G,), dict(E_PAD=e_pad, BLOCK_M=bm, CHUNK=CHUNK, SUB=SUB,
-                                                          BLOCKS_PER_STEP=BLOCKS_PER_STEP),
-                        {"num_warps": 4, "num_stages": 1}),
+                _Launch(_align_count_kernel, (G,), dict(E_PAD=ep, CHUNK=CHUNK), once),
+                _Launch(_align_scatter_kernel, (G,), dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, SCAN_ROWS=SCAN_ROWS,
+                                                          LABEL_BLOCKS=LABEL_BLOCKS), once),
             ]
         dot_mode = 2 if INTERPRETED else (1 if dtype == torch.float32 else 0)
         one_dot = bool(up.get("ONE_DOT", 0)) and spec.gate_mode != 0
@@ -198,6 +195,11 @@ class Plan:
                                  W_TMA=self.down_tma is not None, W_T=bool(self.down_tma and self.down_tma[1]),
                                  A_TMA=self.a_tma_down, **common), _opts(down))
         self.down_scalars = (S, H, I, B, I, *down_strides, bd0, bd1, H)
+        if reduce and K > 1:
+            block_h = min(SUM_TILE["BLOCK_H"], triton.next_power_of_2(H))
+            self.sum = _Launch(_topk_sum_kernel, (triton.cdiv(T, SUM_TILE["BLOCK_T"]), triton.cdiv(H, block_h)),
+                               dict(TOPK=K, BLOCK_T=SUM_TILE["BLOCK_T"], BLOCK_H=block_h),
+                               {"num_warps": SUM_TILE["num_warps"], "num_stages": 1})
 
     def __call__(self, x_TH, ids_S, rw_S, w_up, w_down, b_up, b_down) -> torch.Tensor:
         """ids_S, rw_S: contiguous flat (S,) ids and weights; w_up / w_down / biases: the stored tensors."""
@@ -218,13 +220,13 @@ class Plan:
         sorted_P = torch.empty(B * bm, dtype=torch.int32, device=dev)
         block_expert_B = torch.empty(B, dtype=torch.int32, device=dev)
         if self.single:
-            self.align[0](stream, ids_S, sorted_P, block_expert_B, S, self.E, B)
+            cursor = torch.empty(self.e_pad, dtype=torch.int32, device=dev)
+            self.align[0](stream, ids_S, sorted_P, block_expert_B, cursor, S, self.E, B)
         else:
-            partial = torch.empty(self.G, self.e_pad, dtype=torch.int32, device=dev)
-            meta = torch.empty(2 * self.e_pad, dtype=torch.int32, device=dev)
+            partial = torch.empty(2 * self.G, self.e_pad, dtype=torch.int32, device=dev)
             self.align[0](stream, ids_S, partial, S, self.E)
-            self.align[1](stream, partial, meta, self.G)
-            self.align[2](stream, ids_S, partial, meta, sorted_P, block_expert_B, S, self.E, B, triton.cdiv(B, self.G))
+            self.align[1](stream, ids_S, partial, sorted_P, block_expert_B, S, self.E, self.G, B,
+                          triton.cdiv(B, self.G))
         x_arg = x_TH
         if self.a_tma_up:  # the tokens gathered once into the aligned order, then loaded as plain row blocks
             xs_PH = torch.empty(B * bm, H, dtype=self.dtype, device=dev)
@@ -239,7 +241,9 @@ class Plan:
         self.down(stream, a_arg, w_down_arg, b_down, y_SH, rw_S, sorted_P, block_expert_B, *self.down_scalars)
         if not self.reduce or self.K == 1:
             return y_SH
-        return y_SH.view(self.T, self.K, H).sum(dim=1)  # float32 accumulation inside, output in the input dtype
+        out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
+        self.sum(stream, y_SH, out_TH, self.T, H)
+        return out_TH
 
 
     def _descriptor(self, which: str, w: torch.Tensor, view: tuple):
