@@ -51,14 +51,38 @@ class Timing:
         return float(np.std(self.samples_ms)) if len(self.samples_ms) > 1 else math.nan
 
 
+SETTLE_S = 0.05  # GPU kept busy after the warm-up, so that the timed calls do not start at idle clocks
+
+
 def warm_up(fn: Callable[[], object], warmup: int, device: str | torch.device) -> float:
-    """Call `fn` `warmup` times (compiling, autotuning, recording CUDA graphs); return the wall seconds."""
+    """Call `fn` `warmup` times (compiling, autotuning, recording CUDA graphs); return the wall seconds.
+
+    On CUDA the GPU is then kept busy for SETTLE_S with matmuls of its own (`fn` is not called again: some
+    workloads size caches by the number of calls). A compile leaves the GPU idle for seconds, and its clocks
+    drop: in the H100 layer sweep of 2026-11-22, the one triton_fused cell timed right after compiling a new
+    tile config measured 0.83 ms median and 2.25 ms p90 where the same kernels, timed next as `auto`,
+    took 0.44 ms (data/results/h100/layer-qwen3-30b-a3b.csv at commit be38c7a, T=256).
+    """
     synchronize(device)
     start = time.perf_counter()
     for _ in range(warmup):
         fn()
     synchronize(device)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if torch.device(device).type == "cuda":
+        settle(device, SETTLE_S)
+    return seconds
+
+
+def settle(device: str | torch.device, seconds: float) -> None:
+    """Keep the GPU busy with bf16 matmuls for about `seconds` of wall time."""
+    a = torch.randn(2048, 2048, device=device, dtype=torch.bfloat16)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(8):
+            torch.mm(a, a)
+        synchronize(device)
+    del a
 
 
 def time_calls(fn: Callable[[], object], iters: int, device: str | torch.device) -> Timing:
