@@ -11,10 +11,10 @@ Writes `align_threshold.csv` under --out.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from moe_lab.kernels import align
@@ -42,12 +42,8 @@ def main(argv=None) -> int:
                     rows.append(dict(model=model, E=E, K=K, pairs=S, BLOCK_M=bm, mode=mode, us=round(us, 2),
                                      device=torch.cuda.get_device_name(), torch=torch.__version__))
                     print(rows[-1], flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "align_threshold.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(Path(args.out) / "align_threshold.csv", index=False)
     return 0
 
 

@@ -11,10 +11,10 @@ Writes `topk_sum.csv` under --out.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 from pathlib import Path
 
+import pandas as pd
 import torch
 import triton
 
@@ -53,12 +53,8 @@ def main(argv=None) -> int:
                 call()
                 torch.testing.assert_close(out, want, rtol=1e-2, atol=1e-2)
                 record("triton", f"BLOCK_T={bt} BLOCK_H={bh} num_warps={w}", gpu_ms(call, dev) * 1e3)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "topk_sum.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(Path(args.out) / "topk_sum.csv", index=False)
     return 0
 
 
