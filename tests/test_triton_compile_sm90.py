@@ -99,7 +99,7 @@ def compiled(monkeypatch) -> list:
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction
 
-    from moe_lab.kernels import align, fused_moe, topk_sum
+    from moe_lab.kernels import align, fused_moe, pdl, topk_sum
 
     kernels = []
     jit_run = JITFunction.run
@@ -113,6 +113,7 @@ def compiled(monkeypatch) -> list:
     monkeypatch.setattr(driver, "_active", _SM90Driver(GPUTarget("cuda", SM90, 32)))
     monkeypatch.setattr(JITFunction, "run", compile_only)
     monkeypatch.setattr(triton_fused, "_runnable", lambda device: None)
+    monkeypatch.setattr(pdl, "pdl_available", lambda device: True)  # as on an H100: sm90 has PDL
     monkeypatch.setattr(triton_fused, "_PLANS", weakref.WeakKeyDictionary())
     for fn in [*vars(align).values(), *vars(fused_moe).values(), *vars(topk_sum).values()]:
         if isinstance(fn, JITFunction):
@@ -126,9 +127,13 @@ def compile_call(experts, x_TH, ids_TK, weights_TK, config, compiled, names: lis
         out_TH = triton_fused.triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config=config)
     assert out_TH.shape == x_TH.shape and out_TH.dtype == x_TH.dtype
     assert [k.name for k in compiled] == names
+    pdl_on = config.get("PDL", 1) == 1
     for kernel in compiled:
         assert kernel.metadata.target.backend == "cuda" and kernel.metadata.target.arch == SM90, kernel.name
         assert kernel.asm.get("cubin"), f"{kernel.name}: no cubin"
+        # programmatic dependent launch: launched with the attribute, and waiting on the kernel before it
+        assert kernel.metadata.launch_pdl == pdl_on, kernel.name
+        assert ("griddepcontrol.wait" in kernel.asm["ptx"]) == pdl_on, kernel.name
     with_tma = [k.name for k in compiled if k.metadata.tensordesc_meta]  # operands loaded through TMA descriptors
     assert with_tma == (GEMMS if config["up"].get("TMA") or config["up"].get("A_TMA") else [])
 
@@ -156,12 +161,14 @@ def test_kernels_compile_for_sm90(layout, config, dtype, shape, compiled, seed):
     compile_call(experts, x_TH, ids_TK, weights_TK, cfg, compiled, names)
 
 
-def test_multi_program_alignment_compiles_for_sm90(compiled, seed):
-    """More pairs than one alignment program takes (align.SINGLE_MAX_PAIRS): its two launches."""
+@pytest.mark.parametrize("pdl_on", [1, 0], ids=["pdl", "no_pdl"])
+def test_multi_program_alignment_compiles_for_sm90(pdl_on, compiled, seed):
+    """More pairs than one alignment program takes (align.SINGLE_MAX_PAIRS): its two launches; with programmatic
+    dependent launch (as every call on sm90) and with it turned off by the config."""
     c = Case(E=5, H=16, I=16, K=2, T=SINGLE_MAX_PAIRS // 2 + 50, routing="skewed")
     experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, "cpu", seed)
     x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, "cpu", seed)
     cfg = {"path": "grouped", "BLOCK_M": 64, "up": dict(BLOCK_N=16, BLOCK_K=16, GROUP_M=8, **TILE),
-           "down": dict(BLOCK_N=16, BLOCK_K=16, GROUP_M=8, **TILE)}
+           "down": dict(BLOCK_N=16, BLOCK_K=16, GROUP_M=8, **TILE), "PDL": pdl_on}
     compile_call(experts, x_TH, ids_TK, weights_TK, cfg, compiled,
                  ["_align_count_kernel", "_align_scatter_kernel", *GEMMS, "_topk_sum_kernel"])

@@ -363,3 +363,38 @@ def test_output_is_the_same_bit_for_bit_every_call(T, seed):
         first_TH = triton_fused_experts(experts, x_TH, ids_TK, weights_TK)
         for _ in range(5):
             assert torch.equal(triton_fused_experts(experts, x_TH, ids_TK, weights_TK), first_TH)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="programmatic dependent launch: real launches on the GPU")
+@pytest.mark.parametrize("T", [1, 300, 2000, 8192], ids=["decode", "one_alignment_program", "two_alignment_launches",
+                                                        "large"])
+def test_dependent_launch_gives_the_same_bits_as_serial_launch(T, seed):
+    """With PDL each kernel may start before the one it reads from has finished (moe_lab.kernels.pdl). Calls on
+    fresh routing each, queued back to back without a sync (so a read of the previous call's alignment or a
+    half-written intermediate would show), must equal the same calls with PDL off, bit for bit."""
+    from moe_lab.backends.triton_fused import _PLANS
+    from moe_lab.kernels.configs import get_config
+    from moe_lab.kernels.pdl import pdl_available
+    from moe_lab.shapes import build_hf_experts, get_shape
+
+    if not pdl_available(torch.device(DEVICE)):
+        pytest.skip("this GPU has no programmatic dependent launch (compute capability < 9)")
+    shape = get_shape("qwen3-30b-a3b")
+    experts = build_hf_experts("qwen3-30b-a3b", device=DEVICE, dtype=torch.bfloat16, seed=seed)
+    calls = []
+    for i in range(6):
+        ids_TK, weights_TK = synthetic_routing("skewed" if i % 2 else "uniform", T, shape.experts, shape.top_k,
+                                               seed=seed + i, device=DEVICE)
+        x_TH = torch.randn(T, shape.hidden, generator=torch.Generator().manual_seed(seed + i)).to(DEVICE,
+                                                                                                 torch.bfloat16)
+        calls.append((x_TH, ids_TK, weights_TK))
+    tuned = get_config("h100", "bfloat16", T, shape.experts, shape.hidden, shape.intermediate, shape.top_k)
+    outs = {}
+    with torch.no_grad():
+        for pdl_on in (1, 0):
+            config = {**tuned, "PDL": pdl_on}
+            outs[pdl_on] = [triton_fused_experts(experts, *call, config=config) for call in calls]
+            torch.cuda.synchronize()
+    assert [p.pdl for p in _PLANS[experts].values()] == [True, False]
+    for i, (on_TH, off_TH) in enumerate(zip(outs[1], outs[0])):
+        assert torch.equal(on_TH, off_TH), f"call {i}"

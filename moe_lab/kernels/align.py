@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from moe_lab.kernels.pdl import pdl_enter
+
 CHUNK = 1024  # pairs per program in the two-launch mode, and per step of any program
 SINGLE_MAX_PAIRS = 1024  # one program up to here, two launches beyond: measured crossover (align_threshold.py)
 LABEL_BLOCKS = 32  # row blocks labelled per step
@@ -90,7 +92,8 @@ def _pad_groups(sorted_ptr, starts, counts, padded, S, BLOCK_M: tl.constexpr):
 @triton.jit
 def _align_single_kernel(ids_ptr, sorted_ptr, block_expert_ptr, cursor_ptr, S, E, max_blocks,
                          E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
-                         LABEL_BLOCKS: tl.constexpr):
+                         LABEL_BLOCKS: tl.constexpr, PDL: tl.constexpr = False):
+    pdl_enter(PDL)
     counts = _count_range(ids_ptr, 0, S, E, E_PAD, CHUNK)
     padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     starts = tl.cumsum(padded, axis=0) - padded
@@ -100,7 +103,9 @@ def _align_single_kernel(ids_ptr, sorted_ptr, block_expert_ptr, cursor_ptr, S, E
 
 
 @triton.jit
-def _align_count_kernel(ids_ptr, partial_ptr, S, E, E_PAD: tl.constexpr, CHUNK: tl.constexpr):
+def _align_count_kernel(ids_ptr, partial_ptr, S, E, E_PAD: tl.constexpr, CHUNK: tl.constexpr,
+                        PDL: tl.constexpr = False):
+    pdl_enter(PDL)
     g = tl.program_id(0)
     counts = _count_range(ids_ptr, g * CHUNK, tl.minimum(S, g * CHUNK + CHUNK), E, E_PAD, CHUNK)
     tl.store(partial_ptr + g * E_PAD + tl.arange(0, E_PAD), counts)
@@ -109,8 +114,9 @@ def _align_count_kernel(ids_ptr, partial_ptr, S, E, E_PAD: tl.constexpr, CHUNK: 
 @triton.jit
 def _align_scatter_kernel(ids_ptr, partial_ptr, sorted_ptr, block_expert_ptr, S, E, G, max_blocks, blocks_per_prog,
                           E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, SCAN_ROWS: tl.constexpr,
-                          LABEL_BLOCKS: tl.constexpr):
+                          LABEL_BLOCKS: tl.constexpr, PDL: tl.constexpr = False):
     """partial (2G, E_PAD): rows [0, G) the per-chunk counts, rows [G, 2G) each program's cursors."""
+    pdl_enter(PDL)
     g = tl.program_id(0)
     cols = tl.arange(0, E_PAD)
     counts = tl.zeros([E_PAD], dtype=tl.int32)
@@ -133,9 +139,11 @@ def _align_scatter_kernel(ids_ptr, partial_ptr, sorted_ptr, block_expert_ptr, S,
 
 @triton.jit
 def _gather_rows_kernel(x_ptr, sorted_ptr, block_expert_ptr, out_ptr, S, TOPK, H, stride_xt, stride_xh,
-                        BLOCK_M: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
+                        BLOCK_M: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
+                        PDL: tl.constexpr = False):
     """out[p] = x[sorted[p] // K] for ROWS padded positions p (zeros on padding rows); blocks past the end
     (expert -1) are left unwritten, as nothing reads them."""
+    pdl_enter(PDL)
     row0 = tl.program_id(0) * ROWS
     if tl.load(block_expert_ptr + row0 // BLOCK_M) < 0:
         return

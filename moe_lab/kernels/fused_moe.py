@@ -23,6 +23,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from moe_lab.kernels.pdl import pdl_enter
+
 # activation codes (constexpr)
 ACT_SILU, ACT_GELU, ACT_RELU, ACT_GELU_TANH, ACT_CLAMPED_SWIGLU = 0, 1, 2, 3, 4
 # gate modes (constexpr)
@@ -249,11 +251,13 @@ def _gate_up_grouped_kernel(
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, ONE_DOT: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
     A_TMA: `x_ptr` is a TMA descriptor of the tokens already gathered in the aligned order, (P, H) (see
     `align.gather_rows`): row blocks loaded whole instead of gathered row by row.
     One path is compiled: the other's weight tiles would not match this layout's TMA box."""
+    pdl_enter(PDL)
     if ONE_DOT and GATE_MODE != 0:
         _gate_up_one_dot(x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr, S, TOPK, H, I, num_blocks_m,
                          stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
@@ -274,9 +278,11 @@ def _down_grouped_kernel(
     MUL_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
     A_TMA: `a_ptr` is a TMA descriptor of the (P, I) intermediate."""
+    pdl_enter(PDL)
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, tl.cdiv(H, BLOCK_N), GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
@@ -349,10 +355,12 @@ def _gate_up_decode_kernel(
     limit, alpha,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, EVEN_K: tl.constexpr, UNROLL: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """a[s, n-tile] = gate(x[t] @ W_up[e]^T) for one pair s = (t, k), e its expert; float32 out (S, I).
     UNROLL: the NUM_K = cdiv(H, BLOCK_K) reduction steps unrolled, so no step waits on another's loads
     (the plan unrolls only where those loads fit in registers)."""
+    pdl_enter(PDL)
     s = tl.program_id(0)
     pid_n = tl.program_id(1)
     t = s // TOPK
@@ -438,11 +446,13 @@ def _down_decode_kernel(
     stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ot,
     PAIRS: tl.constexpr, REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, EVEN_K: tl.constexpr, UNROLL: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """REDUCE: out[t, h-tile] = sum_k w[t,k] * (a[t*K+k] @ W_down[e]^T + b[e]), one program per (t, tile),
     PAIRS = K. Otherwise (PAIRS = 1) out[s, h-tile] = a[s] @ W_down[e]^T + b[e] per pair (for a post-expert
     norm). UNROLL: pairs and reduction steps unrolled, so every pair's loads are in flight together (the
     plan unrolls only where they fit in registers)."""
+    pdl_enter(PDL)
     row = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -22,6 +22,7 @@ from moe_lab.kernels.align import (CHUNK, LABEL_BLOCKS, SCAN_ROWS, SINGLE_MAX_PA
                                    max_blocks)
 from moe_lab.kernels.fused_moe import (_down_decode_kernel, _down_grouped_kernel, _gate_up_decode_kernel,
                                        _gate_up_grouped_kernel)
+from moe_lab.kernels.pdl import pdl_available
 from moe_lab.kernels.topk_sum import TILE as SUM_TILE
 from moe_lab.kernels.topk_sum import _topk_sum_kernel
 
@@ -89,8 +90,12 @@ def _unrolls(loads: int, cfg: dict) -> bool:
     return loads * cfg["BLOCK_N"] * cfg["BLOCK_K"] // (32 * cfg["num_warps"]) <= UNROLL_MAX_VALUES
 
 
-def _opts(cfg: dict) -> dict:
-    return {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+def _opts(cfg: dict, pdl: bool) -> dict:
+    """Launch options of a kernel config: warps, stages, and `launch_pdl` where PDL is on."""
+    opts = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    if pdl:
+        opts["launch_pdl"] = True
+    return opts
 
 
 def _tma_view(strides: tuple[int, int, int], E: int, rows: int, k: int, block_rows: int, block_k: int,
@@ -113,14 +118,18 @@ class Plan:
 
     def __init__(self, T: int, K: int, E: int, H: int, I: int, dtype: torch.dtype, spec: GateSpec, config: dict,
                  up_strides: tuple[int, int, int], down_strides: tuple[int, int, int],
-                 bias_strides: tuple[int, int, int, int] | None, x_strides: tuple[int, int], reduce: bool):
+                 bias_strides: tuple[int, int, int, int] | None, x_strides: tuple[int, int], reduce: bool,
+                 pdl: bool = False):
+        """pdl: launch with programmatic dependent launch (`moe_lab.kernels.pdl`) where the device has it;
+        a config's `"PDL": 0` turns it off."""
         self.T, self.K, self.E, self.H, self.I, self.dtype, self.reduce = T, K, E, H, I, dtype, reduce
         self.S = S = T * K
         self.has_bias = bias_strides is not None
         bu0, bu1, bd0, bd1 = bias_strides or (0, 0, 0, 0)
         self.out_rows = T if reduce else S
         self.decode = config["path"] == "decode"
-        common = dict(HAS_BIAS=self.has_bias)
+        self.pdl = pdl = bool(pdl and config.get("PDL", 1))
+        common = dict(HAS_BIAS=self.has_bias, PDL=pdl)
         if S == 0:
             return
         if self.decode:
@@ -130,14 +139,14 @@ class Plan:
                                    BLOCK_K=up["BLOCK_K"], NUM_K=triton.cdiv(H, up["BLOCK_K"]),
                                    EVEN_K=H % up["BLOCK_K"] == 0,
                                    UNROLL=_unrolls(triton.cdiv(H, up["BLOCK_K"]) * (2 if spec.gate_mode else 1), up),
-                                   **common), _opts(up))
+                                   **common), _opts(up, pdl))
             self.up_scalars = (K, H, I, E, *x_strides, *up_strides, bu0, bu1, spec.limit, spec.alpha)
             self.down = _Launch(_down_decode_kernel, (self.out_rows, triton.cdiv(H, down["BLOCK_N"])),
                                 dict(PAIRS=K if reduce else 1, REDUCE=reduce, BLOCK_N=down["BLOCK_N"],
                                      BLOCK_K=down["BLOCK_K"], NUM_K=triton.cdiv(I, down["BLOCK_K"]),
                                      EVEN_K=I % down["BLOCK_K"] == 0,
                                      UNROLL=_unrolls((K if reduce else 1) * triton.cdiv(I, down["BLOCK_K"]), down),
-                                     **common), _opts(down))
+                                     **common), _opts(down, pdl))
             self.down_scalars = (H, I, E, *down_strides, bd0, bd1, H)
             return
         bm, up, down = config["BLOCK_M"], config["up"], config["down"]
@@ -145,16 +154,16 @@ class Plan:
         self.B = B = max_blocks(S, E, bm)
         self.e_pad = ep = e_pad(E)
         self.single = S <= SINGLE_MAX_PAIRS
-        once = {"num_warps": 4, "num_stages": 1}
+        once = _opts({"num_warps": 4, "num_stages": 1}, pdl)
         if self.single:
             self.align = [_Launch(_align_single_kernel, (1,),
-                                  dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, LABEL_BLOCKS=LABEL_BLOCKS), once)]
+                                  dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, LABEL_BLOCKS=LABEL_BLOCKS, PDL=pdl), once)]
         else:
             self.G = G = triton.cdiv(S, CHUNK)
             self.align = [
-                _Launch(_align_count_kernel, (G,), dict(E_PAD=ep, CHUNK=CHUNK), once),
+                _Launch(_align_count_kernel, (G,), dict(E_PAD=ep, CHUNK=CHUNK, PDL=pdl), once),
                 _Launch(_align_scatter_kernel, (G,), dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, SCAN_ROWS=SCAN_ROWS,
-                                                          LABEL_BLOCKS=LABEL_BLOCKS), once),
+                                                          LABEL_BLOCKS=LABEL_BLOCKS, PDL=pdl), once),
             ]
         dot_mode = 2 if INTERPRETED else (1 if dtype == torch.float32 else 0)
         one_dot = bool(up.get("ONE_DOT", 0)) and spec.gate_mode != 0
@@ -178,8 +187,8 @@ class Plan:
             if bm % GATHER_ROWS:
                 raise ValueError(f"triton_fused: A_TMA needs BLOCK_M a multiple of {GATHER_ROWS}, not {bm}")
             self.gather = _Launch(_gather_rows_kernel, (B * bm // GATHER_ROWS,),
-                                  dict(BLOCK_M=bm, ROWS=GATHER_ROWS, BLOCK_H=min(512, triton.next_power_of_2(H))),
-                                  {"num_warps": 4, "num_stages": 1})
+                                  dict(BLOCK_M=bm, ROWS=GATHER_ROWS, BLOCK_H=min(512, triton.next_power_of_2(H)),
+                                       PDL=pdl), once)
             self.x_strides = x_strides
         self.a_boxes = ([bm, up["BLOCK_K"]], [bm, down["BLOCK_K"]])
         self.up = _Launch(_gate_up_grouped_kernel, (B * triton.cdiv(I, up["BLOCK_N"]),),
@@ -187,19 +196,19 @@ class Plan:
                                BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"], GROUP_M=up["GROUP_M"],
                                EVEN_K=H % up["BLOCK_K"] == 0, ONE_DOT=one_dot, W_TMA=self.up_tma is not None,
                                W_T=bool(self.up_tma and self.up_tma[1]), A_TMA=self.a_tma_up, **common),
-                          _opts(up))
+                          _opts(up, pdl))
         self.up_scalars = (S, K, H, I, B, *x_strides, *up_strides, bu0, bu1, I, spec.limit, spec.alpha)
         self.down = _Launch(_down_grouped_kernel, (B * triton.cdiv(H, down["BLOCK_N"]),),
                             dict(MUL_WEIGHT=reduce, DOT_MODE=dot_mode, BLOCK_M=bm, BLOCK_N=down["BLOCK_N"],
                                  BLOCK_K=down["BLOCK_K"], GROUP_M=down["GROUP_M"], EVEN_K=I % down["BLOCK_K"] == 0,
                                  W_TMA=self.down_tma is not None, W_T=bool(self.down_tma and self.down_tma[1]),
-                                 A_TMA=self.a_tma_down, **common), _opts(down))
+                                 A_TMA=self.a_tma_down, **common), _opts(down, pdl))
         self.down_scalars = (S, H, I, B, I, *down_strides, bd0, bd1, H)
         if reduce and K > 1:
             block_h = min(SUM_TILE["BLOCK_H"], triton.next_power_of_2(H))
             self.sum = _Launch(_topk_sum_kernel, (triton.cdiv(T, SUM_TILE["BLOCK_T"]), triton.cdiv(H, block_h)),
-                               dict(TOPK=K, BLOCK_T=SUM_TILE["BLOCK_T"], BLOCK_H=block_h),
-                               {"num_warps": SUM_TILE["num_warps"], "num_stages": 1})
+                               dict(TOPK=K, BLOCK_T=SUM_TILE["BLOCK_T"], BLOCK_H=block_h, PDL=pdl),
+                               _opts({"num_warps": SUM_TILE["num_warps"], "num_stages": 1}, pdl))
 
     def __call__(self, x_TH, ids_S, rw_S, w_up, w_down, b_up, b_down) -> torch.Tensor:
         """ids_S, rw_S: contiguous flat (S,) ids and weights; w_up / w_down / biases: the stored tensors."""
@@ -285,6 +294,7 @@ def fused_experts(
     I = w_down_EHI.shape[2]
     has_bias = b_up_EN is not None
     plan = Plan(T, K, E, H, I, x_TH.dtype, spec, config, tuple(w_up_ENH.stride()), tuple(w_down_EHI.stride()),
-                (*b_up_EN.stride(), *b_down_EH.stride()) if has_bias else None, tuple(x_TH.stride()), reduce)
+                (*b_up_EN.stride(), *b_down_EH.stride()) if has_bias else None, tuple(x_TH.stride()), reduce,
+                pdl=pdl_available(x_TH.device))
     return plan(x_TH, topk_ids_TK.reshape(-1).contiguous(), topk_weights_TK.reshape(-1).contiguous(),
                 w_up_ENH, w_down_EHI, b_up_EN, b_down_EH)

@@ -14,9 +14,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from moe_lab.kernels.pdl import pdl_enter
+
 
 @triton.jit
-def _topk_sum_kernel(y_ptr, out_ptr, T, H, TOPK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr):
+def _topk_sum_kernel(y_ptr, out_ptr, T, H, TOPK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+                     PDL: tl.constexpr = False):
+    pdl_enter(PDL)
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = (t < T)[:, None] & (h < H)[None, :]
