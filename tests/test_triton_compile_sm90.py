@@ -20,7 +20,7 @@ from collections import defaultdict
 import pytest
 import torch
 from test_backends import LAYOUTS, Case, make_experts, make_inputs
-from test_triton_fused import CONFIGS, TILE, row_block_config, tma_config
+from test_triton_fused import CONFIGS, TILE, half_tail_config, row_block_config, tma_config
 
 import moe_lab.backends.triton_fused as triton_fused
 from moe_lab.kernels.align import SINGLE_MAX_PAIRS
@@ -67,6 +67,7 @@ KERNELS = {  # config -> the kernels one call compiles, in launch order (K=2: th
     "decode": ["_gate_up_decode_kernel", "_down_decode_kernel"],
     "decode_rolled": ["_gate_up_decode_kernel", "_down_decode_kernel"],
     "a_tma": ["_align_single_kernel", "_gather_rows_kernel", *GEMMS, "_topk_sum_kernel"],
+    "half_tail": ["_align_single_kernel", "_gather_rows_kernel", *GEMMS, "_topk_sum_kernel"],
 }
 
 
@@ -146,15 +147,16 @@ def matrix():
     runs = [(torch.bfloat16, "k_tail"), (torch.float32, "k_tail"), (torch.bfloat16, "even_k")]
     return [pytest.param(layout, config, dtype, shape,
                          id=f"{layout}-{config}-{str(dtype).removeprefix('torch.')}-{shape}")
-            for dtype, shape in runs for layout, config in pairs if config not in ("tma", "a_tma") or shape == "k_tail"]
+            for dtype, shape in runs for layout, config in pairs
+            if config not in ("tma", "a_tma", "half_tail") or shape == "k_tail"]
 
 
 @pytest.mark.parametrize("layout,config,dtype,shape", matrix())
 def test_kernels_compile_for_sm90(layout, config, dtype, shape, compiled, seed):
     experts = make_experts(SHAPES[shape], LAYOUTS[layout], dtype, "cpu", seed)
     x_TH, ids_TK, weights_TK = make_inputs(SHAPES[shape], dtype, "cpu", seed)
-    cfg = {"tma": lambda: tma_config(LAYOUTS[layout]), "a_tma": lambda: row_block_config(LAYOUTS[layout], True)}.get(
-        config, lambda: CONFIGS[config])()
+    cfg = {"tma": lambda: tma_config(LAYOUTS[layout]), "a_tma": lambda: row_block_config(LAYOUTS[layout], True),
+           "half_tail": lambda: half_tail_config(LAYOUTS[layout], True)}.get(config, lambda: CONFIGS[config])()
     names = KERNELS[config]
     if LAYOUTS[layout].has_post_expert_norm:  # per-pair outputs, normed and summed by the caller: no top-k sum
         names = [n for n in names if n != "_topk_sum_kernel"]

@@ -189,6 +189,45 @@ def test_tma_row_blocks_cases(case, seed):
           f"{case}/a_tma")
 
 
+def half_tail_config(layout: ExpertsLayout, a_tma: bool) -> dict:
+    """Row blocks of 32 whose last block per expert runs as a 16-row tile where its real rows fit (HALF_TAIL);
+    activations by pointer or through TMA (then half-height boxes), weights through TMA."""
+    cfg = {**tma_config(layout), "BLOCK_M": 32, "HALF_TAIL": 1}
+    if a_tma:
+        cfg["up"] = {**cfg["up"], "A_TMA": 1}
+        cfg["down"] = {**cfg["down"], "A_TMA": 1}
+    return cfg
+
+
+@pytest.mark.parametrize("a_tma", [False, True], ids=["rows_by_pointer", "rows_tma"])
+@pytest.mark.parametrize("layout", ["gated_silu", "interleaved", "gpt_oss", "everything"])
+def test_half_tail_blocks_match_reference(layout, a_tma, seed):
+    """Skewed routing leaves last blocks with at most 16 real rows (half tiles) and with more (full tiles) and
+    experts without tokens; the alignment is checked to hold both kinds of block before the output is."""
+    from test_backends import Case
+
+    from moe_lab.kernels.align import align_by_expert
+
+    c = Case(E=6, H=80, I=48, K=2, T=45, routing="skewed")
+    dtype = torch.bfloat16 if a_tma else torch.float32
+    experts = make_experts(c, LAYOUTS[layout], dtype, DEVICE, seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, dtype, DEVICE, seed)
+    sorted_P, block_expert_B = align_by_expert(ids_TK.reshape(-1).contiguous(), c.E, 32)
+    used = block_expert_B >= 0
+    half = sorted_P.view(-1, 32)[:, 16] >= c.T * c.K
+    assert bool((used & half).any()) and bool((used & ~half).any()), "the routing must give both kinds of block"
+    check(experts, x_TH, ids_TK, weights_TK, half_tail_config(LAYOUTS[layout], a_tma), TOL[dtype],
+          f"{layout}/half_tail")
+
+
+def test_half_tail_refused_below_32_rows(seed):
+    c = CASES["small"]
+    experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, DEVICE, seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, DEVICE, seed)
+    with pytest.raises(ValueError, match="HALF_TAIL needs BLOCK_M >= 32"):
+        triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config={**CONFIGS["grouped16"], "HALF_TAIL": 1})
+
+
 def test_tma_row_blocks_refused_on_unaligned_rows(seed):
     from test_backends import Case
 

@@ -11,7 +11,9 @@ Weights are read through strides, so every stored orientation works unchanged: t
 Prefill path (`gate_up_grouped` then `down_grouped`): one program per (row block, column tile); the
 row block's expert comes from `block_expert`, its rows from `sorted_ids` (token = pair // K), so the
 tokens are gathered while loading and never copied. Accumulation in float32. With `W_TMA` the weight
-tiles come through a TMA descriptor of the weight's 2D view (`_w_tile`) instead of pointer loads.
+tiles come through a TMA descriptor of the weight's 2D view (`_w_tile`) instead of pointer loads. With
+`HALF_TAIL` a row block whose real rows fit in its top half (an expert's last block) is computed as a
+half-height tile: an expert of 136 rows costs 128 + 64 rows of MMA work instead of 256.
 
 Decode path (`gate_up_decode` then `down_decode`): one program per (pair, column tile) for gate/up,
 one per (token, hidden tile) for down, which loops over the token's K pairs and so also does the
@@ -103,9 +105,9 @@ def _tile_ids(pid, num_blocks_m, num_pid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _block_pairs(pid_m, sorted_ptr, S, TOPK, BLOCK_M: tl.constexpr):
-    """A row block's padded positions, their pairs, which rows are real (pair < S), and their tokens."""
-    offs_p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+def _block_pairs(row0, sorted_ptr, S, TOPK, BLOCK_M: tl.constexpr):
+    """A row block's padded positions from row0, their pairs, which rows are real (pair < S), their tokens."""
+    offs_p = row0 + tl.arange(0, BLOCK_M)
     pair = tl.load(sorted_ptr + offs_p)
     row_ok = pair < S
     token = tl.where(row_ok, pair // TOPK, 0).to(tl.int64)
@@ -123,20 +125,16 @@ def _x_tile(x_ptrs, row_ok, offs_k, k, H, BLOCK_K: tl.constexpr, EVEN_K: tl.cons
 
 @triton.jit
 def _gate_up_one_dot(
-    x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr, S, TOPK, H, I, num_blocks_m,
+    x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, row0, pid_n, expert, S, TOPK, H, I,
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap, limit, alpha,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
 ):
     """Gate and up in one (BLOCK_M, 2*BLOCK_N) dot: weight-tile column 2j is gate row n_j, column 2j+1 up row n_j
     (contiguous rows for an interleaved layout, so W_TMA loads them as one box); the epilogue splits the
     accumulator into its two halves."""
-    pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, tl.cdiv(I, BLOCK_N), GROUP_M)
-    expert = tl.load(block_expert_ptr + pid_m)
-    if expert < 0:
-        return
-    offs_p, pair, row_ok, token = _block_pairs(pid_m, sorted_ptr, S, TOPK, BLOCK_M)
+    offs_p, pair, row_ok, token = _block_pairs(row0, sorted_ptr, S, TOPK, BLOCK_M)
     offs_c = tl.arange(0, 2 * BLOCK_N)  # weight-tile columns
     n_c = pid_n * BLOCK_N + offs_c // 2
     n_c = tl.where(n_c < I, n_c, 0)
@@ -151,7 +149,7 @@ def _gate_up_one_dot(
     acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(H, BLOCK_K)):
         if A_TMA:
-            xa = x_ptr.load([pid_m * BLOCK_M, k * BLOCK_K])
+            xa = x_ptr.load([row0, k * BLOCK_K])
         else:
             xa = _x_tile(x_ptrs, row_ok, offs_k, k, H, BLOCK_K, EVEN_K)
             x_ptrs += BLOCK_K * stride_xh
@@ -175,18 +173,14 @@ def _gate_up_one_dot(
 
 @triton.jit
 def _gate_up_two_dots(
-    x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr, S, TOPK, H, I, num_blocks_m,
+    x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, row0, pid_n, expert, S, TOPK, H, I,
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap, limit, alpha,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
 ):
     """Gate and up as two (BLOCK_M, BLOCK_N) dots (one without a gate): weight rows n.. and their up rows."""
-    pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, tl.cdiv(I, BLOCK_N), GROUP_M)
-    expert = tl.load(block_expert_ptr + pid_m)
-    if expert < 0:
-        return
-    offs_p, pair, row_ok, token = _block_pairs(pid_m, sorted_ptr, S, TOPK, BLOCK_M)
+    offs_p, pair, row_ok, token = _block_pairs(row0, sorted_ptr, S, TOPK, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
     gate_rows, up_rows = _gate_up_rows(tl.where(n_ok, offs_n, 0), I, GATE_MODE)
@@ -206,7 +200,7 @@ def _gate_up_two_dots(
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(H, BLOCK_K)):
         if A_TMA:
-            xa = x_ptr.load([pid_m * BLOCK_M, k * BLOCK_K])
+            xa = x_ptr.load([row0, k * BLOCK_K])
         else:
             xa = _x_tile(x_ptrs, row_ok, offs_k, k, H, BLOCK_K, EVEN_K)
             x_ptrs += BLOCK_K * stride_xh
@@ -243,51 +237,79 @@ def _gate_up_two_dots(
 
 
 @triton.jit
+def _gate_up_tile(
+    x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, row0, pid_n, expert, S, TOPK, H, I,
+    stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap, limit, alpha,
+    GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+    ONE_DOT: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
+):
+    """The (BLOCK_M rows from row0, column tile pid_n) output tile of `expert`, one dot or two."""
+    if ONE_DOT and GATE_MODE != 0:
+        _gate_up_one_dot(x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, row0, pid_n, expert, S, TOPK, H, I,
+                         stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
+                         limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
+                         W_TMA, W_T, A_TMA)
+    else:
+        _gate_up_two_dots(x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, row0, pid_n, expert, S, TOPK, H, I,
+                          stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
+                          limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
+                          W_TMA, W_T, A_TMA)
+
+
+@triton.jit
+def _half_full(sorted_ptr, row0, S, BLOCK_M: tl.constexpr):
+    """Whether the row block from row0 has at most BLOCK_M // 2 real rows: an expert's real rows come first
+    in its group, padding (the sentinel S) after, so that is whether its middle row is padding."""
+    return tl.load(sorted_ptr + row0 + BLOCK_M // 2) >= S
+
+
+@triton.jit
 def _gate_up_grouped_kernel(
-    x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr,
+    x_ptr, x_half_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr,
     S, TOPK, H, I, num_blocks_m,
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
     limit, alpha,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, ONE_DOT: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
-    PDL: tl.constexpr = False,
+    HALF_TAIL: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
     A_TMA: `x_ptr` is a TMA descriptor of the tokens already gathered in the aligned order, (P, H) (see
     `align.gather_rows`): row blocks loaded whole instead of gathered row by row.
+    HALF_TAIL: a block with at most BLOCK_M // 2 real rows (an expert's last) computes only its top half
+    (rows past it are never read: the down kernel decides the same way); `x_half_ptr` is `x_ptr` again, or
+    with A_TMA a descriptor of half-height boxes.
     One path is compiled: the other's weight tiles would not match this layout's TMA box."""
     pdl_enter(PDL)
-    if ONE_DOT and GATE_MODE != 0:
-        _gate_up_one_dot(x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr, S, TOPK, H, I, num_blocks_m,
-                         stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
-                         limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K,
-                         W_TMA, W_T, A_TMA)
-    else:
-        _gate_up_two_dots(x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr, S, TOPK, H, I, num_blocks_m,
-                          stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
-                          limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K,
-                          W_TMA, W_T, A_TMA)
-
-
-@triton.jit
-def _down_grouped_kernel(
-    a_ptr, w_ptr, b_ptr, y_ptr, topk_w_ptr, sorted_ptr, block_expert_ptr,
-    S, H, I, num_blocks_m,
-    stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys,
-    MUL_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
-    PDL: tl.constexpr = False,
-):
-    """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
-    A_TMA: `a_ptr` is a TMA descriptor of the (P, I) intermediate."""
-    pdl_enter(PDL)
-    pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, tl.cdiv(H, BLOCK_N), GROUP_M)
+    pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, tl.cdiv(I, BLOCK_N), GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
         return
-    offs_p, pair, row_ok, _ = _block_pairs(pid_m, sorted_ptr, S, 1, BLOCK_M)
+    row0 = pid_m * BLOCK_M
+    if HALF_TAIL and _half_full(sorted_ptr, row0, S, BLOCK_M):
+        _gate_up_tile(x_half_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, row0, pid_n, expert, S, TOPK, H, I,
+                      stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
+                      limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M // 2, BLOCK_N, BLOCK_K, EVEN_K,
+                      ONE_DOT, W_TMA, W_T, A_TMA)
+    else:
+        _gate_up_tile(x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, row0, pid_n, expert, S, TOPK, H, I,
+                      stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
+                      limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
+                      ONE_DOT, W_TMA, W_T, A_TMA)
+
+
+@triton.jit
+def _down_tile(
+    a_ptr, w_ptr, b_ptr, y_ptr, topk_w_ptr, sorted_ptr, row0, pid_n, expert, S, H, I,
+    stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys,
+    MUL_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
+):
+    """y[pair] for the BLOCK_M rows from row0 and column tile pid_n of `expert`, routing weight applied."""
+    offs_p, pair, row_ok, _ = _block_pairs(row0, sorted_ptr, S, 1, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < H
     offs_n_safe = tl.where(n_ok, offs_n, 0)
@@ -301,7 +323,7 @@ def _down_grouped_kernel(
     for k in range(0, tl.cdiv(I, BLOCK_K)):
         k_ok = offs_k < I - k * BLOCK_K
         if A_TMA:
-            a = a_ptr.load([pid_m * BLOCK_M, k * BLOCK_K])
+            a = a_ptr.load([row0, k * BLOCK_K])
         elif EVEN_K:
             a = tl.load(a_ptrs)
         else:
@@ -324,6 +346,35 @@ def _down_grouped_kernel(
         acc = acc * rw[:, None]
     y_ptrs = y_ptr + tl.where(row_ok, pair, 0).to(tl.int64)[:, None] * stride_ys + offs_n[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _down_grouped_kernel(
+    a_ptr, a_half_ptr, w_ptr, b_ptr, y_ptr, topk_w_ptr, sorted_ptr, block_expert_ptr,
+    S, H, I, num_blocks_m,
+    stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys,
+    MUL_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
+    HALF_TAIL: tl.constexpr, PDL: tl.constexpr = False,
+):
+    """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
+    A_TMA: `a_ptr` is a TMA descriptor of the (P, I) intermediate. HALF_TAIL as in the gate/up kernel
+    (`a_half_ptr`: `a_ptr` again, or the half-height-box descriptor)."""
+    pdl_enter(PDL)
+    pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, tl.cdiv(H, BLOCK_N), GROUP_M)
+    expert = tl.load(block_expert_ptr + pid_m)
+    if expert < 0:
+        return
+    row0 = pid_m * BLOCK_M
+    if HALF_TAIL and _half_full(sorted_ptr, row0, S, BLOCK_M):
+        _down_tile(a_half_ptr, w_ptr, b_ptr, y_ptr, topk_w_ptr, sorted_ptr, row0, pid_n, expert, S, H, I,
+                   stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys,
+                   MUL_WEIGHT, HAS_BIAS, DOT_MODE, BLOCK_M // 2, BLOCK_N, BLOCK_K, EVEN_K, W_TMA, W_T, A_TMA)
+    else:
+        _down_tile(a_ptr, w_ptr, b_ptr, y_ptr, topk_w_ptr, sorted_ptr, row0, pid_n, expert, S, H, I,
+                   stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys,
+                   MUL_WEIGHT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, W_TMA, W_T, A_TMA)
 
 
 @triton.jit

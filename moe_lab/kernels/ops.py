@@ -190,19 +190,25 @@ class Plan:
                                   dict(BLOCK_M=bm, ROWS=GATHER_ROWS, BLOCK_H=min(512, triton.next_power_of_2(H)),
                                        PDL=pdl), once)
             self.x_strides = x_strides
+        self.half_tail = bool(config.get("HALF_TAIL", 0))
+        if self.half_tail and bm < 32:
+            raise ValueError(f"triton_fused: HALF_TAIL needs BLOCK_M >= 32 (half blocks of at least 16 rows), "
+                             f"not {bm}")
         self.a_boxes = ([bm, up["BLOCK_K"]], [bm, down["BLOCK_K"]])
+        self.a_half_boxes = ([bm // 2, up["BLOCK_K"]], [bm // 2, down["BLOCK_K"]])
         self.up = _Launch(_gate_up_grouped_kernel, (B * triton.cdiv(I, up["BLOCK_N"]),),
                           dict(GATE_MODE=spec.gate_mode, ACT=spec.act, DOT_MODE=dot_mode, BLOCK_M=bm,
                                BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"], GROUP_M=up["GROUP_M"],
                                EVEN_K=H % up["BLOCK_K"] == 0, ONE_DOT=one_dot, W_TMA=self.up_tma is not None,
-                               W_T=bool(self.up_tma and self.up_tma[1]), A_TMA=self.a_tma_up, **common),
+                               W_T=bool(self.up_tma and self.up_tma[1]), A_TMA=self.a_tma_up,
+                               HALF_TAIL=self.half_tail, **common),
                           _opts(up, pdl))
         self.up_scalars = (S, K, H, I, B, *x_strides, *up_strides, bu0, bu1, I, spec.limit, spec.alpha)
         self.down = _Launch(_down_grouped_kernel, (B * triton.cdiv(H, down["BLOCK_N"]),),
                             dict(MUL_WEIGHT=reduce, DOT_MODE=dot_mode, BLOCK_M=bm, BLOCK_N=down["BLOCK_N"],
                                  BLOCK_K=down["BLOCK_K"], GROUP_M=down["GROUP_M"], EVEN_K=I % down["BLOCK_K"] == 0,
                                  W_TMA=self.down_tma is not None, W_T=bool(self.down_tma and self.down_tma[1]),
-                                 A_TMA=self.a_tma_down, **common), _opts(down, pdl))
+                                 A_TMA=self.a_tma_down, HALF_TAIL=self.half_tail, **common), _opts(down, pdl))
         self.down_scalars = (S, H, I, B, I, *down_strides, bd0, bd1, H)
         if reduce and K > 1:
             block_h = min(SUM_TILE["BLOCK_H"], triton.next_power_of_2(H))
@@ -236,18 +242,23 @@ class Plan:
             self.align[0](stream, ids_S, partial, S, self.E)
             self.align[1](stream, ids_S, partial, sorted_P, block_expert_B, S, self.E, self.G, B,
                           triton.cdiv(B, self.G))
-        x_arg = x_TH
+        x_arg = x_half = x_TH
         if self.a_tma_up:  # the tokens gathered once into the aligned order, then loaded as plain row blocks
             xs_PH = torch.empty(B * bm, H, dtype=self.dtype, device=dev)
             self.gather(stream, x_TH, sorted_P, block_expert_B, xs_PH, S, self.K, H, *self.x_strides)
             x_arg = _row_blocks(xs_PH, self.a_boxes[0])
+            x_half = _row_blocks(xs_PH, self.a_half_boxes[0]) if self.half_tail else x_arg
         a_PI = torch.empty(B * bm, I, dtype=self.dtype, device=dev)
         w_up_arg = self._descriptor("up", w_up, self.up_tma) if self.up_tma else w_up
-        self.up(stream, x_arg, w_up_arg, b_up, a_PI, sorted_P, block_expert_B, *self.up_scalars)
+        self.up(stream, x_arg, x_half, w_up_arg, b_up, a_PI, sorted_P, block_expert_B, *self.up_scalars)
         y_SH = torch.empty(S, H, dtype=self.dtype, device=dev)
         w_down_arg = self._descriptor("down", w_down, self.down_tma) if self.down_tma else w_down
-        a_arg = _row_blocks(a_PI, self.a_boxes[1]) if self.a_tma_down else a_PI
-        self.down(stream, a_arg, w_down_arg, b_down, y_SH, rw_S, sorted_P, block_expert_B, *self.down_scalars)
+        a_arg = a_half = a_PI
+        if self.a_tma_down:
+            a_arg = _row_blocks(a_PI, self.a_boxes[1])
+            a_half = _row_blocks(a_PI, self.a_half_boxes[1]) if self.half_tail else a_arg
+        self.down(stream, a_arg, a_half, w_down_arg, b_down, y_SH, rw_S, sorted_P, block_expert_B,
+                  *self.down_scalars)
         if not self.reduce or self.K == 1:
             return y_SH
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)

@@ -8,7 +8,9 @@ down, then every down with the best gate/up. The config in force before the sear
 competes too, so a search never makes a bucket slower than it measured. `wide` adds a larger space for
 the matmul-bound buckets (BLOCK_M 64 to 256); on GPUs with TMA (sm90 on), each BLOCK_M's best tiles
 are timed again with the weights loaded through TMA descriptors, then the best of those with the
-activations through TMA too (tokens gathered into the aligned order first). Before it is timed, each candidate's output
+activations through TMA too (tokens gathered into the aligned order first); last, each BLOCK_M's best (from 32
+on) with its experts' last row blocks run as half-height tiles where they fit (`HALF_TAIL`). Before it is
+timed, each candidate's output
 is checked against moe_lab's grouped_mm backend on the same inputs; one that differs by more than the
 dtype's tolerance is logged and never chosen. Every candidate is timed as the whole
 experts call: on CUDA captured in a CUDA graph, replays timed by CUDA events with the L2 flushed before each (GPU time,
@@ -209,6 +211,11 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
             best_sides = min(tiles, key=lambda sd: time_it(grouped_config(bm, *tiles[sd], sd)))
             for a_sides in ((1, 0), (0, 1), (1, 1)):  # then the activations through TMA on top of the best
                 time_it(grouped_config(bm, *tiles[best_sides], best_sides, a_sides))
+    for bm in [b for b in grouped_space(S, E, wide) if b >= 32]:  # each BLOCK_M's best, half-height last blocks
+        best_ms, best_key = min(((ms, k) for k, ms in timed.items() if json.loads(k).get("BLOCK_M") == bm),
+                                default=(math.inf, None))
+        if math.isfinite(best_ms):
+            time_it({**json.loads(best_key), "HALF_TAIL": 1})
     return sorted((ms, key) for key, ms in timed.items())
 
 
@@ -216,7 +223,8 @@ def search(models: list[str], tokens: list[int], dtype: torch.dtype = torch.bflo
            wide: bool = False, budget_s: float | None = None, reps: int = 10, log=print,
            tma: bool | None = None) -> tuple[dict, list[dict]]:
     """Search every (model, token count); returns ({device kind: {dtype: {shape key: {T: config}}}}, one row
-    per config timed). Each candidate's output is checked against the grouped_mm backend's. Past `budget_s` no new token count starts; the ones left are logged, not tuned.
+    per config timed). Each candidate's output is checked against the grouped_mm backend's. Past `budget_s` no
+    new token count starts; the ones left are logged, not tuned.
     `tma` (default: on GPUs with TMA, sm90 on, and under the interpreter) adds the TMA variants."""
     from moe_lab.backends.grouped_mm import grouped_mm_experts
     from moe_lab.devices import device_kind

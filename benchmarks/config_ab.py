@@ -1,13 +1,16 @@
-"""`triton_fused` with programmatic dependent launch (PDL) on and off, same kernels and tiles otherwise.
+"""`triton_fused`'s tuned config against the same config with one top-level key set otherwise (an A/B).
 
-    PYTHONPATH=. python benchmarks/pdl.py --out $OUT [--models ...] [--tokens 1,16,...] [--rounds 3]
+    PYTHONPATH=. python benchmarks/config_ab.py --key PDL --a 1 --b 0 --out $OUT [--models ...] [--tokens ...]
 
-Per (model, T): the tuned config with `"PDL": 1` and with `"PDL": 0` (`moe_lab.kernels.pdl`), bf16, uniform
+Per (model, T): the tuned config with `key` = a and with `key` = b (e.g. PDL, programmatic dependent launch,
+`moe_lab.kernels.pdl`; HALF_TAIL, half-height last row blocks, `moe_lab.kernels.fused_moe`), bf16, uniform
 routing, timed as the bench times (`moe_lab.tune.median_ms`: CUDA events, L2 flushed before each call) and
 as one CUDA-graph replay (`moe_lab.kernels.search.gpu_ms`). The two are timed in alternating order over
-`--rounds` rounds (on/off, then off/on, ...), since whichever of two runs of the same kernels is timed second
-can come out slower; each reported time is the median over rounds. The outputs of both are checked equal bit
-for bit first. Writes `pdl.csv` under --out.
+`--rounds` rounds (a/b, then b/a, ...), since whichever of two runs of the same kernels is timed second
+can come out slower; each reported time is the median over rounds. Token counts whose tuned config has no
+use for the key (`--grouped-only`: the decode path) are left out. The outputs of both are compared first:
+`same_bits` records whether they are equal bit for bit, `rel_err` their relative difference. Writes
+`<key>.csv` under --out.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.environ.get("OUT", "out"))
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--tokens", default=",".join(map(str, TOKENS)))
+    p.add_argument("--key", required=True, help="top-level config key, e.g. PDL or HALF_TAIL")
+    p.add_argument("--a", type=int, default=1, help="the key's value in variant a")
+    p.add_argument("--b", type=int, default=0, help="the key's value in variant b")
+    p.add_argument("--grouped-only", action="store_true", help="only token counts whose tuned config is grouped")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=500.0, help="stop starting new points after this many seconds")
     args = p.parse_args(argv)
@@ -54,7 +61,10 @@ def main(argv=None) -> int:
             ids_TK, w_TK = synthetic_routing("uniform", T, shape.experts, shape.top_k, seed=T, device=dev)
             x_TH = torch.randn(T, shape.hidden, generator=torch.Generator().manual_seed(T)).to(dev, torch.bfloat16)
             tuned = get_config("h100", "bfloat16", T, shape.experts, shape.hidden, shape.intermediate, shape.top_k)
-            points.append((T, (x_TH, ids_TK, w_TK), {1: {**tuned, "PDL": 1}, 0: {**tuned, "PDL": 0}}))
+            if args.grouped_only and tuned["path"] != "grouped":
+                continue
+            points.append((T, (x_TH, ids_TK, w_TK), {"a": {**tuned, args.key: args.a},
+                                                     "b": {**tuned, args.key: args.b}}))
         with torch.no_grad():  # every kernel built once, in threads, before anything is timed
             for _, inputs, cfgs in points:
                 precompile(experts, inputs, list(cfgs.values()))
@@ -62,26 +72,28 @@ def main(argv=None) -> int:
             if time.time() - t0 > args.budget_s:
                 print(f"{model} T={T} and later: out of time budget", flush=True)
                 break
-            times = {(on, how): [] for on in (1, 0) for how in ("events", "graph")}
+            times = {(v, how): [] for v in "ab" for how in ("events", "graph")}
             with torch.no_grad():
-                on_TH = triton_fused_experts(experts, *inputs, config=cfgs[1])
-                off_TH = triton_fused_experts(experts, *inputs, config=cfgs[0])
-                same = bool(torch.equal(on_TH, off_TH))
+                a_TH = triton_fused_experts(experts, *inputs, config=cfgs["a"])
+                b_TH = triton_fused_experts(experts, *inputs, config=cfgs["b"])
+                same = bool(torch.equal(a_TH, b_TH))
+                rel_err = float((a_TH.float() - b_TH.float()).norm() / b_TH.float().norm().clamp_min(1e-30))
                 for r in range(args.rounds):
-                    for on in (1, 0) if r % 2 == 0 else (0, 1):
-                        def call(cfg=cfgs[on]):
-                            triton_fused_experts(experts, *inputs, config=cfg)
-                        times[(on, "events")].append(median_ms(call, dev) * 1e3)
-                        times[(on, "graph")].append(gpu_ms(call, dev, reps=20) * 1e3)
+                    for v in "ab" if r % 2 == 0 else "ba":
+                        def call(cfg=cfgs[v], ex=experts, inp=inputs):
+                            triton_fused_experts(ex, *inp, config=cfg)
+                        times[(v, "events")].append(median_ms(call, dev) * 1e3)
+                        times[(v, "graph")].append(gpu_ms(call, dev, reps=20) * 1e3)
             us = {k: float(np.median(v)) for k, v in times.items()}
             for how in ("events", "graph"):
-                rows.append(dict(model=model, T=T, timing=how, pdl_us=round(us[(1, how)], 2),
-                                 serial_us=round(us[(0, how)], 2), speedup=round(us[(0, how)] / us[(1, how)], 4),
-                                 same_bits=same, path=cfgs[1]["path"], rounds=args.rounds,
+                rows.append(dict(model=model, T=T, timing=how, key=args.key, a=args.a, b=args.b,
+                                 a_us=round(us[("a", how)], 2), b_us=round(us[("b", how)], 2),
+                                 speedup_a=round(us[("b", how)] / us[("a", how)], 4), same_bits=same,
+                                 rel_err=round(rel_err, 6), block_m=cfgs["a"].get("BLOCK_M"), rounds=args.rounds,
                                  device=torch.cuda.get_device_name(), torch=torch.__version__,
                                  triton=triton.__version__, transformers=transformers.__version__))
                 print(rows[-1], flush=True)
-            pd.DataFrame(rows).to_csv(out / "pdl.csv", index=False)  # after every point: a timeout keeps the rest
+            pd.DataFrame(rows).to_csv(out / f"{args.key}.csv", index=False)  # every point: a timeout keeps the rest
         del experts
         torch.cuda.empty_cache()
     return 0
