@@ -85,7 +85,7 @@ def test_search_finds_the_cheapest_config_of_its_space(fake_kernels):
     def cost(cfg):  # separable: the gate/up tile and the down tile each cost something, the target least
         if cfg.get("BLOCK_M") != 64:
             return 5.0
-        return 1.0 + (cfg["up"] != up_target) + (cfg["down"] != down_target)
+        return 1.0 + (cfg["up"] != up_target) + (cfg["down"] != down_target) + 0.5 * cfg.get("HALF_TAIL", 0)
 
     state["cost"] = cost
     incumbent = configs.heuristic_config(200, 8, 128, 96, 2)
@@ -93,6 +93,21 @@ def test_search_finds_the_cheapest_config_of_its_space(fake_kernels):
     assert json.loads(results[0][1]) == target and results[0][0] == 1.0
     assert [ms for ms, _ in results] == sorted(ms for ms, _ in results)
     assert len({k for _, k in results}) == len(results)  # each config timed once
+
+
+def test_search_tries_half_tail_on_each_block_m_best(fake_kernels):
+    seen, state = fake_kernels
+    experts, inputs = tiny_inputs(T=200)  # S=400 over 8 experts: grouped BLOCK_M 16 to 128
+    state["cost"] = lambda cfg: (2.0 - cfg.get("HALF_TAIL", 0)) * (1 + (cfg.get("BLOCK_M") != 64))
+    incumbent = configs.heuristic_config(200, 8, 128, 96, 2)
+    results = search.search_bucket(experts, inputs, incumbent, wide=False, reps=1, log=print)
+    cfgs = [json.loads(k) for _, k in results]
+    halves = [c for c in cfgs if c.get("HALF_TAIL")]
+    # one half-tail variant per BLOCK_M from 32 on (16-row blocks have no 8-row half), each of that BLOCK_M's best
+    assert sorted(c["BLOCK_M"] for c in halves) == [32, 64, 128]
+    for half in halves:
+        assert {k: v for k, v in half.items() if k != "HALF_TAIL"} in cfgs
+    assert cfgs[0]["BLOCK_M"] == 64 and cfgs[0]["HALF_TAIL"] == 1 and results[0][0] == 1.0
 
 
 @pytest.mark.parametrize("layout,one_dot", [({}, 0), ({"is_concatenated": False}, 1), ({"has_gate": False}, 0)])
@@ -116,7 +131,7 @@ def test_search_tries_tma_on_each_block_m_best(fake_kernels, layout, one_dot):
     best = json.loads(results[0][1])
     assert best["up"]["TMA"] == best["down"]["TMA"] == best["up"]["A_TMA"] == best["down"]["A_TMA"] == 1
     assert best["up"]["ONE_DOT"] == one_dot and results[0][0] == 0.5
-    cfgs = [json.loads(k) for _, k in results]
+    cfgs = [json.loads(k) for _, k in results if "HALF_TAIL" not in k]  # the half-tail stage: its own test
     weights_only = [c for c in cfgs if "TMA" in c["up"] or "TMA" in c["down"]]
     weights_only = [c for c in weights_only if "A_TMA" not in c["up"] and "A_TMA" not in c["down"]]
     with_a = [c for c in cfgs if "A_TMA" in c["up"] or "A_TMA" in c["down"]]
