@@ -3,14 +3,15 @@
     PYTHONPATH=. python benchmarks/config_ab.py --key PDL --a 1 --b 0 --out $OUT [--models ...] [--tokens ...]
 
 Per (model, T): the tuned config with `key` = a and with `key` = b (e.g. PDL, programmatic dependent launch,
-`moe_lab.kernels.pdl`; HALF_TAIL, half-height last row blocks, `moe_lab.kernels.fused_moe`), bf16, uniform
-routing, timed as the bench times (`moe_lab.tune.median_ms`: CUDA events, L2 flushed before each call) and
-as one CUDA-graph replay (`moe_lab.kernels.search.gpu_ms`). The two are timed in alternating order over
-`--rounds` rounds (a/b, then b/a, ...), since whichever of two runs of the same kernels is timed second
-can come out slower; each reported time is the median over rounds. Token counts whose tuned config has no
-use for the key (`--grouped-only`: the decode path) are left out. The outputs of both are compared first:
-`same_bits` records whether they are equal bit for bit, `rel_err` their relative difference. Writes
-`<key>.csv` under --out.
+`moe_lab.kernels.pdl`; HALF_TAIL, half-height last row blocks; PREFETCH, the decode down kernel's L2
+prefetch; both in `moe_lab.kernels.fused_moe`), bf16, uniform routing, timed as the bench times
+(`moe_lab.tune.median_ms`: CUDA events, L2 flushed before each call) and as one CUDA-graph replay
+(`moe_lab.kernels.search.gpu_ms`). The two are timed in alternating order over `--rounds` rounds (a/b, then
+b/a, ...), since whichever of two runs of the same kernels is timed second can come out slower; each
+reported time is the median over rounds. Token counts whose tuned config has no use for the key are left
+out with `--grouped-only` (HALF_TAIL: the decode points) or `--decode-only` (PREFETCH: the grouped ones).
+The outputs of both are compared first: `same_bits` records whether they are equal bit for bit, `rel_err`
+their relative difference. Writes `<key>.csv` under --out.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ def main(argv=None) -> int:
     p.add_argument("--key", required=True, help="top-level config key, e.g. PDL or HALF_TAIL")
     p.add_argument("--a", type=int, default=1, help="the key's value in variant a")
     p.add_argument("--b", type=int, default=0, help="the key's value in variant b")
-    p.add_argument("--grouped-only", action="store_true", help="only token counts whose tuned config is grouped")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--grouped-only", action="store_true", help="only token counts whose tuned config is grouped")
+    only.add_argument("--decode-only", action="store_true", help="only token counts whose tuned config is decode")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=500.0, help="stop starting new points after this many seconds")
     args = p.parse_args(argv)
@@ -61,7 +64,7 @@ def main(argv=None) -> int:
             ids_TK, w_TK = synthetic_routing("uniform", T, shape.experts, shape.top_k, seed=T, device=dev)
             x_TH = torch.randn(T, shape.hidden, generator=torch.Generator().manual_seed(T)).to(dev, torch.bfloat16)
             tuned = get_config("h100", "bfloat16", T, shape.experts, shape.hidden, shape.intermediate, shape.top_k)
-            if args.grouped_only and tuned["path"] != "grouped":
+            if (args.grouped_only and tuned["path"] != "grouped") or (args.decode_only and tuned["path"] != "decode"):
                 continue
             points.append((T, (x_TH, ids_TK, w_TK), {"a": {**tuned, args.key: args.a},
                                                      "b": {**tuned, args.key: args.b}}))

@@ -124,6 +124,7 @@ def compiled(monkeypatch) -> list:
 
 def compile_call(experts, x_TH, ids_TK, weights_TK, config, compiled, names: list[str]) -> None:
     """One call with `config`: an output of x's shape and dtype, and `names` compiled for sm90 by ptxas."""
+    down_rows_contiguous = triton_fused._stored_weights(experts)[5][2] == 1
     with torch.no_grad():
         out_TH = triton_fused.triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config=config)
     assert out_TH.shape == x_TH.shape and out_TH.dtype == x_TH.dtype
@@ -135,6 +136,13 @@ def compile_call(experts, x_TH, ids_TK, weights_TK, config, compiled, names: lis
         # programmatic dependent launch: launched with the attribute, and waiting on the kernel before it
         assert kernel.metadata.launch_pdl == pdl_on, kernel.name
         assert ("griddepcontrol.wait" in kernel.asm["ptx"]) == pdl_on, kernel.name
+        # the decode down kernel pulls its weight rows into L2 before that wait, where they are contiguous along I
+        prefetch = (kernel.name == "_down_decode_kernel" and pdl_on and config.get("PREFETCH", 1) == 1
+                    and down_rows_contiguous)
+        assert ("prefetch.global.L2" in kernel.asm["ptx"]) == prefetch, kernel.name
+        if prefetch:
+            ptx = kernel.asm["ptx"]
+            assert ptx.rindex("prefetch.global.L2") < ptx.index("griddepcontrol.wait"), "prefetch after the wait"
     with_tma = [k.name for k in compiled if k.metadata.tensordesc_meta]  # operands loaded through TMA descriptors
     assert with_tma == (GEMMS if config["up"].get("TMA") or config["up"].get("A_TMA") else [])
 
@@ -174,3 +182,15 @@ def test_multi_program_alignment_compiles_for_sm90(pdl_on, compiled, seed):
            "down": dict(BLOCK_N=16, BLOCK_K=16, GROUP_M=8, **TILE), "PDL": pdl_on}
     compile_call(experts, x_TH, ids_TK, weights_TK, cfg, compiled,
                  ["_align_count_kernel", "_align_scatter_kernel", *GEMMS, "_topk_sum_kernel"])
+
+
+@pytest.mark.parametrize("prefetch", [1, 0], ids=["prefetch", "no_prefetch"])
+@pytest.mark.parametrize("layout", ["gated_silu", "transposed"])
+def test_decode_prefetch_follows_the_config_and_the_storage(prefetch, layout, compiled, seed):
+    """The decode down kernel's L2 prefetch before its wait: there by default, gone with `"PREFETCH": 0`, and never
+    on a down weight stored transposed (its rows are not contiguous along I, so lines would be skipped)."""
+    c = SHAPES["k_tail"]
+    experts = make_experts(c, LAYOUTS[layout], torch.bfloat16, "cpu", seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, "cpu", seed)
+    compile_call(experts, x_TH, ids_TK, weights_TK, {**CONFIGS["decode"], "PREFETCH": prefetch}, compiled,
+                 KERNELS["decode"])

@@ -10,10 +10,11 @@
   through a TMA descriptor (its reduction size a multiple of BLOCK_K, stored contiguous; for gate/up
   ONE_DOT 1 on an interleaved layout, 0 otherwise), else pointer loads; `"A_TMA": 1` in "up" gathers
   the tokens once into the aligned order (one extra copy) and loads them through TMA, in "down" loads
-  the intermediate through TMA (both need rows of a multiple of 16 bytes). Top level, both optional:
+  the intermediate through TMA (both need rows of a multiple of 16 bytes). Top level, all optional:
   `"HALF_TAIL": 1` runs a row block with at most BLOCK_M / 2 real rows (an expert's last) as a
   half-height tile in both GEMMs, so that padding costs at most half a block of MMA work (BLOCK_M >= 32);
-  `"PDL": 0` turns off programmatic dependent launch (on by default where the GPU has it).
+  `"PDL": 0` turns off programmatic dependent launch (on by default where the GPU has it); `"PREFETCH": 0`
+  turns off the decode path's L2 prefetch of the down weights before the wait on gate/up (on with PDL).
 
 The file is written ahead of time by `moe-lab tune-kernels` (`moe_lab.kernels.search`) on the device;
 users pay no autotuning. `MOE_LAB_KERNEL_CONFIGS` names another file (a user's own tuning). A call

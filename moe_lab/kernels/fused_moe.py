@@ -25,7 +25,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
 from moe_lab.kernels.pdl import pdl_enter
+from moe_lab.kernels.prefetch import prefetch_l2
 
 # activation codes (constexpr)
 ACT_SILU, ACT_GELU, ACT_RELU, ACT_GELU_TANH, ACT_CLAMPED_SWIGLU = 0, 1, 2, 3, 4
@@ -491,24 +494,43 @@ def _down_decode_step(a_ptrs, w_ptrs, acc, rw, valid, offs_k, k, I, stride_wi,
 
 
 @triton.jit
+def _prefetch_down_rows(ids_ptr, w_ptr, s, offs_n_safe, I, E, stride_we, stride_wh, LINE: tl.constexpr,
+                        LINES: tl.constexpr):
+    """Pull pair s's down-weight rows `offs_n_safe` (contiguous along I) into L2: one prefetch per LINE
+    elements, the row's last element included. An out-of-range expert id prefetches expert 0's rows."""
+    e = tl.load(ids_ptr + s).to(tl.int32)
+    e = tl.where((e >= 0) & (e < E), e, 0)
+    offs_k = tl.minimum(tl.arange(0, LINES) * LINE, I - 1)
+    prefetch_l2(w_ptr + e.to(tl.int64) * stride_we + offs_n_safe[:, None] * stride_wh + offs_k[None, :])
+
+
+@triton.jit
 def _down_decode_kernel(
     a_ptr, ids_ptr, topk_w_ptr, w_ptr, b_ptr, out_ptr,
     H, I, E,
     stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ot,
     PAIRS: tl.constexpr, REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, EVEN_K: tl.constexpr, UNROLL: tl.constexpr,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, PREFETCH: tl.constexpr = False, LINE: tl.constexpr = 64, LINES: tl.constexpr = 1,
 ):
     """REDUCE: out[t, h-tile] = sum_k w[t,k] * (a[t*K+k] @ W_down[e]^T + b[e]), one program per (t, tile),
     PAIRS = K. Otherwise (PAIRS = 1) out[s, h-tile] = a[s] @ W_down[e]^T + b[e] per pair (for a post-expert
     norm). UNROLL: pairs and reduction steps unrolled, so every pair's loads are in flight together (the
-    plan unrolls only where they fit in registers)."""
-    pdl_enter(PDL)
+    plan unrolls only where they fit in registers). PREFETCH (with PDL, the weight contiguous along I): the
+    program pulls its weight rows into L2 before waiting on gate/up, whose output they do not depend on,
+    so that the weight reads overlap gate/up's last wave; the expert ids were written before gate/up began."""
     row = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < H
     offs_n_safe = tl.where(n_ok, offs_n, 0)
+    if PDL:
+        gdc_launch_dependents()
+        if PREFETCH:
+            for j in tl.static_range(PAIRS):
+                _prefetch_down_rows(ids_ptr, w_ptr, row * PAIRS + j, offs_n_safe, I, E, stride_we, stride_wh,
+                                    LINE, LINES)
+        gdc_wait()
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     bias = tl.zeros((BLOCK_N,), dtype=tl.float32)

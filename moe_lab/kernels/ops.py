@@ -90,6 +90,14 @@ def _unrolls(loads: int, cfg: dict) -> bool:
     return loads * cfg["BLOCK_N"] * cfg["BLOCK_K"] // (32 * cfg["num_warps"]) <= UNROLL_MAX_VALUES
 
 
+def _prefetch_consts(on: bool, down_strides: tuple[int, int, int], I: int, dtype: torch.dtype) -> dict:
+    """The down decode kernel's L2 prefetch of its weight rows (`PREFETCH`, one per 128-byte `LINE`, `LINES`
+    per row with the row's end): only with PDL (it runs before the wait) and rows contiguous along I."""
+    line = 128 // dtype.itemsize
+    on = on and down_strides[2] == 1
+    return dict(PREFETCH=on, LINE=line, LINES=triton.next_power_of_2(triton.cdiv(I, line) + 1) if on else 1)
+
+
 def _opts(cfg: dict, pdl: bool) -> dict:
     """Launch options of a kernel config: warps, stages, and `launch_pdl` where PDL is on."""
     opts = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
@@ -146,7 +154,8 @@ class Plan:
                                      BLOCK_K=down["BLOCK_K"], NUM_K=triton.cdiv(I, down["BLOCK_K"]),
                                      EVEN_K=I % down["BLOCK_K"] == 0,
                                      UNROLL=_unrolls((K if reduce else 1) * triton.cdiv(I, down["BLOCK_K"]), down),
-                                     **common), _opts(down, pdl))
+                                     **_prefetch_consts(pdl and bool(config.get("PREFETCH", 1)), down_strides, I,
+                                                        dtype), **common), _opts(down, pdl))
             self.down_scalars = (H, I, E, *down_strides, bd0, bd1, H)
             return
         bm, up, down = config["BLOCK_M"], config["up"], config["down"]
