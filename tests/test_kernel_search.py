@@ -110,6 +110,22 @@ def test_search_tries_half_tail_on_each_block_m_best(fake_kernels):
     assert cfgs[0]["BLOCK_M"] == 64 and cfgs[0]["HALF_TAIL"] == 1 and results[0][0] == 1.0
 
 
+@pytest.mark.parametrize("T,other", [(1, 0), (3, 1)])
+def test_search_tries_the_other_l2_policy_on_the_best_decode_config(fake_kernels, T, other):
+    """The best decode config timed again with its weights' other L2 policy: 0 where T = 1 defaults to
+    evict-first, 1 from T = 2 on; the search keeps the flip only where it is faster."""
+    seen, state = fake_kernels
+    experts, inputs = tiny_inputs(T=T)  # S = 2T pairs: the decode path competes
+    target = search.decode_config(search.DECODE_UP[3], search.DECODE_DOWN[2])
+    state["cost"] = lambda cfg: (5.0 if cfg.get("path") != "decode" else 2.0 - (cfg["up"] == target["up"])
+                                 - 0.5 * (cfg["down"] == target["down"]) - 0.25 * (cfg.get("EVICT_FIRST") == other))
+    results = search.search_bucket(experts, inputs, configs.heuristic_config(T, 8, 128, 96, 2), wide=False, reps=1,
+                                   log=print)
+    flipped = [json.loads(k) for _, k in results if "EVICT_FIRST" in k]
+    assert flipped == [{**target, "EVICT_FIRST": other}]  # once, on the best decode config only
+    assert results[0] == (0.25, json.dumps({**target, "EVICT_FIRST": other}, sort_keys=True))
+
+
 @pytest.mark.parametrize("layout,one_dot", [({}, 0), ({"is_concatenated": False}, 1), ({"has_gate": False}, 0)])
 def test_search_tries_tma_on_each_block_m_best(fake_kernels, layout, one_dot):
     from moe_lab import Experts, ExpertsLayout
@@ -314,3 +330,9 @@ def test_gate_up_tiles_are_compared_beside_a_down_tile_that_runs(fake_kernels):
     best = json.loads(results[0][1])
     assert results[0][0] == 1.0 and best["BLOCK_M"] == bm and best["up"]["ONE_DOT"] == fast_up[5]
     assert [best["up"][k] for k in search.TILE_KEYS] == list(fast_up[:5])
+
+
+@pytest.mark.parametrize("config,T,evicts", [({}, 1, True), ({}, 2, False), ({}, 64, False),
+                                             ({"EVICT_FIRST": 0}, 1, False), ({"EVICT_FIRST": 1}, 8, True)])
+def test_decode_weights_evict_first_where_none_is_read_twice_unless_the_config_says(config, T, evicts):
+    assert configs.decode_evicts_first(config, T) is evicts

@@ -24,6 +24,7 @@ from test_triton_fused import CONFIGS, TILE, half_tail_config, row_block_config,
 
 import moe_lab.backends.triton_fused as triton_fused
 from moe_lab.kernels.align import SINGLE_MAX_PAIRS
+from moe_lab.kernels.configs import decode_evicts_first
 
 
 def _why_not_here() -> str | None:
@@ -124,25 +125,20 @@ def compiled(monkeypatch) -> list:
 
 def compile_call(experts, x_TH, ids_TK, weights_TK, config, compiled, names: list[str]) -> None:
     """One call with `config`: an output of x's shape and dtype, and `names` compiled for sm90 by ptxas."""
-    down_rows_contiguous = triton_fused._stored_weights(experts)[5][2] == 1
     with torch.no_grad():
         out_TH = triton_fused.triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config=config)
     assert out_TH.shape == x_TH.shape and out_TH.dtype == x_TH.dtype
     assert [k.name for k in compiled] == names
     pdl_on = config.get("PDL", 1) == 1
+    evict_first = decode_evicts_first(config, x_TH.shape[0])
     for kernel in compiled:
         assert kernel.metadata.target.backend == "cuda" and kernel.metadata.target.arch == SM90, kernel.name
         assert kernel.asm.get("cubin"), f"{kernel.name}: no cubin"
         # programmatic dependent launch: launched with the attribute, and waiting on the kernel before it
         assert kernel.metadata.launch_pdl == pdl_on, kernel.name
         assert ("griddepcontrol.wait" in kernel.asm["ptx"]) == pdl_on, kernel.name
-        # the decode down kernel pulls its weight rows into L2 before that wait, where they are contiguous along I
-        prefetch = (kernel.name == "_down_decode_kernel" and pdl_on and config.get("PREFETCH", 1) == 1
-                    and down_rows_contiguous)
-        assert ("prefetch.global.L2" in kernel.asm["ptx"]) == prefetch, kernel.name
-        if prefetch:
-            ptx = kernel.asm["ptx"]
-            assert ptx.rindex("prefetch.global.L2") < ptx.index("griddepcontrol.wait"), "prefetch after the wait"
+        # the decode path streams its weights with an evict-first L2 policy at T = 1 or where the config says so
+        assert ("L2::evict_first" in kernel.asm["ptx"]) == ("decode" in kernel.name and evict_first), kernel.name
     with_tma = [k.name for k in compiled if k.metadata.tensordesc_meta]  # operands loaded through TMA descriptors
     assert with_tma == (GEMMS if config["up"].get("TMA") or config["up"].get("A_TMA") else [])
 
@@ -184,13 +180,15 @@ def test_multi_program_alignment_compiles_for_sm90(pdl_on, compiled, seed):
                  ["_align_count_kernel", "_align_scatter_kernel", *GEMMS, "_topk_sum_kernel"])
 
 
-@pytest.mark.parametrize("prefetch", [1, 0], ids=["prefetch", "no_prefetch"])
-@pytest.mark.parametrize("layout", ["gated_silu", "transposed"])
-def test_decode_prefetch_follows_the_config_and_the_storage(prefetch, layout, compiled, seed):
-    """The decode down kernel's L2 prefetch before its wait: there by default, gone with `"PREFETCH": 0`, and never
-    on a down weight stored transposed (its rows are not contiguous along I, so lines would be skipped)."""
-    c = SHAPES["k_tail"]
-    experts = make_experts(c, LAYOUTS[layout], torch.bfloat16, "cpu", seed)
+
+
+
+@pytest.mark.parametrize("T,evict_first", [(1, None), (1, 0), (21, 1)], ids=["one_token", "one_token_off", "on"])
+def test_decode_weights_evict_first_as_the_config_says(T, evict_first, compiled, seed):
+    """The decode kernels' weights under an evict-first L2 policy: by default at T = 1, else as `"EVICT_FIRST"`
+    says (compile_call checks the PTX)."""
+    c = Case(E=6, H=80, I=48, K=2, T=T, routing="skewed")
+    experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, "cpu", seed)
     x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, "cpu", seed)
-    compile_call(experts, x_TH, ids_TK, weights_TK, {**CONFIGS["decode"], "PREFETCH": prefetch}, compiled,
-                 KERNELS["decode"])
+    extra = {} if evict_first is None else {"EVICT_FIRST": evict_first}
+    compile_call(experts, x_TH, ids_TK, weights_TK, {**CONFIGS["decode"], **extra}, compiled, KERNELS["decode"])

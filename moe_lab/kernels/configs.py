@@ -13,8 +13,9 @@
   the intermediate through TMA (both need rows of a multiple of 16 bytes). Top level, all optional:
   `"HALF_TAIL": 1` runs a row block with at most BLOCK_M / 2 real rows (an expert's last) as a
   half-height tile in both GEMMs, so that padding costs at most half a block of MMA work (BLOCK_M >= 32);
-  `"PDL": 0` turns off programmatic dependent launch (on by default where the GPU has it); `"PREFETCH": 0`
-  turns off the decode path's L2 prefetch of the down weights before the wait on gate/up (on with PDL).
+  `"PDL": 0` turns off programmatic dependent launch (on by default where the GPU has it); on the decode
+  path `"EVICT_FIRST"` 1 or 0 loads the weights with an evict-first L2 policy or the default one (without
+  the key: evict-first at T = 1 only, see `decode_evicts_first`).
 
 The file is written ahead of time by `moe-lab tune-kernels` (`moe_lab.kernels.search`) on the device;
 users pay no autotuning. `MOE_LAB_KERNEL_CONFIGS` names another file (a user's own tuning). A call
@@ -71,6 +72,13 @@ def heuristic_config(T: int, E: int, H: int, I: int, K: int) -> dict:
         bm, up, down = 128, dict(BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3), \
             dict(BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
     return {"path": "grouped", "BLOCK_M": bm, "up": up, "down": down}
+
+
+def decode_evicts_first(config: dict, T: int) -> bool:
+    """Whether the decode path loads the weights evict-first (they leave L2 before anything else does): as the
+    config says, else at T = 1, where a token's K experts are distinct and so no weight is read twice (from
+    T = 2 on two pairs may share an expert, whose second read then finds it in L2 with the default policy)."""
+    return bool(config.get("EVICT_FIRST", T == 1))
 
 
 def bucket_of(T: int, buckets: list[int]) -> int:

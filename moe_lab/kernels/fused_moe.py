@@ -25,10 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-
 from moe_lab.kernels.pdl import pdl_enter
-from moe_lab.kernels.prefetch import prefetch_l2
 
 # activation codes (constexpr)
 ACT_SILU, ACT_GELU, ACT_RELU, ACT_GELU_TANH, ACT_CLAMPED_SWIGLU = 0, 1, 2, 3, 4
@@ -382,21 +379,21 @@ def _down_grouped_kernel(
 
 @triton.jit
 def _gate_up_decode_step(x_ptrs, wg_ptrs, wu_ptrs, acc_g, acc_u, offs_k, k, H, stride_xh, stride_wh,
-                         GATE_MODE: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+                         GATE_MODE: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, W_EVICT: tl.constexpr):
     """Reduction step k of `_gate_up_decode_kernel`: the gate and up partial products, elementwise in float32."""
     if EVEN_K:
         xk = tl.load(x_ptrs + k * BLOCK_K * stride_xh).to(tl.float32)
-        wg = tl.load(wg_ptrs + k * BLOCK_K * stride_wh)
+        wg = tl.load(wg_ptrs + k * BLOCK_K * stride_wh, eviction_policy=W_EVICT)
     else:
         k_ok = offs_k < H - k * BLOCK_K
         xk = tl.load(x_ptrs + k * BLOCK_K * stride_xh, mask=k_ok, other=0.0).to(tl.float32)
-        wg = tl.load(wg_ptrs + k * BLOCK_K * stride_wh, mask=k_ok[None, :], other=0.0)
+        wg = tl.load(wg_ptrs + k * BLOCK_K * stride_wh, mask=k_ok[None, :], other=0.0, eviction_policy=W_EVICT)
     acc_g += wg.to(tl.float32) * xk[None, :]
     if GATE_MODE != 0:
         if EVEN_K:
-            wu = tl.load(wu_ptrs + k * BLOCK_K * stride_wh)
+            wu = tl.load(wu_ptrs + k * BLOCK_K * stride_wh, eviction_policy=W_EVICT)
         else:
-            wu = tl.load(wu_ptrs + k * BLOCK_K * stride_wh, mask=k_ok[None, :], other=0.0)
+            wu = tl.load(wu_ptrs + k * BLOCK_K * stride_wh, mask=k_ok[None, :], other=0.0, eviction_policy=W_EVICT)
         acc_u += wu.to(tl.float32) * xk[None, :]
     return acc_g, acc_u
 
@@ -409,11 +406,13 @@ def _gate_up_decode_kernel(
     limit, alpha,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, EVEN_K: tl.constexpr, UNROLL: tl.constexpr,
-    PDL: tl.constexpr = False,
+    W_EVICT: tl.constexpr = "", PDL: tl.constexpr = False,
 ):
     """a[s, n-tile] = gate(x[t] @ W_up[e]^T) for one pair s = (t, k), e its expert; float32 out (S, I).
     UNROLL: the NUM_K = cdiv(H, BLOCK_K) reduction steps unrolled, so no step waits on another's loads
-    (the plan unrolls only where those loads fit in registers)."""
+    (the plan unrolls only where those loads fit in registers). W_EVICT: the weights' L2 eviction policy,
+    "evict_first" by default: each is read once, so they leave L2 before lines that may be read again
+    (the tokens, whatever the kernels before this one left there)."""
     pdl_enter(PDL)
     s = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -433,11 +432,11 @@ def _gate_up_decode_kernel(
     if UNROLL:
         for k in tl.static_range(NUM_K):
             acc_g, acc_u = _gate_up_decode_step(x_ptrs, wg_ptrs, wu_ptrs, acc_g, acc_u, offs_k, k, H, stride_xh,
-                                                stride_wh, GATE_MODE, BLOCK_K, EVEN_K)
+                                                stride_wh, GATE_MODE, BLOCK_K, EVEN_K, W_EVICT)
     else:
         for k in range(NUM_K):
             acc_g, acc_u = _gate_up_decode_step(x_ptrs, wg_ptrs, wu_ptrs, acc_g, acc_u, offs_k, k, H, stride_xh,
-                                                stride_wh, GATE_MODE, BLOCK_K, EVEN_K)
+                                                stride_wh, GATE_MODE, BLOCK_K, EVEN_K, W_EVICT)
     g = tl.sum(acc_g, axis=1)
     if HAS_BIAS:
         b_base = b_ptr + e.to(tl.int64) * stride_be
@@ -456,7 +455,7 @@ def _gate_up_decode_kernel(
 def _down_decode_pair(a_ptr, ids_ptr, topk_w_ptr, w_ptr, b_ptr, acc, bias, s, offs_n_safe, n_ok, offs_k, I, E,
                       stride_we, stride_wh, stride_wi, stride_be, stride_bh,
                       REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr,
-                      EVEN_K: tl.constexpr, UNROLL: tl.constexpr):
+                      EVEN_K: tl.constexpr, UNROLL: tl.constexpr, W_EVICT: tl.constexpr):
     """Pair s's share of `_down_decode_kernel`: rw * a[s] @ W_down[e]^T into acc, rw * b[e] into bias; an
     invalid pair is masked (no loads), not branched around."""
     e = tl.load(ids_ptr + s).to(tl.int32)
@@ -470,10 +469,12 @@ def _down_decode_pair(a_ptr, ids_ptr, topk_w_ptr, w_ptr, b_ptr, acc, bias, s, of
     a_ptrs = a_ptr + s.to(tl.int64) * I + offs_k
     if UNROLL:
         for k in tl.static_range(NUM_K):
-            acc = _down_decode_step(a_ptrs, w_ptrs, acc, rw, valid, offs_k, k, I, stride_wi, BLOCK_K, EVEN_K)
+            acc = _down_decode_step(a_ptrs, w_ptrs, acc, rw, valid, offs_k, k, I, stride_wi, BLOCK_K, EVEN_K,
+                                    W_EVICT)
     else:
         for k in range(NUM_K):
-            acc = _down_decode_step(a_ptrs, w_ptrs, acc, rw, valid, offs_k, k, I, stride_wi, BLOCK_K, EVEN_K)
+            acc = _down_decode_step(a_ptrs, w_ptrs, acc, rw, valid, offs_k, k, I, stride_wi, BLOCK_K, EVEN_K,
+                                    W_EVICT)
     if HAS_BIAS:
         b = tl.load(b_ptr + e.to(tl.int64) * stride_be + offs_n_safe * stride_bh, mask=valid & n_ok, other=0.0)
         bias += rw * b.to(tl.float32)
@@ -482,26 +483,15 @@ def _down_decode_pair(a_ptr, ids_ptr, topk_w_ptr, w_ptr, b_ptr, acc, bias, s, of
 
 @triton.jit
 def _down_decode_step(a_ptrs, w_ptrs, acc, rw, valid, offs_k, k, I, stride_wi,
-                      BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+                      BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, W_EVICT: tl.constexpr):
     if EVEN_K:
         ak = tl.load(a_ptrs + k * BLOCK_K, mask=valid, other=0.0)
-        wd = tl.load(w_ptrs + k * BLOCK_K * stride_wi, mask=valid, other=0.0)
+        wd = tl.load(w_ptrs + k * BLOCK_K * stride_wi, mask=valid, other=0.0, eviction_policy=W_EVICT)
     else:
         k_ok = (offs_k < I - k * BLOCK_K) & valid
         ak = tl.load(a_ptrs + k * BLOCK_K, mask=k_ok, other=0.0)
-        wd = tl.load(w_ptrs + k * BLOCK_K * stride_wi, mask=k_ok[None, :], other=0.0)
+        wd = tl.load(w_ptrs + k * BLOCK_K * stride_wi, mask=k_ok[None, :], other=0.0, eviction_policy=W_EVICT)
     return acc + wd.to(tl.float32) * (ak * rw)[None, :]
-
-
-@triton.jit
-def _prefetch_down_rows(ids_ptr, w_ptr, s, offs_n_safe, I, E, stride_we, stride_wh, LINE: tl.constexpr,
-                        LINES: tl.constexpr):
-    """Pull pair s's down-weight rows `offs_n_safe` (contiguous along I) into L2: one prefetch per LINE
-    elements, the row's last element included. An out-of-range expert id prefetches expert 0's rows."""
-    e = tl.load(ids_ptr + s).to(tl.int32)
-    e = tl.where((e >= 0) & (e < E), e, 0)
-    offs_k = tl.minimum(tl.arange(0, LINES) * LINE, I - 1)
-    prefetch_l2(w_ptr + e.to(tl.int64) * stride_we + offs_n_safe[:, None] * stride_wh + offs_k[None, :])
 
 
 @triton.jit
@@ -511,26 +501,18 @@ def _down_decode_kernel(
     stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ot,
     PAIRS: tl.constexpr, REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, EVEN_K: tl.constexpr, UNROLL: tl.constexpr,
-    PDL: tl.constexpr = False, PREFETCH: tl.constexpr = False, LINE: tl.constexpr = 64, LINES: tl.constexpr = 1,
+    W_EVICT: tl.constexpr = "", PDL: tl.constexpr = False,
 ):
     """REDUCE: out[t, h-tile] = sum_k w[t,k] * (a[t*K+k] @ W_down[e]^T + b[e]), one program per (t, tile),
     PAIRS = K. Otherwise (PAIRS = 1) out[s, h-tile] = a[s] @ W_down[e]^T + b[e] per pair (for a post-expert
     norm). UNROLL: pairs and reduction steps unrolled, so every pair's loads are in flight together (the
-    plan unrolls only where they fit in registers). PREFETCH (with PDL, the weight contiguous along I): the
-    program pulls its weight rows into L2 before waiting on gate/up, whose output they do not depend on,
-    so that the weight reads overlap gate/up's last wave; the expert ids were written before gate/up began."""
+    plan unrolls only where they fit in registers). W_EVICT as in `_gate_up_decode_kernel`."""
+    pdl_enter(PDL)
     row = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < H
     offs_n_safe = tl.where(n_ok, offs_n, 0)
-    if PDL:
-        gdc_launch_dependents()
-        if PREFETCH:
-            for j in tl.static_range(PAIRS):
-                _prefetch_down_rows(ids_ptr, w_ptr, row * PAIRS + j, offs_n_safe, I, E, stride_we, stride_wh,
-                                    LINE, LINES)
-        gdc_wait()
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -538,11 +520,11 @@ def _down_decode_kernel(
         for j in tl.static_range(PAIRS):
             acc, bias = _down_decode_pair(a_ptr, ids_ptr, topk_w_ptr, w_ptr, b_ptr, acc, bias, row * PAIRS + j,
                                           offs_n_safe, n_ok, offs_k, I, E, stride_we, stride_wh, stride_wi, stride_be,
-                                          stride_bh, REDUCE, HAS_BIAS, BLOCK_K, NUM_K, EVEN_K, UNROLL)
+                                          stride_bh, REDUCE, HAS_BIAS, BLOCK_K, NUM_K, EVEN_K, UNROLL, W_EVICT)
     else:
         for j in range(PAIRS):
             acc, bias = _down_decode_pair(a_ptr, ids_ptr, topk_w_ptr, w_ptr, b_ptr, acc, bias, row * PAIRS + j,
                                           offs_n_safe, n_ok, offs_k, I, E, stride_we, stride_wh, stride_wi, stride_be,
-                                          stride_bh, REDUCE, HAS_BIAS, BLOCK_K, NUM_K, EVEN_K, UNROLL)
+                                          stride_bh, REDUCE, HAS_BIAS, BLOCK_K, NUM_K, EVEN_K, UNROLL, W_EVICT)
     out = tl.sum(acc, axis=1) + bias
     tl.store(out_ptr + row.to(tl.int64) * stride_ot + offs_n, out.to(out_ptr.dtype.element_ty), mask=n_ok)

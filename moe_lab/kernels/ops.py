@@ -20,6 +20,7 @@ from moe_lab.kernels import INTERPRETED
 from moe_lab.kernels.align import (CHUNK, LABEL_BLOCKS, SCAN_ROWS, SINGLE_MAX_PAIRS, _align_count_kernel,
                                    _align_scatter_kernel, _align_single_kernel, _gather_rows_kernel, e_pad,
                                    max_blocks)
+from moe_lab.kernels.configs import decode_evicts_first
 from moe_lab.kernels.fused_moe import (_down_decode_kernel, _down_grouped_kernel, _gate_up_decode_kernel,
                                        _gate_up_grouped_kernel)
 from moe_lab.kernels.pdl import pdl_available
@@ -90,14 +91,6 @@ def _unrolls(loads: int, cfg: dict) -> bool:
     return loads * cfg["BLOCK_N"] * cfg["BLOCK_K"] // (32 * cfg["num_warps"]) <= UNROLL_MAX_VALUES
 
 
-def _prefetch_consts(on: bool, down_strides: tuple[int, int, int], I: int, dtype: torch.dtype) -> dict:
-    """The down decode kernel's L2 prefetch of its weight rows (`PREFETCH`, one per 128-byte `LINE`, `LINES`
-    per row with the row's end): only with PDL (it runs before the wait) and rows contiguous along I."""
-    line = 128 // dtype.itemsize
-    on = on and down_strides[2] == 1
-    return dict(PREFETCH=on, LINE=line, LINES=triton.next_power_of_2(triton.cdiv(I, line) + 1) if on else 1)
-
-
 def _opts(cfg: dict, pdl: bool) -> dict:
     """Launch options of a kernel config: warps, stages, and `launch_pdl` where PDL is on."""
     opts = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
@@ -142,6 +135,7 @@ class Plan:
             return
         if self.decode:
             up, down = config["up"], config["down"]
+            common["W_EVICT"] = "evict_first" if decode_evicts_first(config, T) else ""
             self.up = _Launch(_gate_up_decode_kernel, (S, triton.cdiv(I, up["BLOCK_N"])),
                               dict(GATE_MODE=spec.gate_mode, ACT=spec.act, BLOCK_N=up["BLOCK_N"],
                                    BLOCK_K=up["BLOCK_K"], NUM_K=triton.cdiv(H, up["BLOCK_K"]),
@@ -154,8 +148,7 @@ class Plan:
                                      BLOCK_K=down["BLOCK_K"], NUM_K=triton.cdiv(I, down["BLOCK_K"]),
                                      EVEN_K=I % down["BLOCK_K"] == 0,
                                      UNROLL=_unrolls((K if reduce else 1) * triton.cdiv(I, down["BLOCK_K"]), down),
-                                     **_prefetch_consts(pdl and bool(config.get("PREFETCH", 1)), down_strides, I,
-                                                        dtype), **common), _opts(down, pdl))
+                                     **common), _opts(down, pdl))
             self.down_scalars = (H, I, E, *down_strides, bd0, bd1, H)
             return
         bm, up, down = config["BLOCK_M"], config["up"], config["down"]

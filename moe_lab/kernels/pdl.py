@@ -8,10 +8,8 @@ wave overlap. Each kernel's first statement is `pdl_enter`:
 - `gdc_launch_dependents`: this program no longer holds back the next kernel's launch;
 - `gdc_wait`: block until the previous kernel has completed and its writes are visible.
 
-Nothing that counts is read or written before the wait, so each kernel still sees everything the kernels
-before it wrote (each waits on the one before, which waited on the one before it), whatever precedes the
-chain. The one thing done before a wait is the decode down kernel's L2 prefetch of its weights
-(`fused_moe._down_decode_kernel`): a prefetch of a stale address costs bandwidth, not a wrong result.
+Nothing is read or written before the wait, so each kernel still sees everything the kernels before it
+wrote (each waits on the one before, which waited on the one before it), whatever precedes the chain.
 With PDL off (`PDL=False`, older GPUs, Triton's interpreter) nothing of this is compiled.
 """
 

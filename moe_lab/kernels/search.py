@@ -9,7 +9,8 @@ competes too, so a search never makes a bucket slower than it measured. `wide` a
 the matmul-bound buckets (BLOCK_M 64 to 256); on GPUs with TMA (sm90 on), each BLOCK_M's best tiles
 are timed again with the weights loaded through TMA descriptors, then the best of those with the
 activations through TMA too (tokens gathered into the aligned order first); last, each BLOCK_M's best (from 32
-on) with its experts' last row blocks run as half-height tiles where they fit (`HALF_TAIL`). Before it is
+on) with its experts' last row blocks run as half-height tiles where they fit (`HALF_TAIL`), and the best
+decode config with its weights' other L2 policy (`EVICT_FIRST`, `configs.decode_evicts_first`). Before it is
 timed, each candidate's output
 is checked against moe_lab's grouped_mm backend on the same inputs; one that differs by more than the
 dtype's tolerance is logged and never chosen. Every candidate is timed as the whole
@@ -162,6 +163,7 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
     `expected_TH`: the right output; a config whose output differs beyond the dtype's tolerance fails."""
     from moe_lab.backends.common import down_weight_EIH, num_experts
     from moe_lab.backends.triton_fused import triton_fused_experts
+    from moe_lab.kernels.configs import decode_evicts_first
     from moe_lab.reference import relative_error
 
     x_TH, ids_TK, _ = inputs
@@ -189,6 +191,8 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
         best_up = min(DECODE_UP, key=lambda u: time_it(decode_config(u, DECODE_DOWN[1])))
         for d in DECODE_DOWN:
             time_it(decode_config(best_up, d))
+        best = json.loads(min((ms, k) for k, ms in timed.items() if '"decode"' in k)[1])
+        time_it({**best, "EVICT_FIRST": int(not decode_evicts_first(best, T))})  # the other L2 policy
     interleaved = bool(experts.has_gate and not experts.is_concatenated)  # TMA: one box per gate/up tile
     for bm, (ups, downs) in grouped_space(S, E, wide).items():
         # the gate/up tiles are compared beside one down tile that runs (one that does not fit in shared
