@@ -40,7 +40,8 @@ TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=os.environ.get("OUT", "out"))
+    p.add_argument("--out", default=os.environ.get("OUT", "out"), help="writes <key>.csv here (<key>_read.csv "
+                                                                       "with --flush read)")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--tokens", default=",".join(map(str, TOKENS)))
     p.add_argument("--key", required=True, help="top-level config key, e.g. PDL or HALF_TAIL")
@@ -50,6 +51,9 @@ def main(argv=None) -> int:
     only.add_argument("--grouped-only", action="store_true", help="only token counts whose tuned config is grouped")
     only.add_argument("--decode-only", action="store_true", help="only token counts whose tuned config is decode")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--flush", default="write", choices=["write", "read"],
+                   help="how L2 is flushed before each timed call (moe_lab.tune.median_ms): write, as every "
+                        "timer in moe_lab (L2 left dirty), or read (L2 left clean)")
     p.add_argument("--budget-s", type=float, default=500.0, help="stop starting new points after this many seconds")
     args = p.parse_args(argv)
     t0, dev, rows = time.time(), torch.device("cuda"), []
@@ -85,18 +89,20 @@ def main(argv=None) -> int:
                     for v in "ab" if r % 2 == 0 else "ba":
                         def call(cfg=cfgs[v], ex=experts, inp=inputs):
                             triton_fused_experts(ex, *inp, config=cfg)
-                        times[(v, "events")].append(median_ms(call, dev) * 1e3)
-                        times[(v, "graph")].append(gpu_ms(call, dev, reps=20) * 1e3)
+                        times[(v, "events")].append(median_ms(call, dev, flush=args.flush) * 1e3)
+                        times[(v, "graph")].append(gpu_ms(call, dev, reps=20, flush=args.flush) * 1e3)
             us = {k: float(np.median(v)) for k, v in times.items()}
             for how in ("events", "graph"):
                 rows.append(dict(model=model, T=T, timing=how, key=args.key, a=args.a, b=args.b,
                                  a_us=round(us[("a", how)], 2), b_us=round(us[("b", how)], 2),
                                  speedup_a=round(us[("b", how)] / us[("a", how)], 4), same_bits=same,
                                  rel_err=round(rel_err, 6), block_m=cfgs["a"].get("BLOCK_M"), rounds=args.rounds,
+                                 flush=args.flush,
                                  device=torch.cuda.get_device_name(), torch=torch.__version__,
                                  triton=triton.__version__, transformers=transformers.__version__))
                 print(rows[-1], flush=True)
-            pd.DataFrame(rows).to_csv(out / f"{args.key}.csv", index=False)  # every point: a timeout keeps the rest
+            name = f"{args.key}_read.csv" if args.flush == "read" else f"{args.key}.csv"
+            pd.DataFrame(rows).to_csv(out / name, index=False)  # every point: a timeout keeps the rest
         del experts
         torch.cuda.empty_cache()
     return 0

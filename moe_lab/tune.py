@@ -26,8 +26,12 @@ DEFAULT_BACKENDS = ("triton_fused", "grouped_mm", "batched_mm")
 BATCHED_MM_MAX_BYTES = 8 * 2**30  # batched_mm gathers S full weight matrices: skip it beyond this
 
 
-def median_ms(fn, device: torch.device, reps: int = 20, warmup: int = 3) -> float:
-    """Median of `reps` calls; on CUDA each timed by events with the L2 cache flushed before it."""
+def median_ms(fn, device: torch.device, reps: int = 20, warmup: int = 3, flush: str = "write") -> float:
+    """Median of `reps` calls; on CUDA each timed by events with the L2 cache flushed before it: by writing a
+    256 MiB buffer (`flush="write"`, L2 left full of dirty lines that must be written back as a call's reads
+    evict them: every timer in moe_lab), or by reading one (`"read"`, L2 left full of clean lines)."""
+    if flush not in ("write", "read"):
+        raise ValueError(f"flush must be 'write' or 'read', not {flush!r}")
     for _ in range(warmup):
         fn()
     if device.type != "cuda":
@@ -37,11 +41,14 @@ def median_ms(fn, device: torch.device, reps: int = 20, warmup: int = 3) -> floa
             fn()
             samples.append((time.perf_counter() - t0) * 1e3)
         return float(np.median(samples))
-    flush = torch.empty(256 * 2**20, dtype=torch.int8, device=device)
+    buf = torch.empty(256 * 2**20, dtype=torch.int8, device=device)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     for i in range(reps):
-        flush.zero_()
+        if flush == "write":
+            buf.zero_()
+        else:
+            buf.sum()
         starts[i].record()
         fn()
         ends[i].record()

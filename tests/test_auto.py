@@ -174,3 +174,10 @@ def test_default_on_cuda_transposed_layout_is_grouped_mm():
     """gpt-oss's transposed layout: untuned triton_fused measured slow there, so the default is grouped_mm."""
     experts = build_experts("gpt-oss-20b", device="meta")
     assert default_backend(experts, torch.device("cuda")) == "grouped_mm"
+
+
+def test_timer_refuses_an_unknown_l2_flush():
+    from moe_lab.tune import median_ms
+
+    with pytest.raises(ValueError, match="flush must be 'write' or 'read'"):
+        median_ms(lambda: None, torch.device("cpu"), reps=1, flush="none")

@@ -113,9 +113,9 @@ def candidates(S: int, E: int, wide: bool = False) -> list[dict]:
     return out
 
 
-def gpu_ms(fn, device: torch.device, reps: int = 10) -> float:
+def gpu_ms(fn, device: torch.device, reps: int = 10, flush: str = "write") -> float:
     """Time of one call of `fn`: on CUDA the call captured in a CUDA graph and its replays timed (GPU time,
-    L2 flushed before each); elsewhere the median wall clock."""
+    L2 flushed before each, as `moe_lab.tune.median_ms`'s `flush` says); elsewhere the median wall clock."""
     from moe_lab.tune import median_ms
 
     if device.type != "cuda":
@@ -125,7 +125,7 @@ def gpu_ms(fn, device: torch.device, reps: int = 10) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    ms = median_ms(graph.replay, device, reps=reps, warmup=1)
+    ms = median_ms(graph.replay, device, reps=reps, warmup=1, flush=flush)
     del graph
     return ms
 
