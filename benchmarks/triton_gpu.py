@@ -14,7 +14,8 @@ Stages, each guarded by the time budget (what is left undone is logged, never si
 4. bench: triton_fused, auto and transformers' backends (`transformers.integrations.moe` functions on
    the family's own experts module, same weights and inputs) per model and token count, transformers
    under compile none / default / max-autotune-no-cudagraphs / reduce-overhead where the budget allows;
-   median by CUDA events with the L2 flushed before each call; floor = max(hit-expert bytes / copy
+   median by CUDA events with the L2 flushed before each call (by a write, or with --flush read by a read);
+   floor = max(hit-expert bytes / copy
    bandwidth, flops / matmul peak); then one CUDA-graph decode step at T=1 per model.
 Writes under --out: triton_gpu.log, triton_gpu_check.csv, triton_gpu_bench.csv (+ the tuned files).
 """
@@ -45,6 +46,7 @@ COMPILE_TOKENS = (16, 128, 2048, 8192)  # token counts timed under torch.compile
 T0 = time.time()
 LOG: list[str] = []
 DEV = "cuda"  # --dry-run: "cpu" under Triton's interpreter, tiny shapes, to check this script without a GPU
+FLUSH = "write"  # how L2 is flushed before each timed call (--flush; moe_lab.tune.median_ms)
 
 
 def log(msg: str) -> None:
@@ -60,7 +62,7 @@ def left(budget: float) -> float:
 # ---------------------------------------------------------------------------------------------- timing
 def median_ms(fn, reps: int = 20, warmup: int = 2) -> float:
     """Median of CUDA-event timings of `fn`, L2 flushed before each call (moe_lab.tune's timer)."""
-    return tune_median_ms(fn, torch.device(DEV), reps=reps, warmup=warmup)
+    return tune_median_ms(fn, torch.device(DEV), reps=reps, warmup=warmup, flush=FLUSH)
 
 
 def measure_roofline() -> tuple[float, float]:
@@ -205,7 +207,7 @@ def bench(budget: float, bw: float, peak: float, compile_modes: bool, autotune_t
     def add(model, T, backend, mode, ms, floor, note=""):
         rows.append(dict(model=model, T=T, backend=backend, compile_mode=mode, routing="uniform", dtype="bfloat16",
                          ms=None if ms is None else round(ms, 5), floor_ms=round(floor, 5),
-                         frac=None if not ms else round(floor / ms, 4), note=note,
+                         frac=None if not ms else round(floor / ms, 4), note=note, flush=FLUSH,
                          device=torch.cuda.get_device_name(), torch=torch.__version__,
                          transformers=transformers.__version__))
 
@@ -259,6 +261,7 @@ def bench(budget: float, bw: float, peak: float, compile_modes: bool, autotune_t
         cheap = [("batched_mm", "max-autotune-no-cudagraphs", 1), ("batched_mm", "reduce-overhead", 1)]
         cheap += [("grouped_mm", "default", T) for T in COMPILE_TOKENS]
         cheap += [("batched_mm", "default", 1), ("batched_mm", "reduce-overhead", 4)]
+        cheap = [c for c in cheap if c[2] in TOKENS]  # --tokens
         for model in MODELS if cheap_compile else ():
             _bench_compiled(model, get_shape(model), modules[model], hf_fns, budget, bw, peak, add, cheap)
         for T in autotune_tokens:
@@ -315,7 +318,7 @@ def tune(args, out: Path, budget: float) -> None:
 
 # ------------------------------------------------------------------------------------------------ main
 def main(argv=None) -> int:
-    global DEV, MODELS, TOKENS
+    global DEV, MODELS, TOKENS, FLUSH
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT", "out"))
     p.add_argument("--tune", action="store_true", help="tune tile configs and auto's table first")
@@ -323,6 +326,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-bench", action="store_true")
     p.add_argument("--no-compile", action="store_true", help="skip transformers under torch.compile")
     p.add_argument("--models", default=",".join(MODELS), help="model shapes benchmarked")
+    p.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="token counts benchmarked (and compiled)")
+    p.add_argument("--flush", default="write", choices=["write", "read"],
+                   help="L2 flushed before each timed call by writing a buffer (L2 left dirty: as every timer in "
+                        "moe_lab and triton's do_bench) or by reading one (L2 left clean)")
     p.add_argument("--no-cheap-compile", dest="cheap_compile", action="store_false",
                    help="leave out the default / reduce-overhead / batched_mm compiles (max-autotune ones only)")
     p.add_argument("--autotune-tokens", default="8192",
@@ -336,7 +343,7 @@ def main(argv=None) -> int:
                    help="with --tune: also the wide space where pairs per expert are many")
     p.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny shapes: checks the script")
     args = p.parse_args(argv)
-    MODELS = tuple(args.models.split(","))
+    MODELS, TOKENS, FLUSH = tuple(args.models.split(",")), tuple(int(t) for t in args.tokens.split(",")), args.flush
     if args.dry_run:
         DEV, MODELS, TOKENS = "cpu", ("tiny",), (1, 8, 64)
         args.tune_models, args.no_bench = "tiny", True
