@@ -1,6 +1,7 @@
 """`triton_fused`'s tuned config against the same config with one top-level key set otherwise (an A/B).
 
     PYTHONPATH=. python benchmarks/config_ab.py --key PDL --a 1 --b 0 --out $OUT [--models ...] [--tokens ...]
+    PYTHONPATH=. python benchmarks/config_ab.py --name WS --patch '{"HALF_TAIL": 0, "down": {"WARP_SPEC": 1}}' ...
 
 Per (model, T): the tuned config with `key` = a and with `key` = b (e.g. PDL, programmatic dependent launch,
 `moe_lab.kernels.pdl`; HALF_TAIL, half-height last row blocks; PREFETCH, the decode down kernel's L2
@@ -11,12 +12,15 @@ b/a, ...), since whichever of two runs of the same kernels is timed second can c
 reported time is the median over rounds. Token counts whose tuned config has no use for the key are left
 out with `--grouped-only` (HALF_TAIL: the decode points) or `--decode-only` (PREFETCH: the grouped ones).
 The outputs of both are compared first: `same_bits` records whether they are equal bit for bit, `rel_err`
-their relative difference. Writes `<key>.csv` under --out.
+their relative difference. `--patch` (JSON) is merged into variant b, a dict into the config's dict of the
+same name (so `{"down": {"num_warps": 4}}` changes one tile field): any change, not only one top-level key.
+Writes `<name>.csv` under --out (name: --name, else the key).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -38,24 +42,36 @@ MODELS = ("qwen1.5-moe-a2.7b", "qwen3-30b-a3b", "olmoe-1b-7b")
 TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
+def patched(config: dict, patch: dict) -> dict:
+    """`config` with `patch` merged in: a dict value into the config's dict of the same key, others replaced."""
+    out = dict(config)
+    for k, v in patch.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT", "out"), help="writes <key>.csv here (<key>_read.csv "
                                                                        "with --flush read)")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--tokens", default=",".join(map(str, TOKENS)))
-    p.add_argument("--key", required=True, help="top-level config key, e.g. PDL or HALF_TAIL")
+    p.add_argument("--key", help="top-level config key, e.g. PDL or HALF_TAIL")
     p.add_argument("--a", type=int, default=1, help="the key's value in variant a")
     p.add_argument("--b", type=int, default=0, help="the key's value in variant b")
     only = p.add_mutually_exclusive_group()
     only.add_argument("--grouped-only", action="store_true", help="only token counts whose tuned config is grouped")
     only.add_argument("--decode-only", action="store_true", help="only token counts whose tuned config is decode")
+    p.add_argument("--patch", type=json.loads, default={}, help="JSON merged into variant b (see above)")
+    p.add_argument("--name", help="the CSV's name (default: the key)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--flush", default="write", choices=["write", "read"],
                    help="how L2 is flushed before each timed call (moe_lab.tune.median_ms): write, as every "
                         "timer in moe_lab (L2 left dirty), or read (L2 left clean)")
     p.add_argument("--budget-s", type=float, default=500.0, help="stop starting new points after this many seconds")
     args = p.parse_args(argv)
+    if not (args.key or args.patch) or not (args.key or args.name):
+        p.error("give --key, or --patch with --name")
     t0, dev, rows = time.time(), torch.device("cuda"), []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,8 +86,8 @@ def main(argv=None) -> int:
             tuned = get_config("h100", "bfloat16", T, shape.experts, shape.hidden, shape.intermediate, shape.top_k)
             if (args.grouped_only and tuned["path"] != "grouped") or (args.decode_only and tuned["path"] != "decode"):
                 continue
-            points.append((T, (x_TH, ids_TK, w_TK), {"a": {**tuned, args.key: args.a},
-                                                     "b": {**tuned, args.key: args.b}}))
+            a, b = ({**tuned, args.key: args.a}, {**tuned, args.key: args.b}) if args.key else (tuned, tuned)
+            points.append((T, (x_TH, ids_TK, w_TK), {"a": a, "b": patched(b, args.patch)}))
         with torch.no_grad():  # every kernel built once, in threads, before anything is timed
             for _, inputs, cfgs in points:
                 precompile(experts, inputs, list(cfgs.values()))
@@ -93,7 +109,9 @@ def main(argv=None) -> int:
                         times[(v, "graph")].append(gpu_ms(call, dev, reps=20, flush=args.flush) * 1e3)
             us = {k: float(np.median(v)) for k, v in times.items()}
             for how in ("events", "graph"):
-                rows.append(dict(model=model, T=T, timing=how, key=args.key, a=args.a, b=args.b,
+                rows.append(dict(model=model, T=T, timing=how, key=args.key or "", a=args.a if args.key else "",
+                                 b=args.b if args.key else "",
+                                 patch=json.dumps(args.patch) if args.patch else "",
                                  a_us=round(us[("a", how)], 2), b_us=round(us[("b", how)], 2),
                                  speedup_a=round(us[("b", how)] / us[("a", how)], 4), same_bits=same,
                                  rel_err=round(rel_err, 6), block_m=cfgs["a"].get("BLOCK_M"), rounds=args.rounds,
@@ -101,7 +119,7 @@ def main(argv=None) -> int:
                                  device=torch.cuda.get_device_name(), torch=torch.__version__,
                                  triton=triton.__version__, transformers=transformers.__version__))
                 print(rows[-1], flush=True)
-            name = f"{args.key}_read.csv" if args.flush == "read" else f"{args.key}.csv"
+            name = (args.name or args.key) + ("_read.csv" if args.flush == "read" else ".csv")
             pd.DataFrame(rows).to_csv(out / name, index=False)  # every point: a timeout keeps the rest
         del experts
         torch.cuda.empty_cache()
