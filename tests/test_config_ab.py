@@ -1,0 +1,37 @@
+"""benchmarks/config_ab.py: how variant b is made from the tuned config, and its arguments (CPU, no timing)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "config_ab", Path(__file__).resolve().parent.parent / "benchmarks" / "config_ab.py")
+config_ab = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(config_ab)
+
+TUNED = {"path": "grouped", "BLOCK_M": 128, "HALF_TAIL": 1,
+         "up": {"BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8}, "down": {"BLOCK_N": 256, "TMA": 1}}
+
+
+def test_a_patch_changes_tile_fields_and_keeps_the_others():
+    b = config_ab.patched(TUNED, {"HALF_TAIL": 0, "down": {"BLOCK_N": 128, "A_TMA": 1}})
+    assert b == {"path": "grouped", "BLOCK_M": 128, "HALF_TAIL": 0,
+                 "up": {"BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8},
+                 "down": {"BLOCK_N": 128, "TMA": 1, "A_TMA": 1}}
+    assert TUNED["down"] == {"BLOCK_N": 256, "TMA": 1} and TUNED["HALF_TAIL"] == 1  # the tuned config untouched
+
+
+def test_a_patch_adds_keys_the_config_lacks():
+    assert config_ab.patched({"path": "decode"}, {"EVICT_FIRST": 1, "up": {"BLOCK_N": 4}}) == \
+        {"path": "decode", "EVICT_FIRST": 1, "up": {"BLOCK_N": 4}}
+
+
+@pytest.mark.parametrize("argv", [[], ["--name", "x"], ["--patch", '{"PDL": 0}']],
+                         ids=["nothing", "name_only", "patch_without_name"])
+def test_refuses_a_run_with_no_variant_or_no_name(argv, tmp_path):
+    with pytest.raises(SystemExit) as err:
+        config_ab.main(["--out", str(tmp_path), *argv])
+    assert err.value.code == 2
