@@ -258,6 +258,16 @@ def _gate_up_tile(
 
 
 @triton.jit
+def _row_block(block_expert_ptr, num_blocks_m, num_pid_n, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr,
+               PDL: tl.constexpr):
+    """A grouped GEMM program's start: its wait on the kernel before (PDL), then its row block's first row,
+    its column tile and its expert (-1 past the last expert's blocks)."""
+    pdl_enter(PDL)
+    pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, num_pid_n, GROUP_M)
+    return pid_m * BLOCK_M, pid_n, tl.load(block_expert_ptr + pid_m)
+
+
+@triton.jit
 def _half_full(sorted_ptr, row0, S, BLOCK_M: tl.constexpr):
     """Whether the row block from row0 has at most BLOCK_M // 2 real rows: an expert's real rows come first
     in its group, padding (the sentinel S) after, so that is whether its middle row is padding."""
@@ -282,12 +292,9 @@ def _gate_up_grouped_kernel(
     (rows past it are never read: the down kernel decides the same way); `x_half_ptr` is `x_ptr` again, or
     with A_TMA a descriptor of half-height boxes.
     One path is compiled: the other's weight tiles would not match this layout's TMA box."""
-    pdl_enter(PDL)
-    pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, tl.cdiv(I, BLOCK_N), GROUP_M)
-    expert = tl.load(block_expert_ptr + pid_m)
-    if expert < 0:
+    row0, pid_n, expert = _row_block(block_expert_ptr, num_blocks_m, tl.cdiv(I, BLOCK_N), BLOCK_M, GROUP_M, PDL)
+    if expert < 0:  # a block past the last expert's (an early return: a helper's would not end the kernel)
         return
-    row0 = pid_m * BLOCK_M
     if HALF_TAIL and _half_full(sorted_ptr, row0, S, BLOCK_M):
         _gate_up_tile(x_half_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, row0, pid_n, expert, S, TOPK, H, I,
                       stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
@@ -361,12 +368,9 @@ def _down_grouped_kernel(
     """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
     A_TMA: `a_ptr` is a TMA descriptor of the (P, I) intermediate. HALF_TAIL as in the gate/up kernel
     (`a_half_ptr`: `a_ptr` again, or the half-height-box descriptor)."""
-    pdl_enter(PDL)
-    pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, tl.cdiv(H, BLOCK_N), GROUP_M)
-    expert = tl.load(block_expert_ptr + pid_m)
-    if expert < 0:
+    row0, pid_n, expert = _row_block(block_expert_ptr, num_blocks_m, tl.cdiv(H, BLOCK_N), BLOCK_M, GROUP_M, PDL)
+    if expert < 0:  # a block past the last expert's (an early return: a helper's would not end the kernel)
         return
-    row0 = pid_m * BLOCK_M
     if HALF_TAIL and _half_full(sorted_ptr, row0, S, BLOCK_M):
         _down_tile(a_half_ptr, w_ptr, b_ptr, y_ptr, topk_w_ptr, sorted_ptr, row0, pid_n, expert, S, H, I,
                    stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys,
