@@ -1,14 +1,20 @@
-"""Where `triton_fused`'s time goes on the GPU: device time per kernel, beside torch's grouped GEMM.
+"""Where `triton_fused`'s time goes on the GPU: device time per kernel, beside the libraries' GEMMs on the same work.
 
     PYTHONPATH=. python benchmarks/triton_profile.py --out $OUT [--models qwen1.5-moe-a2.7b] [--tokens 1,512,8192]
 
 Per model and token count (bf16, uniform routing, the config table in force): every kernel of one call
 from torch.profiler (mean device time over --reps calls, L2 flushed before each), with the useful work
 of the two GEMMs (flops of the real pairs, no padding; bytes of the experts hit) as TFLOP/s and GB/s;
-the whole call as a CUDA-graph replay (GPU time, no host) and end to end (host included); and, from
-`--compare-tokens` on, torch's grouped GEMM (`torch._grouped_mm`) on the same two products with the
-tokens already sorted (no gather, no epilogue): what the library's ragged GEMM reaches on this problem.
-Writes `triton_profile.csv` and `triton_profile.log` under --out. Legend as in `moe_lab.kernels.fused_moe`.
+the whole call as a CUDA-graph replay (GPU time, no host), end to end (host included), and as a replay
+on balanced routing (every expert T*K/E pairs: no expert longer than the mean). From `--compare-tokens`
+on, the same two products with no gather and no epilogue, by the libraries:
+- torch's grouped GEMM (`torch._grouped_mm`, CUTLASS) on the tokens already sorted, this routing's groups;
+- cuBLAS's batched GEMM (`torch.bmm`) on balanced groups, ceil(T*K/E') rows for each of the E' = min(E, T*K)
+  experts a balanced routing hits: the dense best case, no ragged groups at all.
+Each point's floor (`moe_lab.harness.roofline`: bytes of the experts hit / copy bandwidth, flops / matmul
+peak) is on every row. Writes `triton_profile.csv` (one row per kernel or call), `gemm_ceiling.csv` (per
+point: the whole call and the two GEMMs of each of ours, torch's and cuBLAS's, with their fractions of the
+floor) and `triton_profile.log` under --out. Legend as in `moe_lab.kernels.fused_moe`.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from moe_lab.backends.common import down_weight_EIH, up_weight_EHN
 from moe_lab.backends.grouped_gemm import grouped_mm
 from moe_lab.backends.triton_fused import triton_fused_experts
 from moe_lab.devices import device_kind
+from moe_lab.harness.roofline import experts_cost, floor_ms, measure_roofline
 from moe_lab.kernels.configs import get_config, shape_key
 from moe_lab.kernels.search import gpu_ms
 from moe_lab.routing import synthetic_routing
@@ -64,7 +71,17 @@ def sorted_problem(experts, x_TH, ids_TK):
     return x_SH, offs_E, a_SI
 
 
-def profile_point(model: str, T: int, reps: int, compare: bool, log) -> list[dict]:
+def balanced_gemms(experts, S: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The two products over balanced groups, as (activations, weights, output) for `torch.bmm`: ceil(S / E')
+    rows for each of the E' = min(E, S) experts hit, random activations."""
+    w_up_EHN, w_down_EIH = up_weight_EHN(experts), down_weight_EIH(experts)
+    hit = min(w_up_EHN.shape[0], S)
+    M = -(-S // hit)
+    make = lambda *size: torch.randn(*size, device=w_up_EHN.device, dtype=w_up_EHN.dtype)  # noqa: E731
+    return [(make(hit, M, w.shape[1]), w[:hit], make(hit, M, w.shape[2])) for w in (w_up_EHN, w_down_EIH)]
+
+
+def profile_point(model: str, T: int, reps: int, compare: bool, roof, log) -> list[dict]:
     shape = get_shape(model)
     E, H, I, K = shape.experts, shape.hidden, shape.intermediate, shape.top_k
     N = 2 * I if shape.layout.has_gate else I
@@ -73,12 +90,14 @@ def profile_point(model: str, T: int, reps: int, compare: bool, log) -> list[dic
     x_TH = torch.randn(T, H, generator=torch.Generator().manual_seed(T)).to("cuda", torch.bfloat16)
     S, hit = T * K, int(torch.unique(ids_TK).numel())
     config = get_config(device_kind(x_TH.device), "bfloat16", T, E, H, I, K)
+    floor_us = floor_ms(experts_cost(shape, ids_TK, 2), roof) * 1e3
     gemm_work = {  # kernel-name fragment -> (useful flops, bytes of the experts hit + activations)
         "_gate_up": (2 * S * H * N, 2 * (hit * N * H + T * H + S * I)),
         "_down": (2 * S * I * H, 2 * (hit * H * I + S * I + S * H)),
     }
     base = dict(model=model, T=T, shape=shape_key(E, H, I, K), path=config["path"], config=str(config),
-                device=torch.cuda.get_device_name(), torch=torch.__version__)
+                floor_us=round(floor_us, 2), device=torch.cuda.get_device_name(), torch=torch.__version__,
+                triton=__import__("triton").__version__)
     rows = []
 
     def add(kernel: str, us: float, flops: float | None = None, nbytes: float | None = None):
@@ -95,6 +114,9 @@ def profile_point(model: str, T: int, reps: int, compare: bool, log) -> list[dic
             add(name, us, *work)
         add("whole call, CUDA-graph replay", gpu_ms(call, x_TH.device) * 1e3)
         add("whole call, end to end", median_ms(call, x_TH.device) * 1e3)
+        ids_bal_TK, w_bal_TK = synthetic_routing("balanced", T, E, K, seed=T, device="cuda")
+        add("whole call, balanced routing, CUDA-graph replay",
+            gpu_ms(lambda: triton_fused_experts(experts, x_TH, ids_bal_TK, w_bal_TK), x_TH.device) * 1e3)
         if compare:
             x_SH, offs_E, a_SI = sorted_problem(experts, x_TH, ids_TK)
             w_up, w_down = up_weight_EHN(experts), down_weight_EIH(experts)
@@ -102,9 +124,43 @@ def profile_point(model: str, T: int, reps: int, compare: bool, log) -> list[dic
                                    ("down", lambda: grouped_mm(a_SI, w_down, offs_E), "_down")):
                 add(f"torch._grouped_mm {what}, tokens pre-sorted", median_ms(fn, x_TH.device) * 1e3,
                     *gemm_work[frag])
-    del experts
-    torch.cuda.empty_cache()
+            products = balanced_gemms(experts, S)
+            bmm = lambda: [torch.bmm(a, w, out=out) for a, w, out in products]  # noqa: E731
+            add("cuBLAS bmm gate/up + down, balanced groups", median_ms(bmm, x_TH.device) * 1e3,
+                gemm_work["_gate_up"][0] + gemm_work["_down"][0])
     return rows
+
+
+def ceiling_rows(rows: list[dict]) -> list[dict]:
+    """Per (model, T): the floor, our whole call, and the two GEMMs alone by us, torch and cuBLAS, in us and as
+    fractions of the floor (floor / time)."""
+    out = []
+    for (model, T), group in _by_point(rows).items():
+        us = lambda pred: sum(r["us"] for r in group if pred(r["kernel"])) or None  # noqa: E731
+        row = dict(model=model, T=T, floor_us=group[0]["floor_us"],
+                   whole_call_us=us(lambda k: k == "whole call, CUDA-graph replay"),
+                   whole_call_balanced_us=us(lambda k: k.startswith("whole call, balanced")),
+                   ours_gemms_us=us(lambda k: k.startswith(("_gate_up", "_down"))),
+                   torch_grouped_mm_gemms_us=us(lambda k: k.startswith("torch._grouped_mm")),
+                   cublas_bmm_balanced_us=us(lambda k: k.startswith("cuBLAS bmm")))
+        for key in [k for k in row if k.endswith("_us") and k != "floor_us"]:
+            row[key.removesuffix("_us") + "_frac"] = round(row["floor_us"] / row[key], 3) if row[key] else None
+        out.append(dict(row, device=group[0]["device"], torch=group[0]["torch"], triton=group[0]["triton"]))
+    return out
+
+
+def _by_point(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    out: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for r in rows:
+        out[(r["model"], r["T"])].append(r)
+    return out
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def main(argv=None) -> int:
@@ -127,14 +183,21 @@ def main(argv=None) -> int:
 
     log(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
         f"{__import__('triton').__version__}, configs {os.environ.get('MOE_LAB_KERNEL_CONFIGS', 'package')}")
+    roof = measure_roofline("cuda", torch.bfloat16)
+    log(f"roofline: copy {roof.bandwidth_gbps:.0f} GB/s, bf16 matmul {roof.peak_tflops:.0f} TFLOP/s ({roof.method})")
     rows = []
     for model in args.models.split(","):
         for T in map(int, args.tokens.split(",")):
-            rows += profile_point(model, T, args.reps, T >= args.compare_tokens, log)
-    with open(out / "triton_profile.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+            rows += profile_point(model, T, args.reps, T >= args.compare_tokens, roof, log)
+            torch.cuda.empty_cache()  # the point's tensors are gone with its frame
+    _write_csv(out / "triton_profile.csv", rows)
+    ceiling = ceiling_rows(rows)
+    _write_csv(out / "gemm_ceiling.csv", ceiling)
+    for c in ceiling:
+        log(f"{c['model']} T={c['T']}: floor {c['floor_us']:.1f} us; fraction of it: whole call "
+            f"{c['whole_call_frac']}, balanced {c['whole_call_balanced_frac']}; GEMMs alone: ours "
+            f"{c['ours_gemms_frac']}, torch {c['torch_grouped_mm_gemms_frac']}, "
+            f"cuBLAS bmm balanced {c['cublas_bmm_balanced_frac']}")
     (out / "triton_profile.log").write_text("\n".join(lines) + "\n")
     return 0
 
