@@ -12,9 +12,11 @@ on, the same two products with no gather and no epilogue, by the libraries:
 - cuBLAS's batched GEMM (`torch.bmm`) on balanced groups, ceil(T*K/E') rows for each of the E' = min(E, T*K)
   experts a balanced routing hits: the dense best case, no ragged groups at all.
 Each point's floor (`moe_lab.harness.roofline`: bytes of the experts hit / copy bandwidth, flops / matmul
-peak) is on every row. Writes `triton_profile.csv` (one row per kernel or call), `gemm_ceiling.csv` (per
-point: the whole call and the two GEMMs of each of ours, torch's and cuBLAS's, with their fractions of the
-floor) and `triton_profile.log` under --out. Legend as in `moe_lab.kernels.fused_moe`.
+peak) is on every row, for this routing and for the balanced one (which hits min(E, T*K) experts: more
+than uniform routing at small T); a balanced time is compared with the balanced floor. Writes under --out
+`triton_profile.csv` (one row per kernel or call), `gemm_ceiling.csv` (per point: the whole call and the
+two GEMMs of each of ours, torch's and cuBLAS's, with their fractions of the floor) and `triton_profile.log`.
+Legend as in `moe_lab.kernels.fused_moe`.
 """
 
 from __future__ import annotations
@@ -90,14 +92,15 @@ def profile_point(model: str, T: int, reps: int, compare: bool, roof, log) -> li
     x_TH = torch.randn(T, H, generator=torch.Generator().manual_seed(T)).to("cuda", torch.bfloat16)
     S, hit = T * K, int(torch.unique(ids_TK).numel())
     config = get_config(device_kind(x_TH.device), "bfloat16", T, E, H, I, K)
-    floor_us = floor_ms(experts_cost(shape, ids_TK, 2), roof) * 1e3
+    ids_bal_TK, w_bal_TK = synthetic_routing("balanced", T, E, K, seed=T, device="cuda")
+    floor_us, floor_balanced_us = (floor_ms(experts_cost(shape, ids, 2), roof) * 1e3 for ids in (ids_TK, ids_bal_TK))
     gemm_work = {  # kernel-name fragment -> (useful flops, bytes of the experts hit + activations)
         "_gate_up": (2 * S * H * N, 2 * (hit * N * H + T * H + S * I)),
         "_down": (2 * S * I * H, 2 * (hit * H * I + S * I + S * H)),
     }
     base = dict(model=model, T=T, shape=shape_key(E, H, I, K), path=config["path"], config=str(config),
-                floor_us=round(floor_us, 2), device=torch.cuda.get_device_name(), torch=torch.__version__,
-                triton=__import__("triton").__version__)
+                floor_us=round(floor_us, 2), floor_balanced_us=round(floor_balanced_us, 2),
+                device=torch.cuda.get_device_name(), torch=torch.__version__, triton=__import__("triton").__version__)
     rows = []
 
     def add(kernel: str, us: float, flops: float | None = None, nbytes: float | None = None):
@@ -114,7 +117,6 @@ def profile_point(model: str, T: int, reps: int, compare: bool, roof, log) -> li
             add(name, us, *work)
         add("whole call, CUDA-graph replay", gpu_ms(call, x_TH.device) * 1e3)
         add("whole call, end to end", median_ms(call, x_TH.device) * 1e3)
-        ids_bal_TK, w_bal_TK = synthetic_routing("balanced", T, E, K, seed=T, device="cuda")
         add("whole call, balanced routing, CUDA-graph replay",
             gpu_ms(lambda: triton_fused_experts(experts, x_TH, ids_bal_TK, w_bal_TK), x_TH.device) * 1e3)
         if compare:
@@ -132,19 +134,20 @@ def profile_point(model: str, T: int, reps: int, compare: bool, roof, log) -> li
 
 
 def ceiling_rows(rows: list[dict]) -> list[dict]:
-    """Per (model, T): the floor, our whole call, and the two GEMMs alone by us, torch and cuBLAS, in us and as
-    fractions of the floor (floor / time)."""
+    """Per (model, T): the floors, our whole call, and the two GEMMs alone by us, torch and cuBLAS, in us and as
+    fractions of the floor of their routing (floor / time)."""
     out = []
     for (model, T), group in _by_point(rows).items():
         us = lambda pred: sum(r["us"] for r in group if pred(r["kernel"])) or None  # noqa: E731
-        row = dict(model=model, T=T, floor_us=group[0]["floor_us"],
+        row = dict(model=model, T=T, floor_us=group[0]["floor_us"], floor_balanced_us=group[0]["floor_balanced_us"],
                    whole_call_us=us(lambda k: k == "whole call, CUDA-graph replay"),
                    whole_call_balanced_us=us(lambda k: k.startswith("whole call, balanced")),
                    ours_gemms_us=us(lambda k: k.startswith(("_gate_up", "_down"))),
                    torch_grouped_mm_gemms_us=us(lambda k: k.startswith("torch._grouped_mm")),
                    cublas_bmm_balanced_us=us(lambda k: k.startswith("cuBLAS bmm")))
-        for key in [k for k in row if k.endswith("_us") and k != "floor_us"]:
-            row[key.removesuffix("_us") + "_frac"] = round(row["floor_us"] / row[key], 3) if row[key] else None
+        for key in [k for k in row if k.endswith("_us") and not k.startswith("floor")]:
+            floor = row["floor_balanced_us" if "balanced" in key else "floor_us"]
+            row[key.removesuffix("_us") + "_frac"] = round(floor / row[key], 3) if row[key] else None
         out.append(dict(row, device=group[0]["device"], torch=group[0]["torch"], triton=group[0]["triton"]))
     return out
 

@@ -30,10 +30,11 @@ def test_balanced_gemms_give_every_hit_expert_the_same_rows_and_its_own_weights(
 
 
 def _row(kernel, us, T=512):
-    return dict(model="m", T=T, floor_us=100.0, kernel=kernel, us=us, device="d", torch="t", triton="tr")
+    return dict(model="m", T=T, floor_us=100.0, floor_balanced_us=120.0, kernel=kernel, us=us, device="d", torch="t",
+                triton="tr")
 
 
-def test_ceiling_rows_sum_each_side_s_gemms_and_divide_the_floor_by_them():
+def test_ceiling_rows_sum_each_side_s_gemms_and_divide_their_routing_s_floor_by_them():
     rows = [_row("_gate_up_grouped_kernel", 80.0), _row("_down_grouped_kernel", 45.0), _row("_topk_sum_kernel", 5.0),
             _row("whole call, CUDA-graph replay", 140.0), _row("whole call, end to end", 150.0),
             _row("whole call, balanced routing, CUDA-graph replay", 130.0),
@@ -44,5 +45,7 @@ def test_ceiling_rows_sum_each_side_s_gemms_and_divide_the_floor_by_them():
     c = by_T[512]
     assert (c["whole_call_us"], c["whole_call_balanced_us"], c["ours_gemms_us"]) == (140.0, 130.0, 125.0)
     assert (c["torch_grouped_mm_gemms_us"], c["cublas_bmm_balanced_us"]) == (150.0, 110.0)
-    assert c["ours_gemms_frac"] == 0.8 and c["cublas_bmm_balanced_frac"] == round(100 / 110, 3)
+    assert c["ours_gemms_frac"] == 0.8 and c["whole_call_frac"] == round(100 / 140, 3)
+    assert c["cublas_bmm_balanced_frac"] == round(120 / 110, 3)  # balanced times against the balanced floor
+    assert c["whole_call_balanced_frac"] == round(120 / 130, 3)
     assert by_T[1]["cublas_bmm_balanced_us"] is None and by_T[1]["cublas_bmm_balanced_frac"] is None  # not timed there
