@@ -32,7 +32,8 @@ def targets_table(bench: list[pd.DataFrame], harness: list[pd.DataFrame]) -> pd.
     best = transformers_rows(bench, harness)
     t = pd.DataFrame({"floor ms": floor, "triton_fused ms": ours["triton_fused"],
                       "frac": floor / ours["triton_fused"], "auto ms": ours["auto"], "best transformers ms": best["ms"],
-                      "its backend/mode": best["backend"].str.removeprefix("transformers:") + "/" + best["compile_mode"]})
+                      "its backend/mode": best["backend"].str.removeprefix("transformers:") + "/"
+                      + best["compile_mode"]})
     t["auto <= best"] = (t["auto ms"] <= t["best transformers ms"]).map({True: "yes", False: "no"})
     order = list(dict.fromkeys(first["model"]))
     return t.reset_index().sort_values(["model", "T"], key=lambda c: c.map(order.index) if c.name == "model" else c)

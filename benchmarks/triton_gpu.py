@@ -36,6 +36,8 @@ import numpy as np
 import torch
 
 from moe_lab import Experts, ExpertsLayout, reference_experts, relative_error, synthetic_routing
+from moe_lab.harness.roofline import Roofline, experts_cost, measure_roofline
+from moe_lab.harness.roofline import floor_ms as roofline_floor_ms
 from moe_lab.shapes import build_experts, build_hf_experts, get_shape
 from moe_lab.tune import median_ms as tune_median_ms
 
@@ -65,30 +67,9 @@ def median_ms(fn, reps: int = 20, warmup: int = 2) -> float:
     return tune_median_ms(fn, torch.device(DEV), reps=reps, warmup=warmup, flush=FLUSH)
 
 
-def measure_roofline() -> tuple[float, float]:
-    """(copy bandwidth GB/s counting read + write, bf16 matmul TFLOP/s)."""
-    src = torch.ones(2**30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ms = median_ms(lambda: dst.copy_(src), reps=10)
-    bw = 2 * 2**30 / (ms * 1e-3) / 1e9
-    del src, dst
-    n = 8192
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    ms = median_ms(lambda: a @ b, reps=10)
-    del a, b
-    torch.cuda.empty_cache()
-    return bw, 2 * n**3 / (ms * 1e-3) / 1e12
-
-
-def floor_ms(shape, ids_TK: torch.Tensor, bw_gbps: float, peak_tflops: float, elem: int = 2) -> float:
-    T, K = ids_TK.shape
-    H, I = shape.hidden, shape.intermediate
-    N = 2 * I if shape.layout.has_gate else I
-    hit = int(torch.unique(ids_TK).numel()) if ids_TK.numel() else 0
-    bytes_ = hit * (H * N + I * H) * elem + 2 * T * H * elem
-    flops = 2.0 * T * K * (H * N + I * H)
-    return max(bytes_ / (bw_gbps * 1e9), flops / (peak_tflops * 1e12)) * 1e3
+def floor_ms(shape, ids_TK: torch.Tensor, roof: Roofline) -> float:
+    """The roofline floor of one bf16 call on this routing (`moe_lab.harness.roofline`)."""
+    return roofline_floor_ms(experts_cost(shape, ids_TK, 2), roof)
 
 
 def inputs(shape, T: int, dtype=torch.bfloat16, routing: str = "uniform", seed: int = 0):
@@ -192,7 +173,7 @@ def check(budget: float) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------- bench
-def bench(budget: float, bw: float, peak: float, compile_modes: bool, autotune_tokens: tuple[int, ...],
+def bench(budget: float, roof: Roofline, compile_modes: bool, autotune_tokens: tuple[int, ...],
           cheap_compile: bool = True, auto_first: bool = False) -> list[dict]:
     import transformers
     from transformers.integrations.moe import batched_mm_experts_forward, grouped_mm_experts_forward
@@ -221,7 +202,7 @@ def bench(budget: float, bw: float, peak: float, compile_modes: bool, autotune_t
                 log(f"bench {model}: out of time budget at T={T}")
                 break
             x, ids, w = inputs(shape, T)
-            fl = floor_ms(shape, ids, bw, peak)
+            fl = floor_ms(shape, ids, roof)
             with torch.no_grad():
                 ours = [("triton_fused", triton_fused_experts), ("auto", auto_experts)]
                 for name, fn in ours[::-1] if auto_first else ours:  # the order: does timing second cost?
@@ -253,7 +234,7 @@ def bench(budget: float, bw: float, peak: float, compile_modes: bool, autotune_t
             e.record()
             e.synchronize()
             samples.append(s.elapsed_time(e))
-        fl = floor_ms(shape, ids, bw, peak)
+        fl = floor_ms(shape, ids, roof)
         add(model, 1, "triton_fused", "cuda-graph", float(np.median(samples[20:])), fl, "one decode step, graph replay")
         log(f"bench {model}: cuda-graph decode T=1 {np.median(samples[20:]) * 1e3:.1f} us (floor {fl * 1e3:.1f} us)")
         del g
@@ -263,15 +244,15 @@ def bench(budget: float, bw: float, peak: float, compile_modes: bool, autotune_t
         cheap += [("batched_mm", "default", 1), ("batched_mm", "reduce-overhead", 4)]
         cheap = [c for c in cheap if c[2] in TOKENS]  # --tokens
         for model in MODELS if cheap_compile else ():
-            _bench_compiled(model, get_shape(model), modules[model], hf_fns, budget, bw, peak, add, cheap)
+            _bench_compiled(model, get_shape(model), modules[model], hf_fns, budget, roof, add, cheap)
         for T in autotune_tokens:
             for model in MODELS:
-                _bench_compiled(model, get_shape(model), modules[model], hf_fns, budget, bw, peak, add,
+                _bench_compiled(model, get_shape(model), modules[model], hf_fns, budget, roof, add,
                                 [("grouped_mm", "max-autotune-no-cudagraphs", T)])
     return rows
 
 
-def _bench_compiled(model, shape, ex, hf_fns, budget, bw, peak, add, plan):
+def _bench_compiled(model, shape, ex, hf_fns, budget, roof, add, plan):
     """transformers' functions under torch.compile, one compile per (backend, mode, T) of `plan` (dynamic=False),
     as budget allows."""
     for hname, mode, T in plan:
@@ -280,7 +261,7 @@ def _bench_compiled(model, shape, ex, hf_fns, budget, bw, peak, add, plan):
             log(f"bench {model}: compiled {hname} {mode} T={T} and later not run (time budget)")
             break
         x, ids, w = inputs(shape, T)
-        fl = floor_ms(shape, ids, bw, peak)
+        fl = floor_ms(shape, ids, roof)
         torch._dynamo.reset()
         fn = hf_fns[hname]
         compiled = torch.compile(lambda x_, i_, w_: fn(ex, x_, i_, w_), mode=mode, dynamic=False)
@@ -362,8 +343,8 @@ def main(argv=None) -> int:
         f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     status = 0
     try:
-        bw, peak = measure_roofline() if DEV == "cuda" else (1.0, 1.0)
-        log(f"roofline: copy {bw:.0f} GB/s, bf16 matmul {peak:.0f} TFLOP/s")
+        roof = measure_roofline(DEV, torch.bfloat16, timer=lambda fn: median_ms(fn, reps=10))
+        log(f"roofline: copy {roof.bandwidth_gbps:.0f} GB/s, bf16 matmul {roof.peak_tflops:.0f} TFLOP/s")
         if not args.no_check:
             check_rows = check(budget * (0.12 if args.tune else 0.3))
             _write_csv(out / "triton_gpu_check.csv", check_rows)
@@ -373,7 +354,7 @@ def main(argv=None) -> int:
             tune(args, out, budget)
         if not args.no_bench and left(budget) > 30:
             autotune = tuple(sorted((int(t) for t in args.autotune_tokens.split(",") if t), reverse=True))
-            rows = bench(budget, bw, peak, compile_modes=not args.no_compile, autotune_tokens=autotune,
+            rows = bench(budget, roof, compile_modes=not args.no_compile, autotune_tokens=autotune,
                          cheap_compile=args.cheap_compile, auto_first=args.auto_first)
             _write_csv(out / "triton_gpu_bench.csv", rows)
             _summary(rows)

@@ -12,8 +12,9 @@ on, the same two products with no gather and no epilogue, by the libraries:
 - cuBLAS's batched GEMM (`torch.bmm`) on balanced groups, ceil(T*K/E') rows for each of the E' = min(E, T*K)
   experts a balanced routing hits: the dense best case, no ragged groups at all.
 Each point's floor (`moe_lab.harness.roofline`: bytes of the experts hit / copy bandwidth, flops / matmul
-peak) is on every row, for this routing and for the balanced one (which hits min(E, T*K) experts: more
-than uniform routing at small T); a balanced time is compared with the balanced floor. Writes under --out
+peak, measured as `benchmarks/triton_gpu.py` does: L2 flushed before each of 10 calls) is on every row,
+for this routing and for the balanced one (which hits min(E, T*K) experts: more than uniform routing at
+small T); a balanced time is compared with the balanced floor. Writes under --out
 `triton_profile.csv` (one row per kernel or call), `gemm_ceiling.csv` (per point: the whole call and the
 two GEMMs of each of ours, torch's and cuBLAS's, with their fractions of the floor) and `triton_profile.log`.
 Legend as in `moe_lab.kernels.fused_moe`.
@@ -186,7 +187,7 @@ def main(argv=None) -> int:
 
     log(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
         f"{__import__('triton').__version__}, configs {os.environ.get('MOE_LAB_KERNEL_CONFIGS', 'package')}")
-    roof = measure_roofline("cuda", torch.bfloat16)
+    roof = measure_roofline("cuda", torch.bfloat16, timer=lambda fn: median_ms(fn, torch.device("cuda"), reps=10))
     log(f"roofline: copy {roof.bandwidth_gbps:.0f} GB/s, bf16 matmul {roof.peak_tflops:.0f} TFLOP/s ({roof.method})")
     rows = []
     for model in args.models.split(","):

@@ -84,6 +84,21 @@ def test_cpu_roofline_is_measured_once():
     assert measure_roofline("cpu", torch.float32) is roof
 
 
+def test_a_given_timer_times_the_copy_and_the_matmul_and_is_not_cached():
+    timed = []
+
+    def two_ms(fn):
+        fn()
+        timed.append(fn)
+        return 2.0
+
+    roof = measure_roofline("cpu", torch.float32, timer=two_ms)
+    assert len(timed) == 2 and "timed by" in roof.method
+    assert roof.bandwidth_gbps == pytest.approx(2 * 2**26 / 2e-3 / 1e9)  # 64 MiB read + written in 2 ms
+    assert roof.peak_tflops == pytest.approx(2 * 1024**3 / 2e-3 / 1e12)  # a 1024^3 float32 matmul in 2 ms
+    assert measure_roofline("cpu", torch.float32) is not roof
+
+
 def test_memory_estimate_of_batched_mm_copies():
     """batched_mm materialises T*K weight copies: the Qwen1.5 shape at 2048 tokens in bf16 needs about 140 GB."""
     big = Cell("layer", "qwen1.5-moe-a2.7b", "batched_mm", dtype="bfloat16", batch_size=1, seq_len=2048)

@@ -14,6 +14,7 @@ process, device and dtype: on a GPU a 1 GiB device-to-device copy and an 8192^3 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,25 +53,34 @@ def _median_ms(fn, device: torch.device, reps: int) -> float:
     return float(np.median(samples))
 
 
-def measure_roofline(device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16) -> Roofline:
-    """Copy bandwidth and matmul peak of `device` in `dtype`, measured once per process and cached."""
+def _copy_ms(time_ms, nbytes: int, device: torch.device) -> float:
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    return time_ms(lambda: dst.copy_(src))
+
+
+def _matmul_ms(time_ms, n: int, dtype: torch.dtype, device: torch.device) -> float:
+    a_NN, b_NN = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    return time_ms(lambda: a_NN @ b_NN)
+
+
+def measure_roofline(device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
+                     timer: Callable[[Callable[[], object]], float] | None = None) -> Roofline:
+    """Copy bandwidth and matmul peak of `device` in `dtype`, measured once per process and cached.
+    `timer(fn) -> ms` times each of the two instead of a median of synchronized calls (the GPU benchmarks
+    pass `moe_lab.tune.median_ms`, L2 flushed before each call, as they time everything); not cached."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     key = (str(device), str(dtype))
-    if key in _CACHE:
+    if timer is None and key in _CACHE:
         return _CACHE[key]
     gpu = device.type == "cuda"
+    time_ms = timer or (lambda fn: _median_ms(fn, device, reps=20 if gpu else 5))
     copy_bytes = 2**30 if gpu else 2**26
-    src = torch.empty(copy_bytes, dtype=torch.uint8, device=device).fill_(1)
-    dst = torch.empty_like(src)
-    copy_ms = _median_ms(lambda: dst.copy_(src), device, reps=20 if gpu else 5)
-    del src, dst
+    copy_ms = _copy_ms(time_ms, copy_bytes, device)
     n = 8192 if gpu else (1024 if dtype == torch.float32 else 512)
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    mm_ms = _median_ms(lambda: a @ b, device, reps=20 if gpu else 5)
-    del a, b
+    mm_ms = _matmul_ms(time_ms, n, dtype, device)
     if gpu:
         torch.cuda.empty_cache()
     threads = "" if gpu else f", {torch.get_num_threads()} threads"
@@ -78,9 +88,11 @@ def measure_roofline(device: str | torch.device = "cpu", dtype: torch.dtype = to
         bandwidth_gbps=2 * copy_bytes / (copy_ms * 1e-3) / 1e9,
         peak_tflops=2 * n**3 / (mm_ms * 1e-3) / 1e12,
         dtype=str(dtype).removeprefix("torch."),
-        method=f"measured: {copy_bytes // 2**20} MiB copy, {n}^3 {str(dtype).removeprefix('torch.')} matmul{threads}",
+        method=f"measured: {copy_bytes // 2**20} MiB copy, {n}^3 {str(dtype).removeprefix('torch.')} matmul{threads}"
+               + (f", timed by {getattr(timer, '__qualname__', 'a given timer')}" if timer else ""),
     )
-    _CACHE[key] = roof
+    if timer is None:
+        _CACHE[key] = roof
     return roof
 
 
