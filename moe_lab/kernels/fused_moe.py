@@ -313,11 +313,10 @@ def _down_tile(
     stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys,
     MUL_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    EVEN_K: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr, SUM_K: tl.constexpr,
+    EVEN_K: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
 ):
-    """y[pair] for the BLOCK_M rows from row0 and column tile pid_n of `expert`, routing weight applied; with
-    SUM_K = K > 1 added atomically into out[pair // K] instead (y_ptr: the zeroed (T, H) output)."""
-    offs_p, pair, row_ok, out_row = _block_pairs(row0, sorted_ptr, S, SUM_K, BLOCK_M)
+    """y[pair] for the BLOCK_M rows from row0 and column tile pid_n of `expert`, routing weight applied."""
+    offs_p, pair, row_ok, _ = _block_pairs(row0, sorted_ptr, S, 1, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < H
     offs_n_safe = tl.where(n_ok, offs_n, 0)
@@ -352,11 +351,8 @@ def _down_tile(
     if MUL_WEIGHT:
         rw = tl.load(topk_w_ptr + pair, mask=row_ok, other=0.0).to(tl.float32)
         acc = acc * rw[:, None]
-    y_ptrs = y_ptr + out_row[:, None] * stride_ys + offs_n[None, :]
-    if SUM_K > 1:
-        tl.atomic_add(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :], sem="relaxed")
-    else:
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+    y_ptrs = y_ptr + tl.where(row_ok, pair, 0).to(tl.int64)[:, None] * stride_ys + offs_n[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -367,7 +363,7 @@ def _down_grouped_kernel(
     MUL_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
-    HALF_TAIL: tl.constexpr, SUM_K: tl.constexpr = 1, PDL: tl.constexpr = False,
+    HALF_TAIL: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
     A_TMA: `a_ptr` is a TMA descriptor of the (P, I) intermediate. HALF_TAIL as in the gate/up kernel
@@ -378,11 +374,11 @@ def _down_grouped_kernel(
     if HALF_TAIL and _half_full(sorted_ptr, row0, S, BLOCK_M):
         _down_tile(a_half_ptr, w_ptr, b_ptr, y_ptr, topk_w_ptr, sorted_ptr, row0, pid_n, expert, S, H, I,
                    stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys,
-                   MUL_WEIGHT, HAS_BIAS, DOT_MODE, BLOCK_M // 2, BLOCK_N, BLOCK_K, EVEN_K, W_TMA, W_T, A_TMA, SUM_K)
+                   MUL_WEIGHT, HAS_BIAS, DOT_MODE, BLOCK_M // 2, BLOCK_N, BLOCK_K, EVEN_K, W_TMA, W_T, A_TMA)
     else:
         _down_tile(a_ptr, w_ptr, b_ptr, y_ptr, topk_w_ptr, sorted_ptr, row0, pid_n, expert, S, H, I,
                    stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys,
-                   MUL_WEIGHT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, W_TMA, W_T, A_TMA, SUM_K)
+                   MUL_WEIGHT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, W_TMA, W_T, A_TMA)
 
 
 @triton.jit

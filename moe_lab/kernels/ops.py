@@ -206,15 +206,13 @@ class Plan:
                                HALF_TAIL=self.half_tail, **common),
                           _opts(up, pdl))
         self.up_scalars = (S, K, H, I, B, *x_strides, *up_strides, bu0, bu1, I, spec.limit, spec.alpha)
-        self.atomic_sum = reduce and K > 1 and bool(config.get("ATOMIC_SUM", 0))
         self.down = _Launch(_down_grouped_kernel, (B * triton.cdiv(H, down["BLOCK_N"]),),
                             dict(MUL_WEIGHT=reduce, DOT_MODE=dot_mode, BLOCK_M=bm, BLOCK_N=down["BLOCK_N"],
                                  BLOCK_K=down["BLOCK_K"], GROUP_M=down["GROUP_M"], EVEN_K=I % down["BLOCK_K"] == 0,
                                  W_TMA=self.down_tma is not None, W_T=bool(self.down_tma and self.down_tma[1]),
-                                 A_TMA=self.a_tma_down, HALF_TAIL=self.half_tail,
-                                 SUM_K=K if self.atomic_sum else 1, **common), _opts(down, pdl))
+                                 A_TMA=self.a_tma_down, HALF_TAIL=self.half_tail, **common), _opts(down, pdl))
         self.down_scalars = (S, H, I, B, I, *down_strides, bd0, bd1, H)
-        if reduce and K > 1 and not self.atomic_sum:
+        if reduce and K > 1:
             block_h = min(SUM_TILE["BLOCK_H"], triton.next_power_of_2(H))
             self.sum = _Launch(_topk_sum_kernel, (triton.cdiv(T, SUM_TILE["BLOCK_T"]), triton.cdiv(H, block_h)),
                                dict(TOPK=K, BLOCK_T=SUM_TILE["BLOCK_T"], BLOCK_H=block_h, PDL=pdl),
@@ -255,10 +253,7 @@ class Plan:
         a_PI = torch.empty(B * bm, I, dtype=self.dtype, device=dev)
         w_up_arg = self._descriptor("up", w_up, self.up_tma) if self.up_tma else w_up
         self.up(stream, x_arg, x_half, w_up_arg, b_up, a_PI, sorted_P, block_expert_B, *self.up_scalars)
-        if self.atomic_sum:  # the down kernel adds each pair's row into its token's
-            y_SH = torch.zeros(self.T, H, dtype=self.dtype, device=dev)
-        else:
-            y_SH = torch.empty(S, H, dtype=self.dtype, device=dev)
+        y_SH = torch.empty(S, H, dtype=self.dtype, device=dev)
         w_down_arg = self._descriptor("down", w_down, self.down_tma) if self.down_tma else w_down
         a_arg = a_half = a_PI
         if self.a_tma_down:
@@ -266,7 +261,7 @@ class Plan:
             a_half = _row_blocks(a_PI, self.a_half_boxes[1]) if self.half_tail else a_arg
         self.down(stream, a_arg, a_half, w_down_arg, b_down, y_SH, rw_S, sorted_P, block_expert_B,
                   *self.down_scalars)
-        if not self.reduce or self.K == 1 or self.atomic_sum:
+        if not self.reduce or self.K == 1:
             return y_SH
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
         self.sum(stream, y_SH, out_TH, self.T, H)
