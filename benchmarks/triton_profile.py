@@ -7,10 +7,13 @@ from torch.profiler (mean device time over --reps calls, L2 flushed before each)
 of the two GEMMs (flops of the real pairs, no padding; bytes of the experts hit) as TFLOP/s and GB/s;
 the whole call as a CUDA-graph replay (GPU time, no host), end to end (host included), and as a replay
 on balanced routing (every expert T*K/E pairs: no expert longer than the mean). From `--compare-tokens`
-on, the same two products with no gather and no epilogue, by the libraries:
+on, our two GEMMs on balanced routing too, and the same two products with no gather and no epilogue:
 - torch's grouped GEMM (`torch._grouped_mm`, CUTLASS) on the tokens already sorted, this routing's groups;
 - cuBLAS's batched GEMM (`torch.bmm`) on balanced groups, ceil(T*K/E') rows for each of the E' = min(E, T*K)
-  experts a balanced routing hits: the dense best case, no ragged groups at all.
+  experts a balanced routing hits: the dense best case, no ragged groups at all;
+- the same balanced products by a plain Triton batched GEMM with both operands through TMA
+  (`benchmarks/dense_tma_gemm.py`), once per tile of its `TILES` (a row each; the summary takes the fastest
+  per product): what Triton 3.6 itself reaches there without warp specialization.
 Each point's floor (`moe_lab.harness.roofline`: bytes of the experts hit / copy bandwidth, flops / matmul
 peak, measured as `benchmarks/triton_gpu.py` does: L2 flushed before each of 10 calls) is on every row,
 for this routing and for the balanced one (which hits min(E, T*K) experts: more than uniform routing at
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -118,9 +122,13 @@ def profile_point(model: str, T: int, reps: int, compare: bool, roof, log) -> li
             add(name, us, *work)
         add("whole call, CUDA-graph replay", gpu_ms(call, x_TH.device) * 1e3)
         add("whole call, end to end", median_ms(call, x_TH.device) * 1e3)
-        add("whole call, balanced routing, CUDA-graph replay",
-            gpu_ms(lambda: triton_fused_experts(experts, x_TH, ids_bal_TK, w_bal_TK), x_TH.device) * 1e3)
+        call_bal = lambda: triton_fused_experts(experts, x_TH, ids_bal_TK, w_bal_TK)  # noqa: E731
+        add("whole call, balanced routing, CUDA-graph replay", gpu_ms(call_bal, x_TH.device) * 1e3)
         if compare:
+            for name, us in kernel_times_us(call_bal, reps).items():
+                work = next((w for frag, w in gemm_work.items() if frag in name), None)
+                if work:
+                    add(f"{BALANCED}{name}", us, work[0])
             x_SH, offs_E, a_SI = sorted_problem(experts, x_TH, ids_TK)
             w_up, w_down = up_weight_EHN(experts), down_weight_EIH(experts)
             for what, fn, frag in (("gate/up", lambda: grouped_mm(x_SH, w_up, offs_E), "_gate_up"),
@@ -131,7 +139,36 @@ def profile_point(model: str, T: int, reps: int, compare: bool, roof, log) -> li
             bmm = lambda: [torch.bmm(a, w, out=out) for a, w, out in products]  # noqa: E731
             add("cuBLAS bmm gate/up + down, balanced groups", median_ms(bmm, x_TH.device) * 1e3,
                 gemm_work["_gate_up"][0] + gemm_work["_down"][0])
+            for what, frag, (a, w, out) in zip(("gate/up", "down"), ("_gate_up", "_down"), products):
+                for tile, us in dense_tile_times_us(a, w, out, log).items():
+                    add(f"{DENSE} {what}, balanced groups, tile {tile}", us, gemm_work[frag][0])
     return rows
+
+
+DENSE = "Triton TMA bmm"
+BALANCED = "balanced routing: "  # our kernels' rows on balanced routing
+
+
+def dense_tile_times_us(a_EMK, w_EKN, out_EMN, log) -> dict[str, float]:
+    """`dense_tma_gemm.dense_bmm` on one balanced product, per tile (name -> us); its output checked against
+    cuBLAS's first (a tile that fails to build or to match is logged and left out)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from dense_tma_gemm import TILES, dense_bmm
+
+    ref_EMN = torch.bmm(a_EMK, w_EKN).float()
+    times = {}
+    for tile in TILES:
+        name = "{}x{}x{} w{} s{}".format(*tile)
+        try:
+            rel_err = float((dense_bmm(a_EMK, w_EKN, out_EMN, tile).float() - ref_EMN).norm() / ref_EMN.norm())
+        except Exception as err:  # noqa: BLE001 (e.g. a tile larger than shared memory: the others still run)
+            log(f"  tile {name}: {type(err).__name__}: {str(err)[:160]}")
+            continue
+        if rel_err > 1e-2:
+            log(f"  tile {name}: relative error {rel_err:.2e} against cuBLAS, left out")
+            continue
+        times[name] = median_ms(lambda: dense_bmm(a_EMK, w_EKN, out_EMN, tile), a_EMK.device) * 1e3
+    return times
 
 
 def ceiling_rows(rows: list[dict]) -> list[dict]:
@@ -144,13 +181,25 @@ def ceiling_rows(rows: list[dict]) -> list[dict]:
                    whole_call_us=us(lambda k: k == "whole call, CUDA-graph replay"),
                    whole_call_balanced_us=us(lambda k: k.startswith("whole call, balanced")),
                    ours_gemms_us=us(lambda k: k.startswith(("_gate_up", "_down"))),
+                   ours_gemms_balanced_us=us(lambda k: k.startswith((BALANCED + "_gate_up", BALANCED + "_down"))),
                    torch_grouped_mm_gemms_us=us(lambda k: k.startswith("torch._grouped_mm")),
-                   cublas_bmm_balanced_us=us(lambda k: k.startswith("cuBLAS bmm")))
+                   cublas_bmm_balanced_us=us(lambda k: k.startswith("cuBLAS bmm")),
+                   triton_tma_bmm_balanced_us=_fastest_tiles_us(group))
         for key in [k for k in row if k.endswith("_us") and not k.startswith("floor")]:
             floor = row["floor_balanced_us" if "balanced" in key else "floor_us"]
             row[key.removesuffix("_us") + "_frac"] = round(floor / row[key], 3) if row[key] else None
         out.append(dict(row, device=group[0]["device"], torch=group[0]["torch"], triton=group[0]["triton"]))
     return out
+
+
+def _fastest_tiles_us(group: list[dict]) -> float | None:
+    """The dense Triton GEMM's time at one point: its fastest tile on each of the two products, summed."""
+    best: dict[str, float] = {}
+    for r in group:
+        if r["kernel"].startswith(DENSE):
+            product = r["kernel"].split(",")[0]
+            best[product] = min(best.get(product, float("inf")), r["us"])
+    return round(sum(best.values()), 2) if len(best) == 2 else None
 
 
 def _by_point(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
@@ -200,8 +249,10 @@ def main(argv=None) -> int:
     for c in ceiling:
         log(f"{c['model']} T={c['T']}: floor {c['floor_us']:.1f} us; fraction of it: whole call "
             f"{c['whole_call_frac']}, balanced {c['whole_call_balanced_frac']}; GEMMs alone: ours "
-            f"{c['ours_gemms_frac']}, torch {c['torch_grouped_mm_gemms_frac']}, "
-            f"cuBLAS bmm balanced {c['cublas_bmm_balanced_frac']}")
+            f"{c['ours_gemms_frac']}, balanced {c['ours_gemms_balanced_frac']}, torch "
+            f"{c['torch_grouped_mm_gemms_frac']}, "
+            f"cuBLAS bmm balanced {c['cublas_bmm_balanced_frac']}, Triton TMA bmm balanced "
+            f"{c['triton_tma_bmm_balanced_frac']}")
     (out / "triton_profile.log").write_text("\n".join(lines) + "\n")
     return 0
 

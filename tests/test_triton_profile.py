@@ -49,3 +49,20 @@ def test_ceiling_rows_sum_each_side_s_gemms_and_divide_their_routing_s_floor_by_
     assert c["cublas_bmm_balanced_frac"] == round(120 / 110, 3)  # balanced times against the balanced floor
     assert c["whole_call_balanced_frac"] == round(120 / 130, 3)
     assert by_T[1]["cublas_bmm_balanced_us"] is None and by_T[1]["cublas_bmm_balanced_frac"] is None  # not timed there
+
+
+def test_ceiling_rows_take_the_dense_gemm_s_fastest_tile_per_product_and_our_balanced_kernels():
+    dense = "Triton TMA bmm"
+    rows = [_row(f"{dense} gate/up, balanced groups, tile 128x128x64 w4 s3", 70.0),
+            _row(f"{dense} gate/up, balanced groups, tile 128x256x64 w8 s3", 60.0),
+            _row(f"{dense} down, balanced groups, tile 128x128x64 w4 s3", 30.0),
+            _row(f"{dense} down, balanced groups, tile 128x256x64 w8 s3", 40.0),
+            _row("balanced routing: _gate_up_grouped_kernel", 75.0),
+            _row("balanced routing: _down_grouped_kernel", 45.0), _row("_gate_up_grouped_kernel", 80.0),
+            _row(f"{dense} gate/up, balanced groups, tile 128x128x64 w4 s3", 50.0, T=1)]
+    by_T = {r["T"]: r for r in triton_profile.ceiling_rows(rows)}
+    c = by_T[512]
+    assert c["triton_tma_bmm_balanced_us"] == 90.0 and c["triton_tma_bmm_balanced_frac"] == round(120 / 90, 3)
+    assert c["ours_gemms_balanced_us"] == 120.0 and c["ours_gemms_balanced_frac"] == 1.0
+    assert c["ours_gemms_us"] == 80.0  # our balanced-routing rows are not summed into the uniform ones
+    assert by_T[1]["triton_tma_bmm_balanced_us"] is None  # one product timed only: no sum
