@@ -180,7 +180,32 @@ def test_multi_program_alignment_compiles_for_sm90(pdl_on, compiled, seed):
                  ["_align_count_kernel", "_align_scatter_kernel", *GEMMS, "_topk_sum_kernel"])
 
 
+@pytest.mark.parametrize("layout", ["gated_silu", "gated_gelu", "transposed", "plain_relu"])
+def test_warp_specialized_gemms_compile_for_sm90(layout, compiled, monkeypatch, seed):
+    """A config's "ws" entry (`moe_lab.kernels.ws_grouped`): the token gather with each pair's row, the two
+    persistent Gluon GEMMs, warp-specialized (the producer warp's registers lowered, the consumers' raised),
+    TMA loads into wgmma, TMA stores, launched without PDL, and the top-k sum through the pairs' rows."""
+    from test_ws_grouped import WS
 
+    from moe_lab.kernels import ops, ws_grouped
+
+    monkeypatch.setattr(ops, "ws_available", lambda device: 132)  # as on an H100
+    kernel = ws_grouped._ws_grouped_kernel
+    monkeypatch.setattr(kernel, "device_caches", defaultdict(kernel.create_binder))
+    c = Case(E=6, H=256, I=128, K=2, T=300, routing="skewed")
+    experts = make_experts(c, LAYOUTS[layout], torch.bfloat16, "cpu", seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, "cpu", seed)
+    with torch.no_grad():
+        out_TH = triton_fused.triton_fused_experts(experts, x_TH, ids_TK, weights_TK,
+                                                   config={**CONFIGS["grouped64"], "ws": WS})
+    assert out_TH.shape == x_TH.shape
+    assert [k.name for k in compiled] == ["_align_single_kernel", "_gather_rows_kernel", "_ws_grouped_kernel",
+                                          "_ws_grouped_kernel", "_topk_sum_kernel"]
+    for k in compiled[2:4]:
+        ptx = k.asm["ptx"]
+        assert "setmaxnreg.dec" in ptx and "setmaxnreg.inc" in ptx, "not warp-specialized"
+        assert "wgmma.mma_async" in ptx and "cp.async.bulk.tensor" in ptx, "no TMA or wgmma"
+        assert not k.metadata.launch_pdl
 
 
 @pytest.mark.parametrize("T,evict_first", [(1, None), (1, 0), (21, 1)], ids=["one_token", "one_token_off", "on"])

@@ -185,7 +185,7 @@ def _build_plan(experts, x_TH, topk_ids_TK, topk_weights_TK, config, up_strides,
     _check(experts, x_TH, topk_ids_TK, topk_weights_TK)
     spec = gate_spec(experts)
     from moe_lab.kernels.configs import get_config
-    from moe_lab.kernels.ops import Plan
+    from moe_lab.kernels.ops import Plan, ws_available
     from moe_lab.kernels.pdl import pdl_available
 
     T, K = topk_ids_TK.shape
@@ -195,7 +195,8 @@ def _build_plan(experts, x_TH, topk_ids_TK, topk_weights_TK, config, up_strides,
         config = get_config(device_kind(x_TH.device), str(x_TH.dtype).removeprefix("torch."), T, E, H, I, K)
     norm = bool(getattr(experts, "has_post_expert_norm", False))
     return Plan(T, K, E, H, I, x_TH.dtype, spec, config, up_strides, down_strides, bias_strides,
-                tuple(x_TH.stride()), reduce=not norm, pdl=pdl_available(x_TH.device))
+                tuple(x_TH.stride()), reduce=not norm, pdl=pdl_available(x_TH.device),
+                ws_sms=ws_available(x_TH.device))
 
 
 triton_fused_experts.device_types = ("cuda",)

@@ -120,10 +120,13 @@ class Plan:
     def __init__(self, T: int, K: int, E: int, H: int, I: int, dtype: torch.dtype, spec: GateSpec, config: dict,
                  up_strides: tuple[int, int, int], down_strides: tuple[int, int, int],
                  bias_strides: tuple[int, int, int, int] | None, x_strides: tuple[int, int], reduce: bool,
-                 pdl: bool = False):
+                 pdl: bool = False, ws_sms: int = 0):
         """pdl: launch with programmatic dependent launch (`moe_lab.kernels.pdl`) where the device has it;
-        a config's `"PDL": 0` turns it off."""
+        a config's `"PDL": 0` turns it off. ws_sms: the device's SM count where it runs the warp-specialized
+        GEMMs (`ws_available`), else 0; a config's `"ws"` entry takes them where they apply (`ws_refusal`),
+        else its Triton tiles run, with a log line saying why."""
         self.T, self.K, self.E, self.H, self.I, self.dtype, self.reduce = T, K, E, H, I, dtype, reduce
+        self.x_strides = x_strides
         self.S = S = T * K
         self.has_bias = bias_strides is not None
         bu0, bu1, bd0, bd1 = bias_strides or (0, 0, 0, 0)
@@ -151,22 +154,18 @@ class Plan:
                                      **common), _opts(down, pdl))
             self.down_scalars = (H, I, E, *down_strides, bd0, bd1, H)
             return
+        ws = config.get("ws")
+        why_not = ws and ws_refusal(ws, ws_sms, dtype, spec, self.has_bias, reduce, up_strides, down_strides,
+                                    E, H, I)
+        if why_not:
+            log_once(f"moe_lab triton_fused: the config's warp-specialized GEMMs do not apply here ({why_not}); "
+                     "running its Triton tiles")
+        self.ws = bool(ws) and not why_not
+        if self.ws:
+            self._init_ws(ws, ws_sms, spec, up_strides, down_strides)
+            return
         bm, up, down = config["BLOCK_M"], config["up"], config["down"]
-        self.bm = bm
-        self.B = B = max_blocks(S, E, bm)
-        self.e_pad = ep = e_pad(E)
-        self.single = S <= SINGLE_MAX_PAIRS
-        once = _opts({"num_warps": 4, "num_stages": 1}, pdl)
-        if self.single:
-            self.align = [_Launch(_align_single_kernel, (1,),
-                                  dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, LABEL_BLOCKS=LABEL_BLOCKS, PDL=pdl), once)]
-        else:
-            self.G = G = triton.cdiv(S, CHUNK)
-            self.align = [
-                _Launch(_align_count_kernel, (G,), dict(E_PAD=ep, CHUNK=CHUNK, PDL=pdl), once),
-                _Launch(_align_scatter_kernel, (G,), dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, SCAN_ROWS=SCAN_ROWS,
-                                                          LABEL_BLOCKS=LABEL_BLOCKS, PDL=pdl), once),
-            ]
+        B = self._init_align(bm)
         dot_mode = 2 if INTERPRETED else (1 if dtype == torch.float32 else 0)
         one_dot = bool(up.get("ONE_DOT", 0)) and spec.gate_mode != 0
         self.up_tma = self.down_tma = None  # TMA views of the weights: (2D shape, transposed?, box)
@@ -188,10 +187,7 @@ class Plan:
         if self.a_tma_up:
             if bm % GATHER_ROWS:
                 raise ValueError(f"triton_fused: A_TMA needs BLOCK_M a multiple of {GATHER_ROWS}, not {bm}")
-            self.gather = _Launch(_gather_rows_kernel, (B * bm // GATHER_ROWS,),
-                                  dict(BLOCK_M=bm, ROWS=GATHER_ROWS, BLOCK_H=min(512, triton.next_power_of_2(H)),
-                                       PDL=pdl), once)
-            self.x_strides = x_strides
+            self.gather = self._gather_launch(pair_rows=False)
         self.half_tail = bool(config.get("HALF_TAIL", 0))
         if self.half_tail and bm < 32:
             raise ValueError(f"triton_fused: HALF_TAIL needs BLOCK_M >= 32 (half blocks of at least 16 rows), "
@@ -213,10 +209,71 @@ class Plan:
                                  A_TMA=self.a_tma_down, HALF_TAIL=self.half_tail, **common), _opts(down, pdl))
         self.down_scalars = (S, H, I, B, I, *down_strides, bd0, bd1, H)
         if reduce and K > 1:
-            block_h = min(SUM_TILE["BLOCK_H"], triton.next_power_of_2(H))
-            self.sum = _Launch(_topk_sum_kernel, (triton.cdiv(T, SUM_TILE["BLOCK_T"]), triton.cdiv(H, block_h)),
-                               dict(TOPK=K, BLOCK_T=SUM_TILE["BLOCK_T"], BLOCK_H=block_h, PDL=pdl),
-                               _opts({"num_warps": SUM_TILE["num_warps"], "num_stages": 1}, pdl))
+            self.sum = self._sum_launch(indirect=False)
+
+    def _init_align(self, bm: int) -> int:
+        """The alignment launches for row blocks of bm: one program up to SINGLE_MAX_PAIRS pairs, else two
+        kernels over chunks. Returns B, the blocks' upper bound."""
+        S, E, pdl = self.S, self.E, self.pdl
+        self.bm = bm
+        self.B = B = max_blocks(S, E, bm)
+        self.e_pad = ep = e_pad(E)
+        self.single = S <= SINGLE_MAX_PAIRS
+        once = _opts({"num_warps": 4, "num_stages": 1}, pdl)
+        if self.single:
+            self.align = [_Launch(_align_single_kernel, (1,),
+                                  dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, LABEL_BLOCKS=LABEL_BLOCKS, PDL=pdl), once)]
+        else:
+            self.G = G = triton.cdiv(S, CHUNK)
+            self.align = [
+                _Launch(_align_count_kernel, (G,), dict(E_PAD=ep, CHUNK=CHUNK, PDL=pdl), once),
+                _Launch(_align_scatter_kernel, (G,), dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, SCAN_ROWS=SCAN_ROWS,
+                                                          LABEL_BLOCKS=LABEL_BLOCKS, PDL=pdl), once),
+            ]
+        return B
+
+    def _gather_launch(self, pair_rows: bool) -> _Launch:
+        """The token gather into the aligned order (A_TMA, and the warp-specialized GEMMs), and with pair_rows
+        each pair's row in it."""
+        once = _opts({"num_warps": 4, "num_stages": 1}, self.pdl)
+        return _Launch(_gather_rows_kernel, (self.B * self.bm // GATHER_ROWS,),
+                       dict(BLOCK_M=self.bm, ROWS=GATHER_ROWS, BLOCK_H=min(512, triton.next_power_of_2(self.H)),
+                            PAIR_ROWS=pair_rows, PDL=self.pdl), once)
+
+    def _sum_launch(self, indirect: bool) -> _Launch:
+        """The top-k sum over y in (t, k) order, or (indirect) over y in the aligned order through pair_row."""
+        block_h = min(SUM_TILE["BLOCK_H"], triton.next_power_of_2(self.H))
+        return _Launch(_topk_sum_kernel, (triton.cdiv(self.T, SUM_TILE["BLOCK_T"]), triton.cdiv(self.H, block_h)),
+                       dict(TOPK=self.K, BLOCK_T=SUM_TILE["BLOCK_T"], BLOCK_H=block_h, INDIRECT=indirect,
+                            PDL=self.pdl), _opts({"num_warps": SUM_TILE["num_warps"], "num_stages": 1}, self.pdl))
+
+    def _init_ws(self, ws: dict, sms: int, spec: GateSpec, up_strides, down_strides) -> None:
+        """The warp-specialized path (`ws_grouped`): alignment, token gather with each pair's row, the two
+        persistent GEMMs (one program per SM at most, launched without PDL: they start once the kernel
+        before has ended), the top-k sum through the pairs' rows."""
+        from moe_lab.kernels.ws_grouped import _ws_grouped_kernel
+
+        E, H, I = self.E, self.H, self.I
+        B = self._init_align(ws["BLOCK_M"])
+        self.gather = self._gather_launch(pair_rows=True)
+        up, down = ws["up"], ws["down"]
+        N = 2 * I if spec.gate_mode else I
+        self.up_tma = _tma_view(up_strides, E, N, H, up["BLOCK_N"], up["BLOCK_K"], "gate/up")
+        self.down_tma = _tma_view(down_strides, E, H, I, down["BLOCK_N"], down["BLOCK_K"], "down")
+        self._descriptors = {}
+        self.ws_cfg = ws
+        launches = []
+        for cfg, view, cols, consts in (
+                (up, self.up_tma, I, dict(GATED=spec.gate_mode == 1, ACT=spec.act, MUL_WEIGHT=False)),
+                (down, self.down_tma, H, dict(GATED=False, ACT=-1, MUL_WEIGHT=True))):
+            tiles = B * triton.cdiv(cols, cfg["BLOCK_N"])
+            launches.append(_Launch(_ws_grouped_kernel, (min(sms, tiles),),
+                                    dict(consts, W_T=view[1], GROUP_M=cfg["GROUP_M"], STAGES=cfg["STAGES"]),
+                                    {"num_warps": cfg["num_warps"]}))
+        self.up, self.down = launches
+        self.up_scalars = (B, H, N, I, self.S, spec.limit, spec.alpha)
+        self.down_scalars = (B, I, H, 0, self.S, spec.limit, spec.alpha)
+        self.sum = self._sum_launch(indirect=True)
 
     def __call__(self, x_TH, ids_S, rw_S, w_up, w_down, b_up, b_down) -> torch.Tensor:
         """ids_S, rw_S: contiguous flat (S,) ids and weights; w_up / w_down / biases: the stored tensors."""
@@ -234,20 +291,13 @@ class Plan:
             self.down(stream, a_SI, ids_S, rw_S, w_down, b_down, out, *self.down_scalars)
             return out
         B, bm = self.B, self.bm
-        sorted_P = torch.empty(B * bm, dtype=torch.int32, device=dev)
-        block_expert_B = torch.empty(B, dtype=torch.int32, device=dev)
-        if self.single:
-            cursor = torch.empty(self.e_pad, dtype=torch.int32, device=dev)
-            self.align[0](stream, ids_S, sorted_P, block_expert_B, cursor, S, self.E, B)
-        else:
-            partial = torch.empty(2 * self.G, self.e_pad, dtype=torch.int32, device=dev)
-            self.align[0](stream, ids_S, partial, S, self.E)
-            self.align[1](stream, ids_S, partial, sorted_P, block_expert_B, S, self.E, self.G, B,
-                          triton.cdiv(B, self.G))
+        sorted_P, block_expert_B = self._align(stream, ids_S)
+        if self.ws:
+            return self._call_ws(stream, x_TH, sorted_P, block_expert_B, rw_S, w_up, w_down)
         x_arg = x_half = x_TH
         if self.a_tma_up:  # the tokens gathered once into the aligned order, then loaded as plain row blocks
             xs_PH = torch.empty(B * bm, H, dtype=self.dtype, device=dev)
-            self.gather(stream, x_TH, sorted_P, block_expert_B, xs_PH, S, self.K, H, *self.x_strides)
+            self.gather(stream, x_TH, sorted_P, block_expert_B, xs_PH, sorted_P, S, self.K, H, *self.x_strides)
             x_arg = _row_blocks(xs_PH, self.a_boxes[0])
             x_half = _row_blocks(xs_PH, self.a_half_boxes[0]) if self.half_tail else x_arg
         a_PI = torch.empty(B * bm, I, dtype=self.dtype, device=dev)
@@ -264,8 +314,59 @@ class Plan:
         if not self.reduce or self.K == 1:
             return y_SH
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
-        self.sum(stream, y_SH, out_TH, self.T, H)
+        self.sum(stream, y_SH, out_TH, y_SH, self.T, H)
         return out_TH
+
+    def _align(self, stream: int, ids_S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sorted_P, block_expert_B): the pairs in the expert-aligned order, each row block's expert."""
+        dev, S, B = ids_S.device, self.S, self.B
+        sorted_P = torch.empty(B * self.bm, dtype=torch.int32, device=dev)
+        block_expert_B = torch.empty(B, dtype=torch.int32, device=dev)
+        if self.single:
+            cursor = torch.empty(self.e_pad, dtype=torch.int32, device=dev)
+            self.align[0](stream, ids_S, sorted_P, block_expert_B, cursor, S, self.E, B)
+        else:
+            partial = torch.empty(2 * self.G, self.e_pad, dtype=torch.int32, device=dev)
+            self.align[0](stream, ids_S, partial, S, self.E)
+            self.align[1](stream, ids_S, partial, sorted_P, block_expert_B, S, self.E, self.G, B,
+                          triton.cdiv(B, self.G))
+        return sorted_P, block_expert_B
+
+    def _call_ws(self, stream, x_TH, sorted_P, block_expert_B, rw_S, w_up, w_down) -> torch.Tensor:
+        """The warp-specialized path after the alignment: gather (with each pair's row), gate/up into the
+        aligned (P, I), down into the aligned (P, H) with the routing weights, the top-k sum through the rows."""
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+        dev, P, S, H, I = x_TH.device, self.B * self.bm, self.S, self.H, self.I
+        up, down = self.ws_cfg["up"], self.ws_cfg["down"]
+        xs_PH = torch.empty(P, H, dtype=self.dtype, device=dev)
+        pair_row_S = torch.empty(S, dtype=torch.int32, device=dev)
+        self.gather(stream, x_TH, sorted_P, block_expert_B, xs_PH, pair_row_S, S, self.K, H, *self.x_strides)
+        a_PI = torch.empty(P, I, dtype=self.dtype, device=dev)
+        y_PH = torch.empty(P, H, dtype=self.dtype, device=dev)
+
+        def rows(t_PC, cols: int):  # TMA boxes of bm rows and `cols` columns of an aligned activation
+            return TensorDescriptor(t_PC, list(t_PC.shape), [t_PC.shape[1], 1], [self.bm, cols],
+                                    _nvmma_layout([self.bm, cols], self.dtype))
+
+        self.up(stream, rows(xs_PH, up["BLOCK_K"]), self._ws_descriptor("up", w_up, self.up_tma),
+                rows(a_PI, up["BLOCK_N"]), block_expert_B, sorted_P, rw_S, *self.up_scalars)
+        self.down(stream, rows(a_PI, down["BLOCK_K"]), self._ws_descriptor("down", w_down, self.down_tma),
+                  rows(y_PH, down["BLOCK_N"]), block_expert_B, sorted_P, rw_S, *self.down_scalars)
+        out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
+        self.sum(stream, y_PH, out_TH, pair_row_S, self.T, H)
+        return out_TH
+
+    def _ws_descriptor(self, which: str, w: torch.Tensor, view: tuple):
+        """A stored weight's 2D view as a Gluon TMA descriptor, kept while the weight stays where it is."""
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+        cached = self._descriptors.get(which)
+        if cached is None or cached[0] != w.data_ptr():
+            (rows, cols), _, box = view
+            desc = TensorDescriptor(w, [rows, cols], [cols, 1], list(box), _nvmma_layout(list(box), self.dtype))
+            cached = self._descriptors[which] = (w.data_ptr(), desc)
+        return cached[1]
 
 
     def _descriptor(self, which: str, w: torch.Tensor, view: tuple):
@@ -281,6 +382,57 @@ class Plan:
                 raise ValueError(f"triton_fused: TMA on the {which} weight: {err}") from None
             cached = self._descriptors[which] = (w.data_ptr(), desc)
         return cached[1]
+
+
+def _nvmma_layout(box: list[int], dtype: torch.dtype):
+    """The shared-memory layout TMA and wgmma use for a (rows, cols) box of bf16 / fp16: the widest swizzle."""
+    from triton.experimental.gluon import language as gl
+
+    return gl.NVMMASharedLayout.get_default_for(box, gl.bfloat16 if dtype == torch.bfloat16 else gl.float16)
+
+
+WS_SMEM_BYTES = 227 * 1024  # shared memory per program on the H100
+
+
+def ws_available(device: torch.device) -> int:
+    """The SM count where the warp-specialized GEMMs (`ws_grouped`) run on `device`: compiled kernels on an
+    sm90 GPU (wgmma is Hopper's); else 0."""
+    if INTERPRETED or device.type != "cuda" or torch.cuda.get_device_capability(device) != (9, 0):
+        return 0
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias: bool, reduce: bool,
+               up_strides: tuple, down_strides: tuple, E: int, H: int, I: int) -> str | None:
+    """Why a config's `"ws"` entry cannot run this call, or None. Its keys: BLOCK_M, and per GEMM ("up",
+    "down") BLOCK_N, BLOCK_K, STAGES, num_warps, GROUP_M."""
+    if not sms:
+        return "they need compiled kernels on an sm90 GPU"
+    if dtype not in (torch.bfloat16, torch.float16):
+        return f"they take bf16 or fp16, not {dtype}"
+    if spec.gate_mode == 2:
+        return "they take a concatenated gate or none, not an interleaved one"
+    if has_bias:
+        return "they take no bias"
+    if not reduce:
+        return "they end in the top-k sum (a post-expert norm needs the per-pair outputs)"
+    bm, size = ws["BLOCK_M"], dtype.itemsize
+    for name, cfg, strides, rows, k, nw in (("up", ws["up"], up_strides, 2 * I if spec.gate_mode else I, H,
+                                             2 if spec.gate_mode else 1),
+                                            ("down", ws["down"], down_strides, H, I, 1)):
+        if bm < 16 * cfg["num_warps"]:
+            return f"{name}: BLOCK_M {bm} is less than 16 rows per consumer warp ({cfg['num_warps']} warps)"
+        smem = size * (cfg["STAGES"] * cfg["BLOCK_K"] * (bm + nw * cfg["BLOCK_N"]) + bm * cfg["BLOCK_N"])
+        if smem > WS_SMEM_BYTES:
+            return f"{name}: its buffers take {smem} bytes of shared memory, more than {WS_SMEM_BYTES}"
+        try:
+            _tma_view(strides, E, rows, k, cfg["BLOCK_N"], cfg["BLOCK_K"], name)
+        except ValueError as err:
+            return str(err)
+    for cols in (H, I):
+        if (cols * size) % 16:
+            return f"TMA needs rows of a multiple of 16 bytes ({cols} x {size})"
+    return None
 
 
 def _row_blocks(t_PC: torch.Tensor, box: list[int]):
@@ -308,6 +460,6 @@ def fused_experts(
     has_bias = b_up_EN is not None
     plan = Plan(T, K, E, H, I, x_TH.dtype, spec, config, tuple(w_up_ENH.stride()), tuple(w_down_EHI.stride()),
                 (*b_up_EN.stride(), *b_down_EH.stride()) if has_bias else None, tuple(x_TH.stride()), reduce,
-                pdl=pdl_available(x_TH.device))
+                pdl=pdl_available(x_TH.device), ws_sms=ws_available(x_TH.device))
     return plan(x_TH, topk_ids_TK.reshape(-1).contiguous(), topk_weights_TK.reshape(-1).contiguous(),
                 w_up_ENH, w_down_EHI, b_up_EN, b_down_EH)

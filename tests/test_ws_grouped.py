@@ -1,0 +1,149 @@
+"""The warp-specialized GEMMs (`moe_lab.kernels.ws_grouped`): where a config's `"ws"` entry applies, and on an
+H100 (sm90) that `triton_fused` with it equals the float64 reference on the shape set of the other backends.
+
+Gluon kernels have no interpreter: the GPU tests skip without an sm90 GPU (tests/test_triton_compile_sm90.py
+builds them for sm90 on CPU); `ws_refusal` runs everywhere. Legend as in `moe_lab.kernels.fused_moe`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from test_backends import CASES, LAYOUTS, make_experts, make_inputs
+
+from moe_lab import reference_experts, relative_error
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+if not HAS_TRITON:
+    pytest.skip("needs triton (pip install 'moe-lab[triton]')", allow_module_level=True)
+
+from moe_lab.kernels.ops import GateSpec, ws_refusal  # noqa: E402  (after the skip: ops imports triton)
+
+TOL = {torch.float16: 5e-3, torch.bfloat16: 3e-2}
+WS = {"BLOCK_M": 128, "up": dict(BLOCK_N=128, BLOCK_K=64, STAGES=4, num_warps=8, GROUP_M=8),
+      "down": dict(BLOCK_N=128, BLOCK_K=64, STAGES=4, num_warps=8, GROUP_M=8)}
+SMALL_WS = {"BLOCK_M": 64, "up": dict(BLOCK_N=32, BLOCK_K=16, STAGES=3, num_warps=4, GROUP_M=2),
+            "down": dict(BLOCK_N=32, BLOCK_K=16, STAGES=2, num_warps=4, GROUP_M=2)}  # many tiles on tiny shapes
+TRITON_TILES = {"path": "grouped", "BLOCK_M": 16, "up": dict(BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4,
+                                                              num_stages=2),
+                "down": dict(BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=2)}
+SILU_CONCAT = GateSpec(gate_mode=1, act=0)
+E, H, I = 8, 256, 128
+CONTIGUOUS = dict(up_strides=(2 * I * H, H, 1), down_strides=(H * I, I, 1))
+
+
+def refusal(**changes) -> str | None:
+    args = dict(ws=WS, sms=132, dtype=torch.bfloat16, spec=SILU_CONCAT, has_bias=False, reduce=True, **CONTIGUOUS,
+                E=E, H=H, I=I)
+    return ws_refusal(**{**args, **changes})
+
+
+def test_ws_applies_to_a_contiguous_concatenated_bf16_layout():
+    assert refusal() is None
+    assert refusal(dtype=torch.float16) is None
+    assert refusal(up_strides=(2 * I * H, 1, 2 * I), down_strides=(H * I, 1, H)) is None  # transposed storage
+
+
+@pytest.mark.parametrize("changes, reason", [
+    (dict(sms=0), "sm90"),
+    (dict(dtype=torch.float32), "bf16 or fp16"),
+    (dict(spec=GateSpec(gate_mode=2, act=0)), "interleaved"),
+    (dict(has_bias=True), "no bias"),
+    (dict(reduce=False), "top-k sum"),
+    (dict(ws={**WS, "BLOCK_M": 64}), "16 rows per consumer warp"),
+    (dict(ws={**WS, "up": {**WS["up"], "STAGES": 5}}), "shared memory"),
+    (dict(up_strides=(2 * I * H + 8, H, 1)), "contiguous"),
+    (dict(H=200, up_strides=(2 * I * 200, 200, 1), down_strides=(200 * I, I, 1)), "multiple of BLOCK_K"),
+])
+def test_ws_refusal_names_why(changes, reason):
+    why = refusal(**changes)
+    assert why is not None and reason in why, why
+
+
+gpu = pytest.mark.skipif(not SM90, reason="the warp-specialized GEMMs run on an sm90 GPU (wgmma)")
+
+
+def run(experts, x_TH, ids_TK, w_TK, ws: dict) -> tuple[torch.Tensor, object]:
+    """triton_fused with the Triton tiles and `ws`; the output and the plan that ran."""
+    from moe_lab.backends import triton_fused
+
+    with torch.no_grad():
+        out_TH = triton_fused.triton_fused_experts(experts, x_TH, ids_TK, w_TK, config={**TRITON_TILES, "ws": ws})
+    return out_TH, list(triton_fused._PLANS[experts].values())[-1]
+
+
+SIZES = {"h100_tile": (WS, 256, 128), "small_tile": (SMALL_WS, 64, 48)}  # the config, and H, I it applies to
+
+
+@gpu
+@pytest.mark.parametrize("tile", list(SIZES))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", list(CASES))
+def test_cases_match_reference(case, dtype, tile, seed):
+    """Every case of the shape set (routing, experts without tokens, a hot expert, strided tokens...) with H
+    and I that TMA takes; the warp-specialized GEMMs run on all of them."""
+    ws, H_, I_ = SIZES[tile]
+    c = CASES[case]
+    c = type(c)(**{**c.__dict__, "H": H_, "I": I_})
+    experts = make_experts(c, LAYOUTS["gated_silu"], dtype, "cuda", seed)
+    x_TH, ids_TK, w_TK = make_inputs(c, dtype, "cuda", seed)
+    out_TH, plan = run(experts, x_TH, ids_TK, w_TK, ws)
+    ref_TH = reference_experts(experts, x_TH, ids_TK, w_TK)
+    err = relative_error(out_TH, ref_TH) if c.T else float(out_TH.abs().sum())
+    assert err <= TOL[dtype], f"{case}: relative error {err:.3g}"
+    assert getattr(plan, "ws", False) == (c.T > 0), "the warp-specialized GEMMs should have run"
+
+
+@gpu
+def test_sizes_tma_cannot_take_run_the_triton_tiles(seed):
+    """H = 37, I = 19: no K tile of 16 fits; the entry's Triton tiles run, exact all the same."""
+    c = CASES["unaligned"]
+    experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, "cuda", seed)
+    x_TH, ids_TK, w_TK = make_inputs(c, torch.bfloat16, "cuda", seed)
+    out_TH, plan = run(experts, x_TH, ids_TK, w_TK, SMALL_WS)
+    assert not plan.ws
+    assert relative_error(out_TH, reference_experts(experts, x_TH, ids_TK, w_TK)) <= TOL[torch.bfloat16]
+
+
+@gpu
+@pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUTS.keys())
+def test_every_layout_runs_or_is_refused_by_name(layout, seed):
+    """Where they apply the warp-specialized GEMMs run; elsewhere the entry's Triton tiles, both exact."""
+    c = type(CASES["unaligned"])(**{**CASES["unaligned"].__dict__, "H": 64, "I": 48})
+    experts = make_experts(c, LAYOUTS[layout], torch.bfloat16, "cuda", seed)
+    x_TH, ids_TK, w_TK = make_inputs(c, torch.bfloat16, "cuda", seed)
+    out_TH, plan = run(experts, x_TH, ids_TK, w_TK, SMALL_WS)
+    err = relative_error(out_TH, reference_experts(experts, x_TH, ids_TK, w_TK))
+    assert err <= TOL[torch.bfloat16], f"{layout}: relative error {err:.3g}"
+    lay = LAYOUTS[layout]
+    applies = (lay.is_concatenated or not lay.has_gate) and not lay.has_bias and not lay.has_post_expert_norm
+    assert plan.ws == applies, layout
+
+
+@gpu
+@pytest.mark.parametrize("T", [300, 4096])
+def test_same_bits_every_call_and_under_a_cuda_graph(T, seed):
+    """Pairs change places inside their expert's group call to call; every row is computed on its own and
+    summed in k order, so the output does not change; no host synchronisation: a CUDA graph replays it."""
+    c = CASES["skewed"]
+    c = type(c)(**{**c.__dict__, "T": T, "H": 256, "I": 128})
+    experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, "cuda", seed)
+    x_TH, ids_TK, w_TK = make_inputs(c, torch.bfloat16, "cuda", seed)
+    first, plan = run(experts, x_TH, ids_TK, w_TK, WS)
+    assert plan.ws
+    for _ in range(3):
+        assert torch.equal(run(experts, x_TH, ids_TK, w_TK, WS)[0], first)
+    from moe_lab.backends import triton_fused
+
+    config = {**TRITON_TILES, "ws": WS}
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        out_TH = triton_fused.triton_fused_experts(experts, x_TH, ids_TK, w_TK, config=config)
+    x2_TH, ids2_TK, w2_TK = make_inputs(c, torch.bfloat16, "cuda", seed + 1)
+    x_TH.copy_(x2_TH), ids_TK.copy_(ids2_TK), w_TK.copy_(w2_TK)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert relative_error(out_TH, reference_experts(experts, x_TH, ids_TK, w_TK)) <= TOL[torch.bfloat16]
