@@ -182,9 +182,9 @@ def test_multi_program_alignment_compiles_for_sm90(pdl_on, compiled, seed):
 
 @pytest.mark.parametrize("layout", ["gated_silu", "gated_gelu", "transposed", "plain_relu"])
 def test_warp_specialized_gemms_compile_for_sm90(layout, compiled, monkeypatch, seed):
-    """A config's "ws" entry (`moe_lab.kernels.ws_grouped`): the token gather with each pair's row, the two
-    persistent Gluon GEMMs, warp-specialized (the producer warp's registers lowered, the consumers' raised),
-    TMA loads into wgmma, TMA stores, launched without PDL, and the top-k sum through the pairs' rows."""
+    """A config's "ws" entry (`moe_lab.kernels.ws_grouped`): the two persistent Gluon GEMMs, warp-specialized
+    (the producer warps' registers lowered, the consumers' raised), weights by TMA into wgmma, gate/up's token
+    rows gathered by cp.async, TMA stores, launched without PDL; the top-k sum through the pairs' rows."""
     from test_ws_grouped import WS
 
     from moe_lab.kernels import ops, ws_grouped
@@ -199,12 +199,13 @@ def test_warp_specialized_gemms_compile_for_sm90(layout, compiled, monkeypatch, 
         out_TH = triton_fused.triton_fused_experts(experts, x_TH, ids_TK, weights_TK,
                                                    config={**CONFIGS["grouped64"], "ws": WS})
     assert out_TH.shape == x_TH.shape
-    assert [k.name for k in compiled] == ["_align_single_kernel", "_gather_rows_kernel", "_ws_grouped_kernel",
-                                          "_ws_grouped_kernel", "_topk_sum_kernel"]
-    for k in compiled[2:4]:
+    assert [k.name for k in compiled] == ["_align_single_kernel", "_ws_grouped_kernel", "_ws_grouped_kernel",
+                                          "_topk_sum_kernel"]
+    for k, gathers in zip(compiled[1:3], (True, False)):
         ptx = k.asm["ptx"]
         assert "setmaxnreg.dec" in ptx and "setmaxnreg.inc" in ptx, "not warp-specialized"
         assert "wgmma.mma_async" in ptx and "cp.async.bulk.tensor" in ptx, "no TMA or wgmma"
+        assert ("cp.async.cg.shared.global" in ptx) == gathers, "gate/up gathers its rows, down loads them by TMA"
         assert not k.metadata.launch_pdl
 
 

@@ -138,12 +138,11 @@ def _align_scatter_kernel(ids_ptr, partial_ptr, sorted_ptr, block_expert_ptr, S,
 
 
 @triton.jit
-def _gather_rows_kernel(x_ptr, sorted_ptr, block_expert_ptr, out_ptr, pair_row_ptr, S, TOPK, H, stride_xt,
-                        stride_xh, BLOCK_M: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
-                        PAIR_ROWS: tl.constexpr = False, PDL: tl.constexpr = False):
+def _gather_rows_kernel(x_ptr, sorted_ptr, block_expert_ptr, out_ptr, S, TOPK, H, stride_xt, stride_xh,
+                        BLOCK_M: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
+                        PDL: tl.constexpr = False):
     """out[p] = x[sorted[p] // K] for ROWS padded positions p (zeros on padding rows); blocks past the end
-    (expert -1) are left unwritten, as nothing reads them. PAIR_ROWS: also pair_row[sorted[p]] = p for the
-    real rows (where each pair's row is, for a top-k sum over the aligned order)."""
+    (expert -1) are left unwritten, as nothing reads them."""
     pdl_enter(PDL)
     row0 = tl.program_id(0) * ROWS
     if tl.load(block_expert_ptr + row0 // BLOCK_M) < 0:
@@ -152,8 +151,6 @@ def _gather_rows_kernel(x_ptr, sorted_ptr, block_expert_ptr, out_ptr, pair_row_p
     pair = tl.load(sorted_ptr + offs_p)
     ok = pair < S
     token = tl.where(ok, pair // TOPK, 0).to(tl.int64)
-    if PAIR_ROWS:
-        tl.store(pair_row_ptr + pair, offs_p, mask=ok)
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
         h_ok = offs_h < H

@@ -156,7 +156,7 @@ class Plan:
             return
         ws = config.get("ws")
         why_not = ws and ws_refusal(ws, ws_sms, dtype, spec, self.has_bias, reduce, up_strides, down_strides,
-                                    E, H, I)
+                                    x_strides, E, H, I)
         if why_not:
             log_once(f"moe_lab triton_fused: the config's warp-specialized GEMMs do not apply here ({why_not}); "
                      "running its Triton tiles")
@@ -187,7 +187,9 @@ class Plan:
         if self.a_tma_up:
             if bm % GATHER_ROWS:
                 raise ValueError(f"triton_fused: A_TMA needs BLOCK_M a multiple of {GATHER_ROWS}, not {bm}")
-            self.gather = self._gather_launch(pair_rows=False)
+            self.gather = _Launch(_gather_rows_kernel, (B * bm // GATHER_ROWS,),
+                                  dict(BLOCK_M=bm, ROWS=GATHER_ROWS, BLOCK_H=min(512, triton.next_power_of_2(H)),
+                                       PDL=pdl), _opts({"num_warps": 4, "num_stages": 1}, pdl))
         self.half_tail = bool(config.get("HALF_TAIL", 0))
         if self.half_tail and bm < 32:
             raise ValueError(f"triton_fused: HALF_TAIL needs BLOCK_M >= 32 (half blocks of at least 16 rows), "
@@ -232,14 +234,6 @@ class Plan:
             ]
         return B
 
-    def _gather_launch(self, pair_rows: bool) -> _Launch:
-        """The token gather into the aligned order (A_TMA, and the warp-specialized GEMMs), and with pair_rows
-        each pair's row in it."""
-        once = _opts({"num_warps": 4, "num_stages": 1}, self.pdl)
-        return _Launch(_gather_rows_kernel, (self.B * self.bm // GATHER_ROWS,),
-                       dict(BLOCK_M=self.bm, ROWS=GATHER_ROWS, BLOCK_H=min(512, triton.next_power_of_2(self.H)),
-                            PAIR_ROWS=pair_rows, PDL=self.pdl), once)
-
     def _sum_launch(self, indirect: bool) -> _Launch:
         """The top-k sum over y in (t, k) order, or (indirect) over y in the aligned order through pair_row."""
         block_h = min(SUM_TILE["BLOCK_H"], triton.next_power_of_2(self.H))
@@ -248,14 +242,13 @@ class Plan:
                             PDL=self.pdl), _opts({"num_warps": SUM_TILE["num_warps"], "num_stages": 1}, self.pdl))
 
     def _init_ws(self, ws: dict, sms: int, spec: GateSpec, up_strides, down_strides) -> None:
-        """The warp-specialized path (`ws_grouped`): alignment, token gather with each pair's row, the two
-        persistent GEMMs (one program per SM at most, launched without PDL: they start once the kernel
-        before has ended), the top-k sum through the pairs' rows."""
+        """The warp-specialized path (`ws_grouped`): alignment, the two persistent GEMMs (one program per SM
+        at most, launched without PDL: they start once the kernel before has ended; gate/up gathers the
+        token rows itself and records each pair's row), the top-k sum through the pairs' rows."""
         from moe_lab.kernels.ws_grouped import _ws_grouped_kernel
 
         E, H, I = self.E, self.H, self.I
         B = self._init_align(ws["BLOCK_M"])
-        self.gather = self._gather_launch(pair_rows=True)
         up, down = ws["up"], ws["down"]
         N = 2 * I if spec.gate_mode else I
         self.up_tma = _tma_view(up_strides, E, N, H, up["BLOCK_N"], up["BLOCK_K"], "gate/up")
@@ -264,15 +257,15 @@ class Plan:
         self.ws_cfg = ws
         launches = []
         for cfg, view, cols, consts in (
-                (up, self.up_tma, I, dict(GATED=spec.gate_mode == 1, ACT=spec.act, MUL_WEIGHT=False)),
-                (down, self.down_tma, H, dict(GATED=False, ACT=-1, MUL_WEIGHT=True))):
+                (up, self.up_tma, I, dict(GATED=spec.gate_mode == 1, ACT=spec.act, MUL_WEIGHT=False, GATHER=True)),
+                (down, self.down_tma, H, dict(GATED=False, ACT=-1, MUL_WEIGHT=True, GATHER=False))):
             tiles = B * triton.cdiv(cols, cfg["BLOCK_N"])
             launches.append(_Launch(_ws_grouped_kernel, (min(sms, tiles),),
                                     dict(consts, W_T=view[1], GROUP_M=cfg["GROUP_M"], STAGES=cfg["STAGES"]),
                                     {"num_warps": cfg["num_warps"]}))
         self.up, self.down = launches
-        self.up_scalars = (B, H, N, I, self.S, spec.limit, spec.alpha)
-        self.down_scalars = (B, I, H, 0, self.S, spec.limit, spec.alpha)
+        self.up_scalars = (B, H, N, I, self.S, self.K, self.x_strides[0], spec.limit, spec.alpha)
+        self.down_scalars = (B, I, H, 0, self.S, self.K, 0, spec.limit, spec.alpha)
         self.sum = self._sum_launch(indirect=True)
 
     def __call__(self, x_TH, ids_S, rw_S, w_up, w_down, b_up, b_down) -> torch.Tensor:
@@ -297,7 +290,7 @@ class Plan:
         x_arg = x_half = x_TH
         if self.a_tma_up:  # the tokens gathered once into the aligned order, then loaded as plain row blocks
             xs_PH = torch.empty(B * bm, H, dtype=self.dtype, device=dev)
-            self.gather(stream, x_TH, sorted_P, block_expert_B, xs_PH, sorted_P, S, self.K, H, *self.x_strides)
+            self.gather(stream, x_TH, sorted_P, block_expert_B, xs_PH, S, self.K, H, *self.x_strides)
             x_arg = _row_blocks(xs_PH, self.a_boxes[0])
             x_half = _row_blocks(xs_PH, self.a_half_boxes[0]) if self.half_tail else x_arg
         a_PI = torch.empty(B * bm, I, dtype=self.dtype, device=dev)
@@ -333,26 +326,28 @@ class Plan:
         return sorted_P, block_expert_B
 
     def _call_ws(self, stream, x_TH, sorted_P, block_expert_B, rw_S, w_up, w_down) -> torch.Tensor:
-        """The warp-specialized path after the alignment: gather (with each pair's row), gate/up into the
-        aligned (P, I), down into the aligned (P, H) with the routing weights, the top-k sum through the rows."""
+        """The warp-specialized path after the alignment: gate/up (gathering the token rows, recording each
+        pair's row) into the aligned (P, I), down into the aligned (P, H) with the routing weights, the top-k
+        sum through the pairs' rows."""
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
         dev, P, S, H, I = x_TH.device, self.B * self.bm, self.S, self.H, self.I
         up, down = self.ws_cfg["up"], self.ws_cfg["down"]
-        xs_PH = torch.empty(P, H, dtype=self.dtype, device=dev)
+        if x_TH.data_ptr() % 16:
+            raise ValueError("triton_fused: the warp-specialized GEMMs gather token rows 16 bytes at a time: "
+                             "the tokens' storage must start 16-byte aligned")
         pair_row_S = torch.empty(S, dtype=torch.int32, device=dev)
-        self.gather(stream, x_TH, sorted_P, block_expert_B, xs_PH, pair_row_S, S, self.K, H, *self.x_strides)
         a_PI = torch.empty(P, I, dtype=self.dtype, device=dev)
         y_PH = torch.empty(P, H, dtype=self.dtype, device=dev)
 
-        def rows(t_PC, cols: int):  # TMA boxes of bm rows and `cols` columns of an aligned activation
-            return TensorDescriptor(t_PC, list(t_PC.shape), [t_PC.shape[1], 1], [self.bm, cols],
+        def rows(t_RC, cols: int):  # TMA boxes of bm rows and `cols` columns of a row-major activation
+            return TensorDescriptor(t_RC, list(t_RC.shape), [t_RC.stride(0), 1], [self.bm, cols],
                                     _nvmma_layout([self.bm, cols], self.dtype))
 
-        self.up(stream, rows(xs_PH, up["BLOCK_K"]), self._ws_descriptor("up", w_up, self.up_tma),
-                rows(a_PI, up["BLOCK_N"]), block_expert_B, sorted_P, rw_S, *self.up_scalars)
+        self.up(stream, rows(x_TH, up["BLOCK_K"]), self._ws_descriptor("up", w_up, self.up_tma),
+                rows(a_PI, up["BLOCK_N"]), block_expert_B, sorted_P, rw_S, x_TH, pair_row_S, *self.up_scalars)
         self.down(stream, rows(a_PI, down["BLOCK_K"]), self._ws_descriptor("down", w_down, self.down_tma),
-                  rows(y_PH, down["BLOCK_N"]), block_expert_B, sorted_P, rw_S, *self.down_scalars)
+                  rows(y_PH, down["BLOCK_N"]), block_expert_B, sorted_P, rw_S, a_PI, pair_row_S, *self.down_scalars)
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
         self.sum(stream, y_PH, out_TH, pair_row_S, self.T, H)
         return out_TH
@@ -403,7 +398,7 @@ def ws_available(device: torch.device) -> int:
 
 
 def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias: bool, reduce: bool,
-               up_strides: tuple, down_strides: tuple, E: int, H: int, I: int) -> str | None:
+               up_strides: tuple, down_strides: tuple, x_strides: tuple, E: int, H: int, I: int) -> str | None:
     """Why a config's `"ws"` entry cannot run this call, or None. Its keys: BLOCK_M, and per GEMM ("up",
     "down") BLOCK_N, BLOCK_K, STAGES, num_warps, GROUP_M."""
     if not sms:
@@ -432,6 +427,9 @@ def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias:
     for cols in (H, I):
         if (cols * size) % 16:
             return f"TMA needs rows of a multiple of 16 bytes ({cols} x {size})"
+    if x_strides[1] != 1 or (x_strides[0] * size) % 16:
+        return f"the token rows are gathered 16 bytes at a time: they must be contiguous, 16-byte aligned " \
+               f"(strides {x_strides})"
     return None
 
 

@@ -6,16 +6,17 @@ specialization hangs there). These kernels spell out, in Gluon (Triton's explici
 schedule cuBLAS's cooperative kernels run (`benchmarks/ws_gemm.py` measured the dense version level with
 cuBLAS's batched GEMM):
 - one program per SM walks the (row block, column tile) tiles in `fused_moe`'s grouped order;
-- a producer warp issues the TMA loads of the row block and the weight tile(s) of each K step into a ring
-  of STAGES shared buffers, each guarded by a `ready` and an `empty` mbarrier;
+- producer warps issue the loads of the row block and the weight tile(s) of each K step into a ring of
+  STAGES shared buffers, each guarded by `ready` mbarriers (TMA bytes; gathered rows) and an `empty` one;
 - the consumer warps (two warp groups at 8 warps, splitting the tile's rows) run asynchronous wgmma on
   each stage as it lands and hand the stage before back once the next is issued; the epilogue goes to
   shared memory and out by a TMA store that runs on under the next tile's MMAs.
 
-Both GEMMs read and write the expert-aligned order (P rows): gate/up reads the tokens gathered into it
-(`align._gather_rows_kernel`) and writes the (P, I) intermediate with the gating applied; down reads that
-and writes (P, H) with the routing weight applied, and the top-k sum reads each pair's row through
-`pair_row` (S,), the aligned row of pair s. Blocks past the last expert's (expert -1) are skipped.
+Both GEMMs write the expert-aligned order (P rows): gate/up gathers each row block's token rows by cp.async
+(four producer warps: TMA cannot gather rows on the H100) and writes the (P, I) intermediate with the gating
+applied, and the aligned row of each pair, `pair_row` (S,); down reads the intermediate by TMA and writes
+(P, H) with the routing weight applied; the top-k sum reads each pair's row through `pair_row`. Blocks
+past the last expert's (expert -1) are skipped.
 What they take (sm90, bf16/fp16, concatenated gate or none, no bias, the top-k sum) is checked by
 `ops.Plan`. Legend as in `fused_moe`.
 """
@@ -24,8 +25,8 @@ from __future__ import annotations
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
-                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.language.nvidia.hopper import (async_copy, fence_async_shared, mbarrier, tma,
+                                                              warpgroup_mma, warpgroup_mma_wait)
 
 from moe_lab.kernels import fused_moe
 
@@ -34,7 +35,8 @@ _tile_ids = gluon.jit(fused_moe._tile_ids.fn)
 _act = gluon.jit(fused_moe._act.fn)
 _gate = gluon.jit(fused_moe._gate.fn)
 
-LOADER_REGS = gl.constexpr(40)  # registers per thread of the producer warp (setmaxnreg); the consumers get the rest
+GATHER_WARPS = gl.constexpr(4)  # producer warps: cp.async row gathers are issued per thread
+LOADER_REGS = gl.constexpr(80)  # registers per producer thread (setmaxnreg); the consumers get the rest
 
 
 @gluon.jit
@@ -45,27 +47,46 @@ def _tile(tile, num_blocks, tiles_n, block_expert_ptr, GROUP_M: gl.constexpr):
 
 
 @gluon.jit
-def _load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, empty, block_expert_ptr, num_blocks, tiles_n, K,
-                    n_rows, up_row, GATED: gl.constexpr, W_T: gl.constexpr, GROUP_M: gl.constexpr):
+def _load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, num_blocks, tiles_n,
+                    K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt,
+                    GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr, GROUP_M: gl.constexpr):
     """Producer: each real tile's K steps, a row block and one (or, gated, a gate and an up) weight tile per
     stage, issued as soon as the consumers hand the stage back. The weight is the (E * n_rows, K) view of
-    its storage (W_T: the (E * K, n_rows) view of its transposed storage); up rows start at `up_row`."""
+    its storage (W_T: the (E * K, n_rows) view of its transposed storage); up rows start at `up_row`.
+    Rows come by TMA from the aligned (P, K) x, or (GATHER) by cp.async straight from the tokens' rows,
+    pair s's token s // TOPK, padding rows zero; then the row block's first column tile also writes
+    pair_row[s] = its row, for the top-k sum."""
     STAGES: gl.constexpr = x_bufs.type.shape[0]
     BM: gl.constexpr = x_bufs.type.shape[1]
     BK: gl.constexpr = x_bufs.type.shape[2]
     NW: gl.constexpr = 2 if GATED else 1
     BN: gl.constexpr = w_bufs.type.shape[2] if W_T else w_bufs.type.shape[1]
-    nbytes: gl.constexpr = x_desc.block_type.nbytes + NW * w_desc.block_type.nbytes
+    w_bytes: gl.constexpr = NW * w_desc.block_type.nbytes
+    TPW_K: gl.constexpr = min(BK // 8, 8)  # threads along a row, 8 values (16 bytes) each
+    rows_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TPW_K, TPW_K], [GATHER_WARPS, 1], [1, 0])
+    rows_M = gl.arange(0, BM, layout=gl.SliceLayout(1, rows_layout))
+    cols_K = gl.arange(0, BK, layout=gl.SliceLayout(0, rows_layout))
     step = 0
     for tile in range(gl.program_id(0), num_blocks * tiles_n, gl.num_programs(0)):
         pid_m, pid_n, expert = _tile(tile, num_blocks, tiles_n, block_expert_ptr, GROUP_M)
         if expert >= 0:
+            if GATHER:
+                pair = gl.load(sorted_ptr + pid_m * BM + rows_M)
+                real = pair < S
+                if pid_n == 0:
+                    gl.store(pair_row_ptr + pair, pid_m * BM + rows_M, mask=real)
+                x_ptrs = x_ptr + gl.where(real, pair // TOPK, 0).to(gl.int64)[:, None] * stride_xt + cols_K[None, :]
             for k in range(0, K, BK):
                 s = step % STAGES
                 mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1
                 bar = ready.index(s)
-                mbarrier.expect(bar, nbytes)
-                tma.async_copy_global_to_shared(x_desc, [pid_m * BM, k], bar, x_bufs.index(s))
+                if GATHER:
+                    async_copy.async_copy_global_to_shared(x_bufs.index(s), x_ptrs + k, mask=real[:, None])
+                    async_copy.mbarrier_arrive(x_ready.index(s), increment_count=False)
+                    mbarrier.expect(bar, w_bytes)
+                else:
+                    mbarrier.expect(bar, x_desc.block_type.nbytes + w_bytes)
+                    tma.async_copy_global_to_shared(x_desc, [pid_m * BM, k], bar, x_bufs.index(s))
                 for j in gl.static_range(NW):
                     col = pid_n * BN + j * up_row
                     if W_T:
@@ -86,9 +107,10 @@ def _b_operand(w_buf, W_T: gl.constexpr):
 
 
 @gluon.jit
-def _mma_partition(x_bufs, w_bufs, ready, empty, c_desc, c_smem, block_expert_ptr, num_blocks, tiles_n, K,
-                   sorted_ptr, rw_ptr, S, limit, alpha, GATED: gl.constexpr, ACT: gl.constexpr,
-                   MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr, GROUP_M: gl.constexpr, num_warps: gl.constexpr):
+def _mma_partition(x_bufs, w_bufs, ready, x_ready, empty, c_desc, c_smem, block_expert_ptr, num_blocks, tiles_n,
+                   K, sorted_ptr, rw_ptr, S, limit, alpha, GATED: gl.constexpr, ACT: gl.constexpr,
+                   MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr, GROUP_M: gl.constexpr,
+                   num_warps: gl.constexpr):
     """Consumers: wgmma per stage, the stage before handed back once this one's are issued; then the epilogue
     (ACT >= 0: the gating of `fused_moe._gate`, or `_act` without a gate; MUL_WEIGHT: each row times its
     pair's routing weight) into shared memory and out by TMA, waited for only before the next tile's."""
@@ -109,6 +131,9 @@ def _mma_partition(x_bufs, w_bufs, ready, empty, c_desc, c_smem, block_expert_pt
             for k in range(0, K, BK):
                 s = step % STAGES
                 mbarrier.wait(ready.index(s), (step // STAGES) & 1)
+                if GATHER:
+                    mbarrier.wait(x_ready.index(s), (step // STAGES) & 1)
+                    fence_async_shared()  # the rows came through the generic proxy (cp.async); wgmma reads async
                 xa = x_bufs.index(s)
                 wg = _b_operand(w_bufs.index(s * NW), W_T)
                 acc_g = warpgroup_mma(xa, wg, acc_g, is_async=True)
@@ -140,24 +165,30 @@ def _mma_partition(x_bufs, w_bufs, ready, empty, c_desc, c_smem, block_expert_pt
 
 
 @gluon.jit
-def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, sorted_ptr, rw_ptr, num_blocks, K, n_rows,
-                       up_row, S, limit, alpha, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr,
-                       W_T: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, sorted_ptr, rw_ptr, x_ptr, pair_row_ptr,
+                       num_blocks, K, n_rows, up_row, S, TOPK, stride_xt, limit, alpha, GATED: gl.constexpr,
+                       ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr,
+                       GROUP_M: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
     """c[rows of block b, columns n..] = epilogue(x[rows of b] @ W[expert of b] rows n.. (and up rows)), for
-    every real tile. x: (P, K) TMA descriptor, boxes (BM, BK); c: (P, columns) descriptor, boxes (BM, BN)."""
+    every real tile. x: (P, K) TMA descriptor, boxes (BM, BK), or (GATHER) the tokens (T, K) at x_ptr, rows
+    gathered (`x_desc` then only gives the box); c: (P, columns) descriptor, boxes (BM, BN)."""
     NW: gl.constexpr = 2 if GATED else 1
     x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
     w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES * NW] + w_desc.block_type.shape, w_desc.layout)
     c_smem = gl.allocate_shared_memory(c_desc.dtype, c_desc.block_type.shape, c_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    x_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(x_ready.index(i), count=32 * GATHER_WARPS)  # each producer thread's cp.async arrive
         mbarrier.init(empty.index(i), count=1)
     tiles_n = gl.cdiv(c_desc.shape[1], c_desc.block_type.shape[1])
     gl.warp_specialize([
-        (_mma_partition, (x_bufs, w_bufs, ready, empty, c_desc, c_smem, block_expert_ptr, num_blocks, tiles_n, K,
-                          sorted_ptr, rw_ptr, S, limit, alpha, GATED, ACT, MUL_WEIGHT, W_T, GROUP_M, num_warps)),
-        (_load_partition, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, block_expert_ptr, num_blocks, tiles_n, K,
-                           n_rows, up_row, GATED, W_T, GROUP_M)),
-    ], [1], [LOADER_REGS])
+        (_mma_partition, (x_bufs, w_bufs, ready, x_ready, empty, c_desc, c_smem, block_expert_ptr, num_blocks,
+                          tiles_n, K, sorted_ptr, rw_ptr, S, limit, alpha, GATED, ACT, MUL_WEIGHT, W_T, GATHER,
+                          GROUP_M, num_warps)),
+        (_load_partition, (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, num_blocks,
+                           tiles_n, K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt,
+                           GATED, W_T, GATHER, GROUP_M)),
+    ], [GATHER_WARPS], [LOADER_REGS])
