@@ -284,6 +284,22 @@ def test_tune_kernels_merges_configs_that_run(tmp_path, monkeypatch, seed):
         check(experts, x_TH, ids_TK, w_TK, None, TOL[torch.bfloat16], f"tuned T={T}")
 
 
+def test_tune_kernels_ws_only_times_the_entries_on_the_config_in_force(seed):
+    """`--ws-only`: the config in force, then it with each warp-specialized entry (which run where they apply,
+    else the config's own tiles: under the interpreter, and here I = 96 is no multiple of their K tile)."""
+    from moe_lab.kernels import search
+    from moe_lab.shapes import build_experts
+
+    experts = build_experts("tiny", device=DEVICE, dtype=torch.bfloat16, seed=seed)
+    ids_TK, w_TK = synthetic_routing("uniform", 24, 8, 2, seed=seed, device=DEVICE)
+    x_TH = torch.randn(24, 128, generator=torch.Generator().manual_seed(seed)).to(DEVICE, torch.bfloat16)
+    results = search.search_bucket(experts, (x_TH, ids_TK, w_TK), CONFIGS["grouped16"], False, 1, lambda m: None,
+                                   ws=True, ws_only=True)
+    entries = sorted(json.dumps(json.loads(k).get("ws"), sort_keys=True) for _, k in results)
+    assert entries == sorted(json.dumps(e, sort_keys=True) for e in [None, *search.WS_SPACE])
+    assert all(math.isfinite(ms) for ms, _ in results)
+
+
 def test_multi_program_alignment(seed):
     """More pairs than the single-program alignment takes: the two-launch alignment path."""
     from test_backends import Case

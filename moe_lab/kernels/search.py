@@ -10,7 +10,9 @@ the matmul-bound buckets (BLOCK_M 64 to 256); on GPUs with TMA (sm90 on), each B
 are timed again with the weights loaded through TMA descriptors, then the best of those with the
 activations through TMA too (tokens gathered into the aligned order first); last, each BLOCK_M's best (from 32
 on) with its experts' last row blocks run as half-height tiles where they fit (`HALF_TAIL`), and the best
-decode config with its weights' other L2 policy (`EVICT_FIRST`, `configs.decode_evicts_first`). Before it is
+decode config with its weights' other L2 policy (`EVICT_FIRST`, `configs.decode_evicts_first`); on an sm90 GPU,
+the best grouped config with each of `WS_SPACE` as its `"ws"` entry (the warp-specialized GEMMs, `ws_grouped`;
+`ws_only` times just those on top of the config in force). Before it is
 timed, each candidate's output
 is checked against moe_lab's grouped_mm backend on the same inputs; one that differs by more than the
 dtype's tolerance is logged and never chosen. Every candidate is timed as the whole
@@ -157,10 +159,12 @@ def precompile(experts, inputs: tuple, configs: list[dict], threads: int = 8) ->
 
 
 def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int, log,
-                  tma: bool = False, expected_TH: torch.Tensor | None = None) -> list[tuple[float, str]]:
+                  tma: bool = False, expected_TH: torch.Tensor | None = None, ws: bool = False,
+                  ws_only: bool = False) -> list[tuple[float, str]]:
     """(ms, config JSON) of every config timed for one token count, fastest first; inf where it failed.
     `tma`: per BLOCK_M, the best tiles again with the gate/up weight, the down weight or both through TMA.
-    `expected_TH`: the right output; a config whose output differs beyond the dtype's tolerance fails."""
+    `expected_TH`: the right output; a config whose output differs beyond the dtype's tolerance fails.
+    `ws`: the best grouped config again with each `WS_SPACE` entry; `ws_only`: only that, on the incumbent."""
     from moe_lab.backends.common import down_weight_EIH, num_experts
     from moe_lab.backends.triton_fused import triton_fused_experts
     from moe_lab.kernels.configs import decode_evicts_first
@@ -187,6 +191,9 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
         return timed[key]
 
     time_it(incumbent)
+    if ws_only:
+        _time_ws_entries(time_it, timed)
+        return sorted((ms, key) for key, ms in timed.items())
     if S <= DECODE_MAX_PAIRS:
         best_up = min(DECODE_UP, key=lambda u: time_it(decode_config(u, DECODE_DOWN[1])))
         for d in DECODE_DOWN:
@@ -220,16 +227,40 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
                                 default=(math.inf, None))
         if math.isfinite(best_ms):
             time_it({**json.loads(best_key), "HALF_TAIL": 1})
+    if ws:
+        _time_ws_entries(time_it, timed)
     return sorted((ms, key) for key, ms in timed.items())
+
+
+WS_SPACE = [  # "ws" entries (ws_grouped's tiles): the two fastest of four on qwen3 and OLMoE at 4096 and 8192
+    {"BLOCK_M": 128, "up": dict(BLOCK_N=128, BLOCK_K=64, STAGES=4, num_warps=8, GROUP_M=8),
+     "down": dict(BLOCK_N=128, BLOCK_K=64, STAGES=5, num_warps=8, GROUP_M=8)},
+    {"BLOCK_M": 128, "up": dict(BLOCK_N=128, BLOCK_K=64, STAGES=3, num_warps=8, GROUP_M=16),
+     "down": dict(BLOCK_N=256, BLOCK_K=64, STAGES=3, num_warps=8, GROUP_M=16)},
+]
+
+
+def _time_ws_entries(time_it, timed: dict) -> None:
+    """The fastest grouped config so far, without a "ws" entry and with each of WS_SPACE."""
+    grouped = [(ms, k) for k, ms in timed.items() if json.loads(k).get("path") == "grouped"]
+    best_ms, best_key = min(grouped, default=(math.inf, None))
+    if not math.isfinite(best_ms):
+        return
+    base = {k: v for k, v in json.loads(best_key).items() if k != "ws"}
+    time_it(base)
+    for entry in WS_SPACE:
+        time_it({**base, "ws": entry})
 
 
 def search(models: list[str], tokens: list[int], dtype: torch.dtype = torch.bfloat16, device: str = "cuda",
            wide: bool = False, budget_s: float | None = None, reps: int = 10, log=print,
-           tma: bool | None = None) -> tuple[dict, list[dict]]:
+           tma: bool | None = None, ws: bool | None = None, ws_only: bool = False) -> tuple[dict, list[dict]]:
     """Search every (model, token count); returns ({device kind: {dtype: {shape key: {T: config}}}}, one row
     per config timed). Each candidate's output is checked against the grouped_mm backend's. Past `budget_s` no
     new token count starts; the ones left are logged, not tuned.
-    `tma` (default: on GPUs with TMA, sm90 on, and under the interpreter) adds the TMA variants."""
+    `tma` (default: on GPUs with TMA, sm90 on, and under the interpreter) adds the TMA variants; `ws` (default:
+    where `ops.ws_available`) the warp-specialized entries, and `ws_only` times only those, on each bucket's
+    config in force."""
     from moe_lab.backends.grouped_mm import grouped_mm_experts
     from moe_lab.devices import device_kind
     from moe_lab.kernels.configs import get_config, shape_key
@@ -240,6 +271,10 @@ def search(models: list[str], tokens: list[int], dtype: torch.dtype = torch.bflo
     kind, dtype_name = device_kind(dev), str(dtype).removeprefix("torch.")
     if tma is None:
         tma = dev.type != "cuda" or torch.cuda.get_device_capability(dev)[0] >= 9
+    if ws is None:
+        from moe_lab.kernels.ops import ws_available
+
+        ws = ws_only or ws_available(dev) > 0
     start = time.time()
     table: dict = {kind: {dtype_name: {}}}
     rows: list[dict] = []
@@ -254,10 +289,11 @@ def search(models: list[str], tokens: list[int], dtype: torch.dtype = torch.bflo
             x_TH = torch.randn(T, H, generator=torch.Generator().manual_seed(T)).to(dev, dtype)
             return x_TH, ids_TK, w_TK
 
-        every = {_config_key(c): c for T in tokens for c in candidates(T * K, E, wide)}
-        t0 = time.time()
-        precompile(experts, inputs(min(tokens)), list(every.values()))
-        log(f"tune-kernels {model}: built {len(every)} configs in {time.time() - t0:.1f} s")
+        if not ws_only:
+            every = {_config_key(c): c for T in tokens for c in candidates(T * K, E, wide)}
+            t0 = time.time()
+            precompile(experts, inputs(min(tokens)), list(every.values()))
+            log(f"tune-kernels {model}: built {len(every)} configs in {time.time() - t0:.1f} s")
         for T in tokens:
             if budget_s is not None and time.time() - start > budget_s:
                 log(f"tune-kernels {model}: time budget spent; T={T} and later not tuned")
@@ -266,7 +302,7 @@ def search(models: list[str], tokens: list[int], dtype: torch.dtype = torch.bflo
             with torch.no_grad():
                 expected_TH = grouped_mm_experts(experts, *inputs(T))
             results = search_bucket(experts, inputs(T), incumbent, wide, reps,
-                                    lambda m: log(f"tune-kernels {model} {m}"), tma, expected_TH)
+                                    lambda m: log(f"tune-kernels {model} {m}"), tma, expected_TH, ws, ws_only)
             best_ms, best = results[0]
             if math.isinf(best_ms):
                 raise RuntimeError(f"tune-kernels {model} T={T}: no config ran, the incumbent included")
@@ -318,6 +354,10 @@ def add_tune_kernels_parser(sub) -> None:
     p.add_argument("--wide", action="store_true", help="also the wide space where pairs per expert are many")
     p.add_argument("--no-tma", dest="tma", action="store_false", default=None,
                    help="leave out the configs that load weights through TMA (default: in where the GPU has TMA)")
+    p.add_argument("--no-ws", dest="ws", action="store_false", default=None,
+                   help="leave out the warp-specialized entries (default: in on an sm90 GPU)")
+    p.add_argument("--ws-only", action="store_true",
+                   help="time only the warp-specialized entries, on top of each bucket's config in force")
     p.add_argument("--out", default=None, help="JSON config file to merge into (default: the one in force, "
                                                "MOE_LAB_KERNEL_CONFIGS or the package's); a new file starts as a "
                                                "copy of the one in force")
@@ -342,7 +382,8 @@ def _tune_kernels_command(args: argparse.Namespace) -> int:
         out.write_text((config_path() if config_path().exists() else CONFIG_FILE).read_text())
         load_table.cache_clear()
     table, rows = search(args.models.split(","), [int(t) for t in args.tokens.split(",")],
-                         getattr(torch, args.dtype), args.device, args.wide, args.budget_s, args.reps, tma=args.tma)
+                         getattr(torch, args.dtype), args.device, args.wide, args.budget_s, args.reps, tma=args.tma,
+                         ws=args.ws, ws_only=args.ws_only)
     merge_table(out, table)
     if args.candidates:
         write_rows(args.candidates, rows)
