@@ -55,6 +55,8 @@ def test_ws_applies_to_a_contiguous_concatenated_bf16_layout():
     (dict(reduce=False), "top-k sum"),
     (dict(ws={**WS, "BLOCK_M": 64}), "16 rows per consumer warp"),
     (dict(ws={**WS, "up": {**WS["up"], "STAGES": 5}}), "shared memory"),
+    (dict(ws={**WS, "down": {**WS["down"], "STAGES": 6, "PINGPONG": 1, "num_warps": 4}}), "shared memory"),
+    (dict(ws={**WS, "down": {**WS["down"], "PINGPONG": 1}}), "one warp group"),
     (dict(up_strides=(2 * I * H + 8, H, 1)), "contiguous"),
     (dict(H=200, up_strides=(2 * I * 200, 200, 1), down_strides=(200 * I, I, 1)), "multiple of BLOCK_K"),
     (dict(x_strides=(2 * H, 2)), "contiguous"),
@@ -76,7 +78,12 @@ def run(experts, x_TH, ids_TK, w_TK, ws: dict) -> tuple[torch.Tensor, object]:
     return out_TH, list(triton_fused._PLANS[experts].values())[-1]
 
 
-SIZES = {"h100_tile": (WS, 256, 128), "small_tile": (SMALL_WS, 64, 48)}  # the config, and H, I it applies to
+PINGPONG = {"BLOCK_M": 128, "up": dict(BLOCK_N=64, BLOCK_K=64, STAGES=5, num_warps=4, GROUP_M=8, PINGPONG=1),
+            "down": dict(BLOCK_N=128, BLOCK_K=64, STAGES=5, num_warps=4, GROUP_M=8, PINGPONG=1)}
+SMALL_PINGPONG = {"BLOCK_M": 64, "up": dict(BLOCK_N=32, BLOCK_K=16, STAGES=3, num_warps=4, GROUP_M=2, PINGPONG=1),
+                  "down": dict(BLOCK_N=32, BLOCK_K=16, STAGES=2, num_warps=4, GROUP_M=2, PINGPONG=1)}
+SIZES = {"h100_tile": (WS, 256, 128), "small_tile": (SMALL_WS, 64, 48), "pingpong": (PINGPONG, 256, 128),
+         "small_pingpong": (SMALL_PINGPONG, 64, 48)}  # the config, and H, I it applies to
 
 
 @gpu
@@ -126,21 +133,22 @@ def test_every_layout_runs_or_is_refused_by_name(layout, seed):
 
 
 @gpu
+@pytest.mark.parametrize("ws", [WS, PINGPONG], ids=["cooperative", "pingpong"])
 @pytest.mark.parametrize("T", [300, 4096])
-def test_same_bits_every_call_and_under_a_cuda_graph(T, seed):
+def test_same_bits_every_call_and_under_a_cuda_graph(T, ws, seed):
     """Pairs change places inside their expert's group call to call; every row is computed on its own and
     summed in k order, so the output does not change; no host synchronisation: a CUDA graph replays it."""
     c = CASES["skewed"]
     c = type(c)(**{**c.__dict__, "T": T, "H": 256, "I": 128})
     experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, "cuda", seed)
     x_TH, ids_TK, w_TK = make_inputs(c, torch.bfloat16, "cuda", seed)
-    first, plan = run(experts, x_TH, ids_TK, w_TK, WS)
+    first, plan = run(experts, x_TH, ids_TK, w_TK, ws)
     assert plan.ws
     for _ in range(3):
-        assert torch.equal(run(experts, x_TH, ids_TK, w_TK, WS)[0], first)
+        assert torch.equal(run(experts, x_TH, ids_TK, w_TK, ws)[0], first)
     from moe_lab.backends import triton_fused
 
-    config = {**TRITON_TILES, "ws": WS}
+    config = {**TRITON_TILES, "ws": ws}
     graph = torch.cuda.CUDAGraph()
     with torch.no_grad(), torch.cuda.graph(graph):
         out_TH = triton_fused.triton_fused_experts(experts, x_TH, ids_TK, w_TK, config=config)

@@ -261,7 +261,8 @@ class Plan:
                 (down, self.down_tma, H, dict(GATED=False, ACT=-1, MUL_WEIGHT=True, GATHER=False))):
             tiles = B * triton.cdiv(cols, cfg["BLOCK_N"])
             launches.append(_Launch(_ws_grouped_kernel, (min(sms, tiles),),
-                                    dict(consts, W_T=view[1], GROUP_M=cfg["GROUP_M"], STAGES=cfg["STAGES"]),
+                                    dict(consts, W_T=view[1], GROUP_M=cfg["GROUP_M"], STAGES=cfg["STAGES"],
+                                         PINGPONG=bool(cfg.get("PINGPONG", 0))),
                                     {"num_warps": cfg["num_warps"]}))
         self.up, self.down = launches
         self.up_scalars = (B, H, N, I, self.S, self.K, self.x_strides[0], spec.limit, spec.alpha)
@@ -400,7 +401,7 @@ def ws_available(device: torch.device) -> int:
 def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias: bool, reduce: bool,
                up_strides: tuple, down_strides: tuple, x_strides: tuple, E: int, H: int, I: int) -> str | None:
     """Why a config's `"ws"` entry cannot run this call, or None. Its keys: BLOCK_M, and per GEMM ("up",
-    "down") BLOCK_N, BLOCK_K, STAGES, num_warps, GROUP_M."""
+    "down") BLOCK_N, BLOCK_K, STAGES, num_warps (per consumer), GROUP_M, optional PINGPONG (two consumers)."""
     if not sms:
         return "they need compiled kernels on an sm90 GPU"
     if dtype not in (torch.bfloat16, torch.float16):
@@ -417,7 +418,10 @@ def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias:
                                             ("down", ws["down"], down_strides, H, I, 1)):
         if bm < 16 * cfg["num_warps"]:
             return f"{name}: BLOCK_M {bm} is less than 16 rows per consumer warp ({cfg['num_warps']} warps)"
-        smem = size * (cfg["STAGES"] * cfg["BLOCK_K"] * (bm + nw * cfg["BLOCK_N"]) + bm * cfg["BLOCK_N"])
+        consumers = 2 if cfg.get("PINGPONG", 0) else 1
+        if consumers == 2 and cfg["num_warps"] != 4:
+            return f"{name}: PINGPONG takes consumers of one warp group (num_warps 4), not {cfg['num_warps']}"
+        smem = size * (cfg["STAGES"] * cfg["BLOCK_K"] * (bm + nw * cfg["BLOCK_N"]) + consumers * bm * cfg["BLOCK_N"])
         if smem > WS_SMEM_BYTES:
             return f"{name}: its buffers take {smem} bytes of shared memory, more than {WS_SMEM_BYTES}"
         try:

@@ -8,9 +8,11 @@ cuBLAS's batched GEMM):
 - one program per SM walks the (row block, column tile) tiles in `fused_moe`'s grouped order;
 - producer warps issue the loads of the row block and the weight tile(s) of each K step into a ring of
   STAGES shared buffers, each guarded by `ready` mbarriers (TMA bytes; gathered rows) and an `empty` one;
-- the consumer warps (two warp groups at 8 warps, splitting the tile's rows) run asynchronous wgmma on
-  each stage as it lands and hand the stage before back once the next is issued; the epilogue goes to
-  shared memory and out by a TMA store that runs on under the next tile's MMAs.
+- the consumer warps (two warp groups at 8 warps, splitting the tile's rows: cooperative) run asynchronous
+  wgmma on each stage as it lands and hand the stage before back once the next is issued; the epilogue
+  goes to shared memory and out by a TMA store that runs on under the next tile's MMAs. With `PINGPONG`
+  two consumers of one warp group each take alternate tiles and turns at the MMAs, so that one's epilogue
+  runs while the other's MMAs do.
 
 Both GEMMs write the expert-aligned order (P rows): gate/up gathers each row block's token rows by cp.async
 (four producer warps: TMA cannot gather rows on the H100) and writes the (P, I) intermediate with the gating
@@ -37,6 +39,7 @@ _gate = gluon.jit(fused_moe._gate.fn)
 
 GATHER_WARPS = gl.constexpr(4)  # producer warps: cp.async row gathers are issued per thread
 LOADER_REGS = gl.constexpr(80)  # registers per producer thread (setmaxnreg); the consumers get the rest
+PINGPONG_REGS = gl.constexpr(216)  # per thread of the second consumer (4 warps): as many as the first gets
 
 
 @gluon.jit
@@ -100,67 +103,82 @@ def _load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block
 @gluon.jit
 def _b_operand(w_buf, W_T: gl.constexpr):
     """A stage's weight tile as wgmma's (BK, BN) operand: stored (BN, BK) it is a transposed view."""
-    if W_T:
-        return w_buf
+    if W_T:  # one return: the compiler checks every return's type, in a constexpr branch or not
+        op = w_buf
     else:
-        return w_buf.permute((1, 0))
+        op = w_buf.permute((1, 0))
+    return op
 
 
 @gluon.jit
-def _mma_partition(x_bufs, w_bufs, ready, x_ready, empty, c_desc, c_smem, block_expert_ptr, num_blocks, tiles_n,
-                   K, sorted_ptr, rw_ptr, S, limit, alpha, GATED: gl.constexpr, ACT: gl.constexpr,
+def _mma_partition(x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, num_blocks,
+                   tiles_n, K, sorted_ptr, rw_ptr, S, limit, alpha, GATED: gl.constexpr, ACT: gl.constexpr,
                    MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr, GROUP_M: gl.constexpr,
-                   num_warps: gl.constexpr):
-    """Consumers: wgmma per stage, the stage before handed back once this one's are issued; then the epilogue
-    (ACT >= 0: the gating of `fused_moe._gate`, or `_act` without a gate; MUL_WEIGHT: each row times its
-    pair's routing weight) into shared memory and out by TMA, waited for only before the next tile's."""
+                   CONSUMER: gl.constexpr, CONSUMERS: gl.constexpr, WARPS: gl.constexpr):
+    """Consumer CONSUMER of CONSUMERS, WARPS warps: every CONSUMERS-th real tile. wgmma per stage, the stage
+    before handed back once this one's are issued; then the epilogue (ACT >= 0: the gating of
+    `fused_moe._gate`, or `_act` without a gate; MUL_WEIGHT: each row times its pair's routing weight) into
+    its shared buffer and out by TMA, waited for only before its next tile's. Two consumers (ping-pong) take
+    turns at the MMAs (`turn`: each waits for the other's main loop to be issued before starting its own), so
+    one's epilogue runs under the other's MMAs, and each waits on its stages in the order they are loaded."""
     STAGES: gl.constexpr = x_bufs.type.shape[0]
     BM: gl.constexpr = x_bufs.type.shape[1]
     BK: gl.constexpr = x_bufs.type.shape[2]
     NW: gl.constexpr = 2 if GATED else 1
     BN: gl.constexpr = c_desc.block_type.shape[1]
-    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                          instr_shape=[16, BN, 16])
     rows_M = gl.arange(0, BM, layout=gl.SliceLayout(1, acc_layout))
-    step = 0
+    c_smem = c_bufs.index(CONSUMER)
+    k_steps = gl.cdiv(K, BK)
+    real = 0  # real tiles so far, every consumer's
+    mine = 0  # this consumer's
     for tile in range(gl.program_id(0), num_blocks * tiles_n, gl.num_programs(0)):
         pid_m, pid_n, expert = _tile(tile, num_blocks, tiles_n, block_expert_ptr, GROUP_M)
         if expert >= 0:
-            acc_g = gl.zeros([BM, BN], gl.float32, acc_layout)
-            acc_u = gl.zeros([BM, BN], gl.float32, acc_layout)
-            for k in range(0, K, BK):
-                s = step % STAGES
-                mbarrier.wait(ready.index(s), (step // STAGES) & 1)
-                if GATHER:
-                    mbarrier.wait(x_ready.index(s), (step // STAGES) & 1)
-                    fence_async_shared()  # the rows came through the generic proxy (cp.async); wgmma reads async
-                xa = x_bufs.index(s)
-                wg = _b_operand(w_bufs.index(s * NW), W_T)
-                acc_g = warpgroup_mma(xa, wg, acc_g, is_async=True)
+            if real % CONSUMERS == CONSUMER:
+                if CONSUMERS > 1:  # consumer 0's first wait passes at once (a fresh barrier, parity 1)
+                    mbarrier.wait(turn.index(CONSUMER), (mine & 1) ^ (1 if CONSUMER == 0 else 0))
+                step = real * k_steps
+                acc_g = gl.zeros([BM, BN], gl.float32, acc_layout)
+                acc_u = gl.zeros([BM, BN], gl.float32, acc_layout)
+                for k in range(0, K, BK):
+                    s = step % STAGES
+                    mbarrier.wait(ready.index(s), (step // STAGES) & 1)
+                    if GATHER:
+                        mbarrier.wait(x_ready.index(s), (step // STAGES) & 1)
+                        fence_async_shared()  # the rows came by cp.async (generic proxy); wgmma reads async
+                    xa = x_bufs.index(s)
+                    wg = _b_operand(w_bufs.index(s * NW), W_T)
+                    acc_g = warpgroup_mma(xa, wg, acc_g, is_async=True)
+                    if GATED:
+                        wu = _b_operand(w_bufs.index(s * NW + 1), W_T)
+                        acc_u = warpgroup_mma(xa, wu, acc_u, is_async=True)
+                        acc_g, acc_u, _, _, _ = warpgroup_mma_wait(2, deps=(acc_g, acc_u, xa, wg, wu))
+                    else:
+                        acc_g, _, _ = warpgroup_mma_wait(1, deps=(acc_g, xa, wg))
+                    mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), pred=k > 0)  # its wgmmas are done
+                    step += 1
+                if CONSUMERS > 1:
+                    mbarrier.arrive(turn.index((CONSUMER + 1) % CONSUMERS))
+                acc_g, acc_u = warpgroup_mma_wait(0, deps=(acc_g, acc_u))
+                mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES))
                 if GATED:
-                    wu = _b_operand(w_bufs.index(s * NW + 1), W_T)
-                    acc_u = warpgroup_mma(xa, wu, acc_u, is_async=True)
-                    acc_g, acc_u, _, _, _ = warpgroup_mma_wait(2, deps=(acc_g, acc_u, xa, wg, wu))
+                    out = _gate(acc_g, acc_u, ACT, limit, alpha)
+                elif ACT >= 0:
+                    out = _act(acc_g, ACT, alpha)
                 else:
-                    acc_g, _, _ = warpgroup_mma_wait(1, deps=(acc_g, xa, wg))
-                mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), pred=k > 0)  # its wgmmas are done
-                step += 1
-            acc_g, acc_u = warpgroup_mma_wait(0, deps=(acc_g, acc_u))
-            mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES))
-            if GATED:
-                out = _gate(acc_g, acc_u, ACT, limit, alpha)
-            elif ACT >= 0:
-                out = _act(acc_g, ACT, alpha)
-            else:
-                out = acc_g
-            if MUL_WEIGHT:
-                pair = gl.load(sorted_ptr + pid_m * BM + rows_M)
-                rw = gl.load(rw_ptr + pair, mask=pair < S, other=0.0).to(gl.float32)
-                out = out * rw[:, None]
-            tma.store_wait(0)
-            c_smem.store(out.to(c_desc.dtype))
-            fence_async_shared()
-            tma.async_copy_shared_to_global(c_desc, [pid_m * BM, pid_n * BN], c_smem)
+                    out = acc_g
+                if MUL_WEIGHT:
+                    pair = gl.load(sorted_ptr + pid_m * BM + rows_M)
+                    rw = gl.load(rw_ptr + pair, mask=pair < S, other=0.0).to(gl.float32)
+                    out = out * rw[:, None]
+                tma.store_wait(0)
+                c_smem.store(out.to(c_desc.dtype))
+                fence_async_shared()
+                tma.async_copy_shared_to_global(c_desc, [pid_m * BM, pid_n * BN], c_smem)
+                mine += 1
+            real += 1
     tma.store_wait(0)
 
 
@@ -168,27 +186,46 @@ def _mma_partition(x_bufs, w_bufs, ready, x_ready, empty, c_desc, c_smem, block_
 def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, sorted_ptr, rw_ptr, x_ptr, pair_row_ptr,
                        num_blocks, K, n_rows, up_row, S, TOPK, stride_xt, limit, alpha, GATED: gl.constexpr,
                        ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr,
-                       GROUP_M: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+                       GROUP_M: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
+                       num_warps: gl.constexpr):
     """c[rows of block b, columns n..] = epilogue(x[rows of b] @ W[expert of b] rows n.. (and up rows)), for
     every real tile. x: (P, K) TMA descriptor, boxes (BM, BK), or (GATHER) the tokens (T, K) at x_ptr, rows
-    gathered (`x_desc` then only gives the box); c: (P, columns) descriptor, boxes (BM, BN)."""
+    gathered (`x_desc` then only gives the box); c: (P, columns) descriptor, boxes (BM, BN). One consumer of
+    num_warps warps (two warp groups at 8: cooperative), or (PINGPONG) two of num_warps each."""
     NW: gl.constexpr = 2 if GATED else 1
+    CONSUMERS: gl.constexpr = 2 if PINGPONG else 1
     x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
     w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES * NW] + w_desc.block_type.shape, w_desc.layout)
-    c_smem = gl.allocate_shared_memory(c_desc.dtype, c_desc.block_type.shape, c_desc.layout)
+    c_bufs = gl.allocate_shared_memory(c_desc.dtype, [CONSUMERS] + c_desc.block_type.shape, c_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     x_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(x_ready.index(i), count=32 * GATHER_WARPS)  # each producer thread's cp.async arrive
         mbarrier.init(empty.index(i), count=1)
+    for i in gl.static_range(2):
+        mbarrier.init(turn.index(i), count=1)
     tiles_n = gl.cdiv(c_desc.shape[1], c_desc.block_type.shape[1])
-    gl.warp_specialize([
-        (_mma_partition, (x_bufs, w_bufs, ready, x_ready, empty, c_desc, c_smem, block_expert_ptr, num_blocks,
-                          tiles_n, K, sorted_ptr, rw_ptr, S, limit, alpha, GATED, ACT, MUL_WEIGHT, W_T, GATHER,
-                          GROUP_M, num_warps)),
-        (_load_partition, (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, num_blocks,
-                           tiles_n, K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt,
-                           GATED, W_T, GATHER, GROUP_M)),
-    ], [GATHER_WARPS], [LOADER_REGS])
+    if PINGPONG:  # the argument tuples written out: a tuple built first would not keep its constexprs
+        gl.warp_specialize([
+            (_mma_partition, (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr,
+                              num_blocks, tiles_n, K, sorted_ptr, rw_ptr, S, limit, alpha, GATED, ACT, MUL_WEIGHT,
+                              W_T, GATHER, GROUP_M, 0, 2, num_warps)),
+            (_mma_partition, (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr,
+                              num_blocks, tiles_n, K, sorted_ptr, rw_ptr, S, limit, alpha, GATED, ACT, MUL_WEIGHT,
+                              W_T, GATHER, GROUP_M, 1, 2, num_warps)),
+            (_load_partition, (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, num_blocks,
+                               tiles_n, K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt,
+                               GATED, W_T, GATHER, GROUP_M)),
+        ], [num_warps, GATHER_WARPS], [PINGPONG_REGS, LOADER_REGS])
+    else:
+        gl.warp_specialize([
+            (_mma_partition, (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr,
+                              num_blocks, tiles_n, K, sorted_ptr, rw_ptr, S, limit, alpha, GATED, ACT, MUL_WEIGHT,
+                              W_T, GATHER, GROUP_M, 0, 1, num_warps)),
+            (_load_partition, (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, num_blocks,
+                               tiles_n, K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt,
+                               GATED, W_T, GATHER, GROUP_M)),
+        ], [GATHER_WARPS], [LOADER_REGS])
