@@ -146,6 +146,7 @@ def test_same_bits_every_call_and_under_a_cuda_graph(T, ws, seed):
     assert plan.ws
     for _ in range(3):
         assert torch.equal(run(experts, x_TH, ids_TK, w_TK, ws)[0], first)
+    assert plan.up.compiled is not None and plan.down.compiled is not None, "launched through Triton's JIT path"
     from moe_lab.backends import triton_fused
 
     config = {**TRITON_TILES, "ws": ws}
