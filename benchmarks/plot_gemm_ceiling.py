@@ -6,8 +6,9 @@
 Reads the `gemm_ceiling.csv` files `benchmarks/triton_profile.py` writes; a (model, T) point comes from the
 first file that has it (a re-measurement given first replaces the run's point). Lines: our whole call on uniform and
 on balanced routing, our two GEMMs alone (on both routings), torch's grouped GEMM alone (tokens pre-sorted), and on
-balanced groups (the dense best case) cuBLAS's batched GEMM and a plain Triton TMA batched GEMM at its fastest
-tile; a line whose column a file lacks (runs before 10) is left out. Issue 6's targets as grey steps (85% from 16
+balanced groups (the dense best case) cuBLAS's batched GEMM, a plain Triton TMA batched GEMM and a persistent
+warp-specialized Gluon one, each at its fastest tile; a line whose column a file lacks (runs before 10, 11) is
+left out. Issue 6's targets as grey steps (85% from 16
 to 512 tokens, 70% from 2048 to 16384).
 """
 
@@ -29,6 +30,8 @@ LINES = {  # column -> (label, style)
     "torch_grouped_mm_gemms_frac": ("torch._grouped_mm, two GEMMs alone, tokens pre-sorted", "--^"),
     "cublas_bmm_balanced_frac": ("cuBLAS bmm, two GEMMs alone, balanced groups", "--v"),
     "triton_tma_bmm_balanced_frac": ("plain Triton TMA bmm (fastest tile), two GEMMs alone, balanced groups", "--D"),
+    "gluon_ws_bmm_balanced_frac": ("Gluon warp-specialized bmm (fastest tile), two GEMMs alone, balanced groups",
+                                   "--P"),
 }
 TARGETS = [((16, 512), 0.85), ((2048, 16384), 0.70)]
 

@@ -13,7 +13,8 @@ on, our two GEMMs on balanced routing too, and the same two products with no gat
   experts a balanced routing hits: the dense best case, no ragged groups at all;
 - the same balanced products by a plain Triton batched GEMM with both operands through TMA
   (`benchmarks/dense_tma_gemm.py`), once per tile of its `TILES` (a row each; the summary takes the fastest
-  per product): what Triton 3.6 itself reaches there without warp specialization.
+  per product): what Triton 3.6 itself reaches there without warp specialization;
+- and by a persistent, warp-specialized Gluon batched GEMM (`benchmarks/ws_gemm.py`), per tile likewise.
 Each point's floor (`moe_lab.harness.roofline`: bytes of the experts hit / copy bandwidth, flops / matmul
 peak, measured as `benchmarks/triton_gpu.py` does: L2 flushed before each of 10 calls) is on every row,
 for this routing and for the balanced one (which hits min(E, T*K) experts: more than uniform routing at
@@ -103,6 +104,8 @@ def profile_point(model: str, T: int, reps: int, compare: bool, roof, log) -> li
         "_gate_up": (2 * S * H * N, 2 * (hit * N * H + T * H + S * I)),
         "_down": (2 * S * I * H, 2 * (hit * H * I + S * I + S * H)),
     }
+    # the warp-specialized GEMMs (a config's "ws" entry) are one kernel launched twice: their times add up
+    gemm_work["_ws_grouped"] = tuple(a + b for a, b in zip(gemm_work["_gate_up"], gemm_work["_down"]))
     base = dict(model=model, T=T, shape=shape_key(E, H, I, K), path=config["path"], config=str(config),
                 floor_us=round(floor_us, 2), floor_balanced_us=round(floor_balanced_us, 2),
                 device=torch.cuda.get_device_name(), torch=torch.__version__, triton=__import__("triton").__version__)
@@ -140,34 +143,39 @@ def profile_point(model: str, T: int, reps: int, compare: bool, roof, log) -> li
             add("cuBLAS bmm gate/up + down, balanced groups", median_ms(bmm, x_TH.device) * 1e3,
                 gemm_work["_gate_up"][0] + gemm_work["_down"][0])
             for what, frag, (a, w, out) in zip(("gate/up", "down"), ("_gate_up", "_down"), products):
-                for tile, us in dense_tile_times_us(a, w, out, log).items():
-                    add(f"{DENSE} {what}, balanced groups, tile {tile}", us, gemm_work[frag][0])
+                for name, module in ((DENSE, "dense_tma_gemm"), (GLUON, "ws_gemm")):
+                    for tile, us in tile_times_us(module, a, w, out, log).items():
+                        add(f"{name} {what}, balanced groups, tile {tile}", us, gemm_work[frag][0])
     return rows
 
 
 DENSE = "Triton TMA bmm"
+GLUON = "Gluon WS bmm"  # benchmarks/ws_gemm.py: persistent, warp-specialized
 BALANCED = "balanced routing: "  # our kernels' rows on balanced routing
+OURS = ("_gate_up", "_down", "_ws_grouped")  # our GEMM kernels' names
 
 
-def dense_tile_times_us(a_EMK, w_EKN, out_EMN, log) -> dict[str, float]:
-    """`dense_tma_gemm.dense_bmm` on one balanced product, per tile (name -> us); its output checked against
-    cuBLAS's first (a tile that fails to build or to match is logged and left out)."""
+def tile_times_us(module: str, a_EMK, w_EKN, out_EMN, log) -> dict[str, float]:
+    """A benchmarks module's batched GEMM (`dense_tma_gemm.dense_bmm` or `ws_gemm.ws_bmm`) on one balanced
+    product, per tile of its TILES (name -> us); its output checked against cuBLAS's first (a tile that fails
+    to build or to match is logged and left out)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from dense_tma_gemm import TILES, dense_bmm
-
+    mod = __import__(module)
+    bmm = mod.dense_bmm if module == "dense_tma_gemm" else mod.ws_bmm
     ref_EMN = torch.bmm(a_EMK, w_EKN).float()
     times = {}
-    for tile in TILES:
-        name = "{}x{}x{} w{} s{}".format(*tile)
+    for tile in mod.TILES:
+        name = "x".join(map(str, tile[:3])) + " " + " ".join(f"{k}{v}" for k, v in zip(
+            ("w", "s") if module == "dense_tma_gemm" else ("s", "w"), tile[3:]))
         try:
-            rel_err = float((dense_bmm(a_EMK, w_EKN, out_EMN, tile).float() - ref_EMN).norm() / ref_EMN.norm())
+            rel_err = float((bmm(a_EMK, w_EKN, out_EMN, tile).float() - ref_EMN).norm() / ref_EMN.norm())
         except Exception as err:  # noqa: BLE001 (e.g. a tile larger than shared memory: the others still run)
-            log(f"  tile {name}: {type(err).__name__}: {str(err)[:160]}")
+            log(f"  {module} tile {name}: {type(err).__name__}: {str(err)[:160]}")
             continue
         if rel_err > 1e-2:
-            log(f"  tile {name}: relative error {rel_err:.2e} against cuBLAS, left out")
+            log(f"  {module} tile {name}: relative error {rel_err:.2e} against cuBLAS, left out")
             continue
-        times[name] = median_ms(lambda: dense_bmm(a_EMK, w_EKN, out_EMN, tile), a_EMK.device) * 1e3
+        times[name] = median_ms(lambda: bmm(a_EMK, w_EKN, out_EMN, tile), a_EMK.device) * 1e3
     return times
 
 
@@ -180,11 +188,12 @@ def ceiling_rows(rows: list[dict]) -> list[dict]:
         row = dict(model=model, T=T, floor_us=group[0]["floor_us"], floor_balanced_us=group[0]["floor_balanced_us"],
                    whole_call_us=us(lambda k: k == "whole call, CUDA-graph replay"),
                    whole_call_balanced_us=us(lambda k: k.startswith("whole call, balanced")),
-                   ours_gemms_us=us(lambda k: k.startswith(("_gate_up", "_down"))),
-                   ours_gemms_balanced_us=us(lambda k: k.startswith((BALANCED + "_gate_up", BALANCED + "_down"))),
+                   ours_gemms_us=us(lambda k: k.startswith(OURS)),
+                   ours_gemms_balanced_us=us(lambda k: k.startswith(tuple(BALANCED + o for o in OURS))),
                    torch_grouped_mm_gemms_us=us(lambda k: k.startswith("torch._grouped_mm")),
                    cublas_bmm_balanced_us=us(lambda k: k.startswith("cuBLAS bmm")),
-                   triton_tma_bmm_balanced_us=_fastest_tiles_us(group))
+                   triton_tma_bmm_balanced_us=_fastest_tiles_us(group, DENSE),
+                   gluon_ws_bmm_balanced_us=_fastest_tiles_us(group, GLUON))
         for key in [k for k in row if k.endswith("_us") and not k.startswith("floor")]:
             floor = row["floor_balanced_us" if "balanced" in key else "floor_us"]
             row[key.removesuffix("_us") + "_frac"] = round(floor / row[key], 3) if row[key] else None
@@ -192,11 +201,12 @@ def ceiling_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _fastest_tiles_us(group: list[dict]) -> float | None:
-    """The dense Triton GEMM's time at one point: its fastest tile on each of the two products, summed."""
+def _fastest_tiles_us(group: list[dict], prefix: str) -> float | None:
+    """A benchmark GEMM's time at one point (rows named from `prefix`): its fastest tile on each of the two
+    products, summed."""
     best: dict[str, float] = {}
     for r in group:
-        if r["kernel"].startswith(DENSE):
+        if r["kernel"].startswith(prefix):
             product = r["kernel"].split(",")[0]
             best[product] = min(best.get(product, float("inf")), r["us"])
     return round(sum(best.values()), 2) if len(best) == 2 else None
@@ -252,7 +262,7 @@ def main(argv=None) -> int:
             f"{c['ours_gemms_frac']}, balanced {c['ours_gemms_balanced_frac']}, torch "
             f"{c['torch_grouped_mm_gemms_frac']}, "
             f"cuBLAS bmm balanced {c['cublas_bmm_balanced_frac']}, Triton TMA bmm balanced "
-            f"{c['triton_tma_bmm_balanced_frac']}")
+            f"{c['triton_tma_bmm_balanced_frac']}, Gluon WS bmm balanced {c['gluon_ws_bmm_balanced_frac']}")
     (out / "triton_profile.log").write_text("\n".join(lines) + "\n")
     return 0
 

@@ -66,3 +66,18 @@ def test_ceiling_rows_take_the_dense_gemm_s_fastest_tile_per_product_and_our_bal
     assert c["ours_gemms_balanced_us"] == 120.0 and c["ours_gemms_balanced_frac"] == 1.0
     assert c["ours_gemms_us"] == 80.0  # our balanced-routing rows are not summed into the uniform ones
     assert by_T[1]["triton_tma_bmm_balanced_us"] is None  # one product timed only: no sum
+
+
+def test_ceiling_rows_count_the_warp_specialized_gemms_and_the_gluon_bmm():
+    """A config's "ws" entry runs one kernel twice (gate/up, down): its summed row is our GEMMs' time; the Gluon
+    batched GEMM's fastest tile per product is its own column, apart from the plain Triton one's."""
+    gluon = "Gluon WS bmm"
+    rows = [_row("_ws_grouped_kernel", 110.0), _row("_topk_sum_kernel", 5.0),
+            _row("balanced routing: _ws_grouped_kernel", 100.0),
+            _row(f"{gluon} gate/up, balanced groups, tile 128x128x64 s4 w8", 55.0),
+            _row(f"{gluon} gate/up, balanced groups, tile 128x256x64 s3 w8", 65.0),
+            _row(f"{gluon} down, balanced groups, tile 128x128x64 s4 w8", 25.0)]
+    c = triton_profile.ceiling_rows(rows)[0]
+    assert (c["ours_gemms_us"], c["ours_gemms_balanced_us"]) == (110.0, 100.0)
+    assert c["gluon_ws_bmm_balanced_us"] == 80.0 and c["gluon_ws_bmm_balanced_frac"] == 1.5
+    assert c["triton_tma_bmm_balanced_us"] is None
