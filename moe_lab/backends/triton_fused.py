@@ -4,7 +4,9 @@ Prefill: pairs aligned by expert on the device, one gathered grouped GEMM for ga
 gating in its epilogue (one write of the (P, I) intermediate), one grouped GEMM for down with the
 routing weight in its epilogue, then the top-k sum. Decode (few pairs): two kernels, one program per
 pair for gate/up and one per (token, hidden tile) for down + top-k sum; nothing sorted or padded.
-Tile configs per token bucket come from tuned data in the package (`moe_lab.kernels.configs`).
+Tile configs per token bucket come from tuned data in the package (`moe_lab.kernels.configs`); on an
+H100, from 2048 to 16384 tokens, they name warp-specialized persistent GEMMs written in Gluon
+(`moe_lab.kernels.ws_grouped`), which gather the token rows themselves and write the aligned order.
 
 No host synchronisation anywhere (capturable in a CUDA graph): launch sizes come from shapes, and
 the inputs are checked from metadata only. Expert ids must lie in [0, E) (not checked on the device).
