@@ -41,15 +41,20 @@ def _batched_tma_matmul_kernel(a_desc, w_desc, c_ptr, M, N, K, stride_ce, stride
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
-def dense_bmm(a_EMK: torch.Tensor, w_EKN: torch.Tensor, out_EMN: torch.Tensor, tile: tuple) -> torch.Tensor:
-    """out = a @ w per group, like `torch.bmm(a, w, out=out)`; `w` must be stored (E, N, K), K contiguous (the
-    experts' weights are: `w_EKN` is their transposed view), `a` and `out` contiguous."""
-    BM, BN, BK, warps, stages = tile
+def batched_operands(name: str, a_EMK: torch.Tensor, w_EKN: torch.Tensor, out_EMN: torch.Tensor):
+    """(E, M, N, K, w_ENK) of a batched product whose weight is stored (E, N, K), K contiguous (the experts'
+    weights are: `w_EKN` is their transposed view); ValueError unless that storage, `a` and `out` are contiguous."""
     E, M, K = a_EMK.shape
-    N = w_EKN.shape[2]
     w_ENK = w_EKN.transpose(1, 2)
     if not (w_ENK.is_contiguous() and a_EMK.is_contiguous() and out_EMN.is_contiguous()):
-        raise ValueError("dense_bmm: a, out and the (E, N, K) weight storage must be contiguous")
+        raise ValueError(f"{name}: a, out and the (E, N, K) weight storage must be contiguous")
+    return E, M, w_EKN.shape[2], K, w_ENK
+
+
+def dense_bmm(a_EMK: torch.Tensor, w_EKN: torch.Tensor, out_EMN: torch.Tensor, tile: tuple) -> torch.Tensor:
+    """out = a @ w per group, like `torch.bmm(a, w, out=out)`, operands as `batched_operands` takes them."""
+    BM, BN, BK, warps, stages = tile
+    E, M, N, K, w_ENK = batched_operands("dense_bmm", a_EMK, w_EKN, out_EMN)
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     a_desc = TensorDescriptor(a_EMK, [E * M, K], [K, 1], [BM, BK])

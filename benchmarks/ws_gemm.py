@@ -16,6 +16,9 @@ version hangs on the H100, run 7). Gluon, shipped with Triton 3.6, lets a kernel
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 import triton
 from triton.experimental import gluon
@@ -109,17 +112,13 @@ def _ws_bmm_kernel(a_desc, w_desc, c_desc, M, N, K, tiles, STAGES: gl.constexpr,
 
 def ws_bmm(a_EMK: torch.Tensor, w_EKN: torch.Tensor, out_EMN: torch.Tensor, tile: tuple,
            programs: int | None = None) -> torch.Tensor:
-    """out = a @ w per group, like `torch.bmm(a, w, out=out)`; `w` must be stored (E, N, K), K contiguous (the
-    experts' weights are: `w_EKN` is their transposed view), `a` and `out` contiguous; bf16 or fp16. One
-    program per SM (or `programs`)."""
+    """out = a @ w per group, like `torch.bmm(a, w, out=out)`, operands as `dense_tma_gemm.batched_operands`
+    takes them, bf16 or fp16. One program per SM (or `programs`)."""
+    from dense_tma_gemm import batched_operands
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     BM, BN, BK, stages, warps = tile
-    E, M, K = a_EMK.shape
-    N = w_EKN.shape[2]
-    w_ENK = w_EKN.transpose(1, 2)
-    if not (w_ENK.is_contiguous() and a_EMK.is_contiguous() and out_EMN.is_contiguous()):
-        raise ValueError("ws_bmm: a, out and the (E, N, K) weight storage must be contiguous")
+    E, M, N, K, w_ENK = batched_operands("ws_bmm", a_EMK, w_EKN, out_EMN)
     if a_EMK.dtype not in (torch.bfloat16, torch.float16) or w_EKN.dtype != a_EMK.dtype:
         raise ValueError(f"ws_bmm: bf16 or fp16 operands of one dtype, got {a_EMK.dtype} and {w_EKN.dtype}")
     dtype = gl.bfloat16 if a_EMK.dtype == torch.bfloat16 else gl.float16
@@ -172,8 +171,6 @@ def main(argv=None) -> int:
     import csv
     import json
     import subprocess
-    import sys
-    from pathlib import Path
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--out", default="out")
@@ -208,6 +205,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys_path = __import__("sys").path
-    sys_path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # moe_lab, from a checkout
     raise SystemExit(main())
