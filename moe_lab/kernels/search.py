@@ -232,21 +232,14 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
     return sorted((ms, key) for key, ms in timed.items())
 
 
-WS_SPACE = [  # "ws" entries (ws_grouped's tiles): the fastest three of eight on qwen3 and OLMoE at 4096 and 8192
-    # tokens (data/results/h100/triton_gpu_run11/ws_kernels_*.csv: cooperative gate/up, down cooperative or
-    # ping-pong), and the third with other tile orders (GROUP_M) and stage counts
+WS_SPACE = [  # "ws" entries (ws_grouped's tiles), the fastest of eight on qwen3 and OLMoE at 4096 and 8192 tokens
+    # (data/results/h100/triton_gpu_run11/ws_kernels_*.csv): cooperative gate/up, down cooperative or ping-pong
     {"BLOCK_M": 128, "up": dict(BLOCK_N=128, BLOCK_K=64, STAGES=4, num_warps=8, GROUP_M=8),
      "down": dict(BLOCK_N=128, BLOCK_K=64, STAGES=5, num_warps=8, GROUP_M=8)},
     {"BLOCK_M": 128, "up": dict(BLOCK_N=128, BLOCK_K=64, STAGES=3, num_warps=8, GROUP_M=16),
      "down": dict(BLOCK_N=256, BLOCK_K=64, STAGES=3, num_warps=8, GROUP_M=16)},
     {"BLOCK_M": 128, "up": dict(BLOCK_N=128, BLOCK_K=64, STAGES=4, num_warps=8, GROUP_M=8),
      "down": dict(BLOCK_N=128, BLOCK_K=64, STAGES=5, num_warps=4, GROUP_M=8, PINGPONG=1)},
-    {"BLOCK_M": 128, "up": dict(BLOCK_N=128, BLOCK_K=64, STAGES=4, num_warps=8, GROUP_M=16),
-     "down": dict(BLOCK_N=128, BLOCK_K=64, STAGES=5, num_warps=4, GROUP_M=16, PINGPONG=1)},
-    {"BLOCK_M": 128, "up": dict(BLOCK_N=128, BLOCK_K=64, STAGES=3, num_warps=8, GROUP_M=8),
-     "down": dict(BLOCK_N=128, BLOCK_K=64, STAGES=5, num_warps=4, GROUP_M=8, PINGPONG=1)},
-    {"BLOCK_M": 128, "up": dict(BLOCK_N=128, BLOCK_K=64, STAGES=4, num_warps=8, GROUP_M=4),
-     "down": dict(BLOCK_N=128, BLOCK_K=64, STAGES=4, num_warps=4, GROUP_M=4, PINGPONG=1)},
 ]
 
 
