@@ -19,8 +19,8 @@ Both GEMMs write the expert-aligned order (P rows): gate/up gathers each row blo
 applied, and the aligned row of each pair, `pair_row` (S,); down reads the intermediate by TMA and writes
 (P, H) with the routing weight applied; the top-k sum reads each pair's row through `pair_row`. Blocks
 past the last expert's (expert -1) are skipped.
-What they take (sm90, bf16/fp16, concatenated gate or none, no bias, the top-k sum) is checked by
-`ops.Plan`. Legend as in `fused_moe`.
+What they take (sm90, bf16/fp16, concatenated gate or none, no bias, the top-k sum, contiguous token rows)
+is checked by `ops.ws_refusal`. Legend as in `fused_moe`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ _gate = gluon.jit(fused_moe._gate.fn)
 
 GATHER_WARPS = gl.constexpr(4)  # producer warps: cp.async row gathers are issued per thread
 LOADER_REGS = gl.constexpr(80)  # registers per producer thread (setmaxnreg); the consumers get the rest
-PINGPONG_REGS = gl.constexpr(216)  # per thread of the second consumer (4 warps): as many as the first gets
+PINGPONG_REGS = gl.constexpr(216)  # registers per thread of the second consumer (PINGPONG; setmaxnreg)
 
 
 @gluon.jit
