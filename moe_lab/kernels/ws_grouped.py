@@ -50,15 +50,15 @@ def _tile(tile, num_blocks, tiles_n, block_expert_ptr, GROUP_M: gl.constexpr):
 
 
 @gluon.jit
-def _load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, num_blocks, tiles_n,
-                    K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt,
-                    GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr, GROUP_M: gl.constexpr):
+def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr, GROUP_M: gl.constexpr):
     """Producer: each real tile's K steps, a row block and one (or, gated, a gate and an up) weight tile per
     stage, issued as soon as the consumers hand the stage back. The weight is the (E * n_rows, K) view of
     its storage (W_T: the (E * K, n_rows) view of its transposed storage); up rows start at `up_row`.
     Rows come by TMA from the aligned (P, K) x, or (GATHER) by cp.async straight from the tokens' rows,
     pair s's token s // TOPK, padding rows zero; then the row block's first column tile also writes
     pair_row[s] = its row, for the top-k sum."""
+    (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, num_blocks, tiles_n, K, n_rows, up_row,
+     x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt) = load_in
     STAGES: gl.constexpr = x_bufs.type.shape[0]
     BM: gl.constexpr = x_bufs.type.shape[1]
     BK: gl.constexpr = x_bufs.type.shape[2]
@@ -111,16 +111,17 @@ def _b_operand(w_buf, W_T: gl.constexpr):
 
 
 @gluon.jit
-def _mma_partition(x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, num_blocks,
-                   tiles_n, K, sorted_ptr, rw_ptr, S, limit, alpha, GATED: gl.constexpr, ACT: gl.constexpr,
-                   MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr, GROUP_M: gl.constexpr,
-                   CONSUMER: gl.constexpr, CONSUMERS: gl.constexpr, WARPS: gl.constexpr):
+def _mma_partition(mma_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
+                   GATHER: gl.constexpr, GROUP_M: gl.constexpr, CONSUMER: gl.constexpr, CONSUMERS: gl.constexpr,
+                   WARPS: gl.constexpr):
     """Consumer CONSUMER of CONSUMERS, WARPS warps: every CONSUMERS-th real tile. wgmma per stage, the stage
     before handed back once this one's are issued; then the epilogue (ACT >= 0: the gating of
     `fused_moe._gate`, or `_act` without a gate; MUL_WEIGHT: each row times its pair's routing weight) into
     its shared buffer and out by TMA, waited for only before its next tile's. Two consumers (ping-pong) take
     turns at the MMAs (`turn`: each waits for the other's main loop to be issued before starting its own), so
     one's epilogue runs under the other's MMAs, and each waits on its stages in the order they are loaded."""
+    (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, num_blocks, tiles_n, K,
+     sorted_ptr, rw_ptr, S, limit, alpha) = mma_in
     STAGES: gl.constexpr = x_bufs.type.shape[0]
     BM: gl.constexpr = x_bufs.type.shape[1]
     BK: gl.constexpr = x_bufs.type.shape[2]
@@ -208,24 +209,20 @@ def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, sorted_ptr, rw_
     for i in gl.static_range(2):
         mbarrier.init(turn.index(i), count=1)
     tiles_n = gl.cdiv(c_desc.shape[1], c_desc.block_type.shape[1])
-    if PINGPONG:  # the argument tuples written out: a tuple built first would not keep its constexprs
+    # runtime values travel as one tuple each; the constexprs are written in every partition's own tuple (a
+    # tuple built first would not keep them constexpr)
+    mma_in = (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, num_blocks, tiles_n, K,
+              sorted_ptr, rw_ptr, S, limit, alpha)
+    load_in = (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, num_blocks, tiles_n, K, n_rows,
+               up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt)
+    if PINGPONG:
         gl.warp_specialize([
-            (_mma_partition, (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr,
-                              num_blocks, tiles_n, K, sorted_ptr, rw_ptr, S, limit, alpha, GATED, ACT, MUL_WEIGHT,
-                              W_T, GATHER, GROUP_M, 0, 2, num_warps)),
-            (_mma_partition, (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr,
-                              num_blocks, tiles_n, K, sorted_ptr, rw_ptr, S, limit, alpha, GATED, ACT, MUL_WEIGHT,
-                              W_T, GATHER, GROUP_M, 1, 2, num_warps)),
-            (_load_partition, (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, num_blocks,
-                               tiles_n, K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt,
-                               GATED, W_T, GATHER, GROUP_M)),
+            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, 0, 2, num_warps)),
+            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, 1, 2, num_warps)),
+            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M)),
         ], [num_warps, GATHER_WARPS], [PINGPONG_REGS, LOADER_REGS])
     else:
         gl.warp_specialize([
-            (_mma_partition, (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr,
-                              num_blocks, tiles_n, K, sorted_ptr, rw_ptr, S, limit, alpha, GATED, ACT, MUL_WEIGHT,
-                              W_T, GATHER, GROUP_M, 0, 1, num_warps)),
-            (_load_partition, (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, num_blocks,
-                               tiles_n, K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt,
-                               GATED, W_T, GATHER, GROUP_M)),
+            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, 0, 1, num_warps)),
+            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M)),
         ], [GATHER_WARPS], [LOADER_REGS])
