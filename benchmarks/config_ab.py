@@ -10,7 +10,8 @@ prefetch; both in `moe_lab.kernels.fused_moe`), bf16, uniform routing, timed as 
 (`moe_lab.kernels.search.gpu_ms`). The two are timed in alternating order over `--rounds` rounds (a/b, then
 b/a, ...), since whichever of two runs of the same kernels is timed second can come out slower; each
 reported time is the median over rounds. Token counts whose tuned config has no use for the key are left
-out with `--grouped-only` (HALF_TAIL: the decode points) or `--decode-only` (PREFETCH: the grouped ones).
+out with `--grouped-only` (HALF_TAIL: the decode points) or `--decode-only` (PREFETCH: the grouped ones), or
+`--needs KEY`: those whose tuned config has no KEY (`--needs ws --patch '{"ws": {"HALF_TAIL": 1}}'`).
 The outputs of both are compared first: `same_bits` records whether they are equal bit for bit, `rel_err`
 their relative difference. `--patch` (JSON) is merged into variant b, a dict into the config's dict of the
 same name (so `{"down": {"num_warps": 4}}` changes one tile field): any change, not only one top-level key.
@@ -62,6 +63,7 @@ def main(argv=None) -> int:
     only = p.add_mutually_exclusive_group()
     only.add_argument("--grouped-only", action="store_true", help="only token counts whose tuned config is grouped")
     only.add_argument("--decode-only", action="store_true", help="only token counts whose tuned config is decode")
+    p.add_argument("--needs", default="", help="only token counts whose tuned config has this key (e.g. ws)")
     p.add_argument("--patch", type=json.loads, default={}, help="JSON merged into variant b (see above)")
     p.add_argument("--name", help="the CSV's name (default: the key)")
     p.add_argument("--rounds", type=int, default=3)
@@ -87,6 +89,8 @@ def main(argv=None) -> int:
             if (args.grouped_only and tuned["path"] != "grouped") or (args.decode_only and tuned["path"] != "decode"):
                 continue
             a, b = ({**tuned, args.key: args.a}, {**tuned, args.key: args.b}) if args.key else (tuned, tuned)
+            if args.needs and args.needs not in tuned:
+                continue
             points.append((T, (x_TH, ids_TK, w_TK), {"a": a, "b": patched(b, args.patch)}))
         with torch.no_grad():  # every kernel built once, in threads, before anything is timed
             for _, inputs, cfgs in points:

@@ -255,6 +255,7 @@ class Plan:
         self.down_tma = _tma_view(down_strides, E, H, I, down["BLOCK_N"], down["BLOCK_K"], "down")
         self._descriptors, self._layouts = {}, {}
         self.ws_cfg = ws
+        self.half_tail = bool(ws.get("HALF_TAIL", 0))
         launches = []
         for cfg, view, cols, consts in (
                 (up, self.up_tma, I, dict(GATED=spec.gate_mode == 1, ACT=spec.act, MUL_WEIGHT=False, GATHER=True)),
@@ -262,7 +263,8 @@ class Plan:
             tiles = B * triton.cdiv(cols, cfg["BLOCK_N"])
             launches.append(_Launch(_ws_grouped_kernel, (min(sms, tiles),),  # num_warps: a Gluon kernel parameter
                                     dict(consts, W_T=view[1], GROUP_M=cfg["GROUP_M"], STAGES=cfg["STAGES"],
-                                         PINGPONG=bool(cfg.get("PINGPONG", 0)), num_warps=cfg["num_warps"]), {}))
+                                         PINGPONG=bool(cfg.get("PINGPONG", 0)), BLOCK_M=self.bm,
+                                         HALF_TAIL=self.half_tail, num_warps=cfg["num_warps"]), {}))
         self.up, self.down = launches
         self.up_scalars = (B, H, N, I, self.S, self.K, self.x_strides[0], spec.limit, spec.alpha)
         self.down_scalars = (B, I, H, 0, self.S, self.K, 0, spec.limit, spec.alpha)
@@ -340,9 +342,11 @@ class Plan:
         a_PI = torch.empty(P, I, dtype=self.dtype, device=dev)
         y_PH = torch.empty(P, H, dtype=self.dtype, device=dev)
 
-        def rows(t_RC, cols: int):  # TMA boxes of bm rows and `cols` columns of a row-major activation
-            return TensorDescriptor(t_RC, list(t_RC.shape), [t_RC.stride(0), 1], [self.bm, cols],
-                                    self._layout([self.bm, cols]))
+        box_rows = self.bm // 2 if self.half_tail else self.bm
+
+        def rows(t_RC, cols: int):  # TMA boxes of a row block (or half) and `cols` columns of a row-major activation
+            return TensorDescriptor(t_RC, list(t_RC.shape), [t_RC.stride(0), 1], [box_rows, cols],
+                                    self._layout([box_rows, cols]))
 
         self.up(stream, rows(x_TH, up["BLOCK_K"]), self._ws_descriptor("up", w_up, self.up_tma),
                 rows(a_PI, up["BLOCK_N"]), block_expert_B, sorted_P, rw_S, x_TH, pair_row_S, *self.up_scalars)
@@ -406,8 +410,9 @@ def ws_available(device: torch.device) -> int:
 
 def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias: bool, reduce: bool,
                up_strides: tuple, down_strides: tuple, x_strides: tuple, E: int, H: int, I: int) -> str | None:
-    """Why a config's `"ws"` entry cannot run this call, or None. Its keys: BLOCK_M, and per GEMM ("up",
-    "down") BLOCK_N, BLOCK_K, STAGES, num_warps (per consumer), GROUP_M, optional PINGPONG (two consumers)."""
+    """Why a config's `"ws"` entry cannot run this call, or None. Its keys: BLOCK_M, optional HALF_TAIL
+    (half-height last blocks), and per GEMM ("up", "down") BLOCK_N, BLOCK_K, STAGES, num_warps (per
+    consumer), GROUP_M, optional PINGPONG (two consumers)."""
     if not sms:
         return "they need compiled kernels on an sm90 GPU"
     if dtype not in (torch.bfloat16, torch.float16):
@@ -419,6 +424,8 @@ def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias:
     if not reduce:
         return "they end in the top-k sum (a post-expert norm needs the per-pair outputs)"
     bm, size = ws["BLOCK_M"], dtype.itemsize
+    if ws.get("HALF_TAIL", 0) and bm < 128:
+        return f"HALF_TAIL needs BLOCK_M >= 128 (half-height tiles of a warp group's 64 rows), not {bm}"
     for name, cfg, strides, rows, k, nw in (("up", ws["up"], up_strides, 2 * I if spec.gate_mode else I, H,
                                              2 if spec.gate_mode else 1),
                                             ("down", ws["down"], down_strides, H, I, 1)):

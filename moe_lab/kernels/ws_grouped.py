@@ -18,7 +18,10 @@ Both GEMMs write the expert-aligned order (P rows): gate/up gathers each row blo
 (four producer warps: TMA cannot gather rows on the H100) and writes the (P, I) intermediate with the gating
 applied, and the aligned row of each pair, `pair_row` (S,); down reads the intermediate by TMA and writes
 (P, H) with the routing weight applied; the top-k sum reads each pair's row through `pair_row`. Blocks
-past the last expert's (expert -1) are skipped.
+past the last expert's (expert -1) are skipped. With `HALF_TAIL` a row block whose real rows fit in its top
+half (an expert's last) runs as a half-height tile: its MMAs, its loads by TMA and its store cover BLOCK_M // 2
+rows (at 8 consumer warps the two warp groups then split the columns); both GEMMs decide alike, so the rows
+past it are neither written nor read. The row-block descriptors then have half-height boxes, two per block.
 What they take (sm90, bf16/fp16, concatenated gate or none, no bias, the top-k sum, contiguous token rows)
 is checked by `ops.ws_refusal`. Legend as in `fused_moe`.
 """
@@ -36,6 +39,7 @@ from moe_lab.kernels import fused_moe
 _tile_ids = gluon.jit(fused_moe._tile_ids.fn)
 _act = gluon.jit(fused_moe._act.fn)
 _gate = gluon.jit(fused_moe._gate.fn)
+_half_full = gluon.jit(fused_moe._half_full.fn)
 
 GATHER_WARPS = gl.constexpr(4)  # producer warps: cp.async row gathers are issued per thread
 LOADER_REGS = gl.constexpr(80)  # registers per producer thread (setmaxnreg); the consumers get the rest
@@ -50,18 +54,20 @@ def _tile(tile, num_blocks, tiles_n, block_expert_ptr, GROUP_M: gl.constexpr):
 
 
 @gluon.jit
-def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr, GROUP_M: gl.constexpr):
+def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr, GROUP_M: gl.constexpr,
+                    HALF_TAIL: gl.constexpr):
     """Producer: each real tile's K steps, a row block and one (or, gated, a gate and an up) weight tile per
     stage, issued as soon as the consumers hand the stage back. The weight is the (E * n_rows, K) view of
     its storage (W_T: the (E * K, n_rows) view of its transposed storage); up rows start at `up_row`.
-    Rows come by TMA from the aligned (P, K) x, or (GATHER) by cp.async straight from the tokens' rows,
-    pair s's token s // TOPK, padding rows zero; then the row block's first column tile also writes
-    pair_row[s] = its row, for the top-k sum."""
+    Rows come by TMA from the aligned (P, K) x, in boxes of XB rows (the top one only for a half-height
+    tile), or (GATHER) by cp.async straight from the tokens' rows, pair s's token s // TOPK, padding rows
+    zero; then the row block's first column tile also writes pair_row[s] = its row, for the top-k sum."""
     (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, num_blocks, tiles_n, K, n_rows, up_row,
      x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt) = load_in
     STAGES: gl.constexpr = x_bufs.type.shape[0]
     BM: gl.constexpr = x_bufs.type.shape[1]
     BK: gl.constexpr = x_bufs.type.shape[2]
+    XB: gl.constexpr = x_desc.block_type.shape[0]
     NW: gl.constexpr = 2 if GATED else 1
     BN: gl.constexpr = w_bufs.type.shape[2] if W_T else w_bufs.type.shape[1]
     w_bytes: gl.constexpr = NW * w_desc.block_type.nbytes
@@ -73,6 +79,9 @@ def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.
     for tile in range(gl.program_id(0), num_blocks * tiles_n, gl.num_programs(0)):
         pid_m, pid_n, expert = _tile(tile, num_blocks, tiles_n, block_expert_ptr, GROUP_M)
         if expert >= 0:
+            x_boxes = BM // XB
+            if HALF_TAIL and not GATHER:
+                x_boxes = gl.where(_half_full(sorted_ptr, pid_m * BM, S, BM), 1, BM // XB)
             if GATHER:
                 pair = gl.load(sorted_ptr + pid_m * BM + rows_M)
                 real = pair < S
@@ -88,8 +97,12 @@ def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.
                     async_copy.mbarrier_arrive(x_ready.index(s), increment_count=False)
                     mbarrier.expect(bar, w_bytes)
                 else:
-                    mbarrier.expect(bar, x_desc.block_type.nbytes + w_bytes)
-                    tma.async_copy_global_to_shared(x_desc, [pid_m * BM, k], bar, x_bufs.index(s))
+                    mbarrier.expect(bar, BM // XB * x_desc.block_type.nbytes + w_bytes, pred=x_boxes == BM // XB)
+                    if HALF_TAIL:  # a half-height tile: its top box only
+                        mbarrier.expect(bar, x_desc.block_type.nbytes + w_bytes, pred=x_boxes == 1)
+                    for b in gl.static_range(BM // XB):
+                        tma.async_copy_global_to_shared(x_desc, [pid_m * BM + b * XB, k], bar,
+                                                        x_bufs.index(s).slice(b * XB, XB), pred=b < x_boxes)
                 for j in gl.static_range(NW):
                     col = pid_n * BN + j * up_row
                     if W_T:
@@ -111,25 +124,83 @@ def _b_operand(w_buf, W_T: gl.constexpr):
 
 
 @gluon.jit
-def _mma_partition(mma_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
-                   GATHER: gl.constexpr, GROUP_M: gl.constexpr, CONSUMER: gl.constexpr, CONSUMERS: gl.constexpr,
-                   WARPS: gl.constexpr):
-    """Consumer CONSUMER of CONSUMERS, WARPS warps: every CONSUMERS-th real tile. wgmma per stage, the stage
-    before handed back once this one's are issued; then the epilogue (ACT >= 0: the gating of
-    `fused_moe._gate`, or `_act` without a gate; MUL_WEIGHT: each row times its pair's routing weight) into
-    its shared buffer and out by TMA, waited for only before its next tile's. Two consumers (ping-pong) take
-    turns at the MMAs (`turn`: each waits for the other's main loop to be issued before starting its own), so
-    one's epilogue runs under the other's MMAs, and each waits on its stages in the order they are loaded."""
-    (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, num_blocks, tiles_n, K,
-     sorted_ptr, rw_ptr, S, limit, alpha) = mma_in
+def _tile_mma(tile_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
+              GATHER: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, CONSUMER: gl.constexpr,
+              CONSUMERS: gl.constexpr):
+    """One tile's top ROWS rows (BLOCK_M, or half of it for a half-height tile): wgmma on each stage as it
+    lands, the stage before handed back once this one's are issued, the turn passed on (ping-pong), then the
+    epilogue into the consumer's shared buffer and out by TMA in boxes of the descriptor's rows. At 8 warps a
+    half-height tile has 64 rows, one warp group's: the two warp groups split its columns instead."""
+    (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_smem, sorted_ptr, rw_ptr, S, limit, alpha, K, step, pid_m,
+     pid_n) = tile_in
     STAGES: gl.constexpr = x_bufs.type.shape[0]
     BM: gl.constexpr = x_bufs.type.shape[1]
     BK: gl.constexpr = x_bufs.type.shape[2]
     NW: gl.constexpr = 2 if GATED else 1
-    BN: gl.constexpr = c_desc.block_type.shape[1]
-    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
-                                                         instr_shape=[16, BN, 16])
-    rows_M = gl.arange(0, BM, layout=gl.SliceLayout(1, acc_layout))
+    BN: gl.constexpr = c_smem.type.shape[1]
+    CB: gl.constexpr = c_desc.block_type.shape[0]
+    WN: gl.constexpr = max(1, 16 * WARPS // ROWS)  # warps along the columns: 16 rows per warp along the rows
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS // WN, WN],
+                                                         instr_shape=[16, BN // WN, 16])
+    acc_g = gl.zeros([ROWS, BN], gl.float32, acc_layout)
+    acc_u = gl.zeros([ROWS, BN], gl.float32, acc_layout)
+    for k in range(0, K, BK):
+        s = step % STAGES
+        mbarrier.wait(ready.index(s), (step // STAGES) & 1)
+        if GATHER:
+            mbarrier.wait(x_ready.index(s), (step // STAGES) & 1)
+            fence_async_shared()  # the rows came by cp.async (generic proxy); wgmma reads async
+        xa = x_bufs.index(s)
+        if ROWS < BM:
+            xa = xa.slice(0, ROWS)
+        wg = _b_operand(w_bufs.index(s * NW), W_T)
+        acc_g = warpgroup_mma(xa, wg, acc_g, is_async=True)
+        if GATED:
+            wu = _b_operand(w_bufs.index(s * NW + 1), W_T)
+            acc_u = warpgroup_mma(xa, wu, acc_u, is_async=True)
+            acc_g, acc_u, _, _, _ = warpgroup_mma_wait(2, deps=(acc_g, acc_u, xa, wg, wu))
+        else:
+            acc_g, _, _ = warpgroup_mma_wait(1, deps=(acc_g, xa, wg))
+        mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), pred=k > 0)  # its wgmmas are done
+        step += 1
+    if CONSUMERS > 1:
+        mbarrier.arrive(turn.index((CONSUMER + 1) % CONSUMERS))
+    acc_g, acc_u = warpgroup_mma_wait(0, deps=(acc_g, acc_u))
+    mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES))
+    if GATED:
+        out = _gate(acc_g, acc_u, ACT, limit, alpha)
+    elif ACT >= 0:
+        out = _act(acc_g, ACT, alpha)
+    else:
+        out = acc_g
+    if MUL_WEIGHT:
+        pair = gl.load(sorted_ptr + pid_m * BM + gl.arange(0, ROWS, layout=gl.SliceLayout(1, acc_layout)))
+        rw = gl.load(rw_ptr + pair, mask=pair < S, other=0.0).to(gl.float32)
+        out = out * rw[:, None]
+    c_tile = c_smem
+    if ROWS < BM:
+        c_tile = c_smem.slice(0, ROWS)
+    tma.store_wait(0)
+    c_tile.store(out.to(c_desc.dtype))
+    fence_async_shared()
+    for b in gl.static_range(ROWS // CB):
+        tma.async_copy_shared_to_global(c_desc, [pid_m * BM + b * CB, pid_n * BN], c_tile.slice(b * CB, CB))
+
+
+@gluon.jit
+def _mma_partition(mma_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
+                   GATHER: gl.constexpr, GROUP_M: gl.constexpr, HALF_TAIL: gl.constexpr, CONSUMER: gl.constexpr,
+                   CONSUMERS: gl.constexpr, WARPS: gl.constexpr):
+    """Consumer CONSUMER of CONSUMERS, WARPS warps: every CONSUMERS-th real tile (`_tile_mma`; the epilogue
+    ACT >= 0: the gating of `fused_moe._gate`, or `_act` without a gate; MUL_WEIGHT: each row times its
+    pair's routing weight), its TMA store waited for only before its next tile's. Two consumers (ping-pong)
+    take turns at the MMAs (`turn`: each waits for the other's main loop to be issued before starting its
+    own), so one's epilogue runs under the other's MMAs, and each waits on its stages in the order they are
+    loaded."""
+    (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, num_blocks, tiles_n, K,
+     sorted_ptr, rw_ptr, S, limit, alpha) = mma_in
+    BM: gl.constexpr = x_bufs.type.shape[1]
+    BK: gl.constexpr = x_bufs.type.shape[2]
     c_smem = c_bufs.index(CONSUMER)
     k_steps = gl.cdiv(K, BK)
     real = 0  # real tiles so far, every consumer's
@@ -140,44 +211,12 @@ def _mma_partition(mma_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: g
             if real % CONSUMERS == CONSUMER:
                 if CONSUMERS > 1:  # consumer 0's first wait passes at once (a fresh barrier, parity 1)
                     mbarrier.wait(turn.index(CONSUMER), (mine & 1) ^ (1 if CONSUMER == 0 else 0))
-                step = real * k_steps
-                acc_g = gl.zeros([BM, BN], gl.float32, acc_layout)
-                acc_u = gl.zeros([BM, BN], gl.float32, acc_layout)
-                for k in range(0, K, BK):
-                    s = step % STAGES
-                    mbarrier.wait(ready.index(s), (step // STAGES) & 1)
-                    if GATHER:
-                        mbarrier.wait(x_ready.index(s), (step // STAGES) & 1)
-                        fence_async_shared()  # the rows came by cp.async (generic proxy); wgmma reads async
-                    xa = x_bufs.index(s)
-                    wg = _b_operand(w_bufs.index(s * NW), W_T)
-                    acc_g = warpgroup_mma(xa, wg, acc_g, is_async=True)
-                    if GATED:
-                        wu = _b_operand(w_bufs.index(s * NW + 1), W_T)
-                        acc_u = warpgroup_mma(xa, wu, acc_u, is_async=True)
-                        acc_g, acc_u, _, _, _ = warpgroup_mma_wait(2, deps=(acc_g, acc_u, xa, wg, wu))
-                    else:
-                        acc_g, _, _ = warpgroup_mma_wait(1, deps=(acc_g, xa, wg))
-                    mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), pred=k > 0)  # its wgmmas are done
-                    step += 1
-                if CONSUMERS > 1:
-                    mbarrier.arrive(turn.index((CONSUMER + 1) % CONSUMERS))
-                acc_g, acc_u = warpgroup_mma_wait(0, deps=(acc_g, acc_u))
-                mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES))
-                if GATED:
-                    out = _gate(acc_g, acc_u, ACT, limit, alpha)
-                elif ACT >= 0:
-                    out = _act(acc_g, ACT, alpha)
+                tile_in = (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_smem, sorted_ptr, rw_ptr, S, limit,
+                           alpha, K, real * k_steps, pid_m, pid_n)
+                if HALF_TAIL and _half_full(sorted_ptr, pid_m * BM, S, BM):
+                    _tile_mma(tile_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, BM // 2, WARPS, CONSUMER, CONSUMERS)
                 else:
-                    out = acc_g
-                if MUL_WEIGHT:
-                    pair = gl.load(sorted_ptr + pid_m * BM + rows_M)
-                    rw = gl.load(rw_ptr + pair, mask=pair < S, other=0.0).to(gl.float32)
-                    out = out * rw[:, None]
-                tma.store_wait(0)
-                c_smem.store(out.to(c_desc.dtype))
-                fence_async_shared()
-                tma.async_copy_shared_to_global(c_desc, [pid_m * BM, pid_n * BN], c_smem)
+                    _tile_mma(tile_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, BM, WARPS, CONSUMER, CONSUMERS)
                 mine += 1
             real += 1
     tma.store_wait(0)
@@ -187,17 +226,20 @@ def _mma_partition(mma_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: g
 def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, sorted_ptr, rw_ptr, x_ptr, pair_row_ptr,
                        num_blocks, K, n_rows, up_row, S, TOPK, stride_xt, limit, alpha, GATED: gl.constexpr,
                        ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr,
-                       GROUP_M: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
-                       num_warps: gl.constexpr):
+                       GROUP_M: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr, BLOCK_M: gl.constexpr,
+                       HALF_TAIL: gl.constexpr, num_warps: gl.constexpr):
     """c[rows of block b, columns n..] = epilogue(x[rows of b] @ W[expert of b] rows n.. (and up rows)), for
-    every real tile. x: (P, K) TMA descriptor, boxes (BM, BK), or (GATHER) the tokens (T, K) at x_ptr, rows
-    gathered (`x_desc` then only gives the box); c: (P, columns) descriptor, boxes (BM, BN). One consumer of
-    num_warps warps (two warp groups at 8: cooperative), or (PINGPONG) two of num_warps each."""
+    every real tile. x: (P, K) TMA descriptor, boxes (XB, BK), or (GATHER) the tokens (T, K) at x_ptr, rows
+    gathered (`x_desc` then only gives the box); c: (P, columns) descriptor, boxes (XB, BN); XB is BLOCK_M,
+    or with HALF_TAIL half of it. One consumer of num_warps warps (two warp groups at 8: cooperative), or
+    (PINGPONG) two of num_warps each."""
     NW: gl.constexpr = 2 if GATED else 1
     CONSUMERS: gl.constexpr = 2 if PINGPONG else 1
-    x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
+    BK: gl.constexpr = x_desc.block_type.shape[1]
+    BN: gl.constexpr = c_desc.block_type.shape[1]
+    x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_M, BK], x_desc.layout)
     w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES * NW] + w_desc.block_type.shape, w_desc.layout)
-    c_bufs = gl.allocate_shared_memory(c_desc.dtype, [CONSUMERS] + c_desc.block_type.shape, c_desc.layout)
+    c_bufs = gl.allocate_shared_memory(c_desc.dtype, [CONSUMERS, BLOCK_M, BN], c_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     x_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -208,7 +250,7 @@ def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, sorted_ptr, rw_
         mbarrier.init(empty.index(i), count=1)
     for i in gl.static_range(2):
         mbarrier.init(turn.index(i), count=1)
-    tiles_n = gl.cdiv(c_desc.shape[1], c_desc.block_type.shape[1])
+    tiles_n = gl.cdiv(c_desc.shape[1], BN)
     # runtime values travel as one tuple each; the constexprs are written in every partition's own tuple (a
     # tuple built first would not keep them constexpr)
     mma_in = (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, num_blocks, tiles_n, K,
@@ -217,12 +259,12 @@ def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, sorted_ptr, rw_
                up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt)
     if PINGPONG:
         gl.warp_specialize([
-            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, 0, 2, num_warps)),
-            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, 1, 2, num_warps)),
-            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M)),
+            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, HALF_TAIL, 0, 2, num_warps)),
+            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, HALF_TAIL, 1, 2, num_warps)),
+            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, HALF_TAIL)),
         ], [num_warps, GATHER_WARPS], [PINGPONG_REGS, LOADER_REGS])
     else:
         gl.warp_specialize([
-            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, 0, 1, num_warps)),
-            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M)),
+            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, HALF_TAIL, 0, 1, num_warps)),
+            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, HALF_TAIL)),
         ], [GATHER_WARPS], [LOADER_REGS])
