@@ -11,8 +11,8 @@ are timed again with the weights loaded through TMA descriptors, then the best o
 activations through TMA too (tokens gathered into the aligned order first); last, each BLOCK_M's best (from 32
 on) with its experts' last row blocks run as half-height tiles where they fit (`HALF_TAIL`), and the best
 decode config with its weights' other L2 policy (`EVICT_FIRST`, `configs.decode_evicts_first`); on an sm90 GPU,
-the best grouped config with each of `WS_SPACE` as its `"ws"` entry (the warp-specialized GEMMs, `ws_grouped`;
-`ws_only` times just those on top of the config in force). Before it is
+the best grouped config with each of `WS_SPACE` as its `"ws"` entry, whole-height and with half-height last
+blocks (the warp-specialized GEMMs, `ws_grouped`; `ws_only` times just those on top of the config in force). Before it is
 timed, each candidate's output
 is checked against moe_lab's grouped_mm backend on the same inputs; one that differs by more than the
 dtype's tolerance is logged and never chosen. Every candidate is timed as the whole
