@@ -12,13 +12,12 @@ activations through TMA too (tokens gathered into the aligned order first); last
 on) with its experts' last row blocks run as half-height tiles where they fit (`HALF_TAIL`), and the best
 decode config with its weights' other L2 policy (`EVICT_FIRST`, `configs.decode_evicts_first`); on an sm90 GPU,
 the best grouped config with each of `WS_SPACE` as its `"ws"` entry, whole-height and with half-height last
-blocks (the warp-specialized GEMMs, `ws_grouped`; `ws_only` times just those on top of the config in force). Before it is
-timed, each candidate's output
-is checked against moe_lab's grouped_mm backend on the same inputs; one that differs by more than the
-dtype's tolerance is logged and never chosen. Every candidate is timed as the whole
-experts call: on CUDA captured in a CUDA graph, replays timed by CUDA events with the L2 flushed before each (GPU time,
-no host overhead); elsewhere (Triton's interpreter, for tests) by wall clock. Candidates compile first,
-in threads; one that does not fit (too much shared memory) is logged and skipped.
+blocks (the warp-specialized GEMMs, `ws_grouped`; `ws_only` times just those on top of the config in force).
+Before it is timed, each candidate's output is checked against moe_lab's grouped_mm backend on the same
+inputs; one that differs by more than the dtype's tolerance is logged and never chosen. Every candidate is
+timed as the whole experts call: on CUDA captured in a CUDA graph, replays timed by CUDA events with the L2
+flushed before each (GPU time, no host overhead); elsewhere (Triton's interpreter, for tests) by wall clock.
+Candidates compile first, in threads; one that does not fit (too much shared memory) is logged and skipped.
 """
 
 from __future__ import annotations
