@@ -14,9 +14,9 @@ fraction of whole ones (0.5 if a tile's time were its MMAs'). Writes `half_tile_
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
+import pandas as pd
 import torch
 from triton_profile import kernel_times_us
 
@@ -75,10 +75,7 @@ def main(argv=None) -> int:
             print(f"{model}: HALF_TAIL={half_tail}: a last block of {bm // 2} rows costs {cost:.2f} of a whole one",
                   flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    with open(Path(args.out) / "half_tile_cost.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    pd.DataFrame(rows).to_csv(Path(args.out) / "half_tile_cost.csv", index=False)
     return 0
 
 
