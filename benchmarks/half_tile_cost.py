@@ -1,7 +1,7 @@
 """What a half-height last block of the warp-specialized GEMMs (`ws_grouped`, `HALF_TAIL`) costs against a
 whole one, on an H100 (sm90).
 
-    PYTHONPATH=. python benchmarks/half_tile_cost.py --out $OUT [--models qwen3-30b-a3b] [--tokens 8192]
+    PYTHONPATH=. python benchmarks/half_tile_cost.py [--out DIR, default $OUT] [--models qwen3-30b-a3b] [--tokens 8192]
 
 Every expert is given exactly R pairs (token t's K experts are t*K .. t*K+K-1 mod E), for R = n*BM (n whole
 blocks, n = the tuned bucket's pairs per expert // BM), n*BM + BM/2 (a half-height last block with HALF_TAIL,
@@ -14,6 +14,7 @@ fraction of whole ones (0.5 if a tile's time were its MMAs'). Writes `half_tile_
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="qwen3-30b-a3b")
     p.add_argument("--tokens", type=int, default=8192, help="the bucket whose tuned config is used")
     p.add_argument("--reps", type=int, default=20)
-    p.add_argument("--out", default="out")
+    p.add_argument("--out", default=os.environ.get("OUT", "out"))
     args = p.parse_args(argv)
     rows = []
     for model in args.models.split(","):
