@@ -86,13 +86,9 @@ SMALL_PINGPONG = {"BLOCK_M": 64, "up": dict(BLOCK_N=32, BLOCK_K=16, STAGES=3, nu
                   "down": dict(BLOCK_N=32, BLOCK_K=16, STAGES=2, num_warps=4, GROUP_M=2, PINGPONG=1)}
 HALF_TAIL = {**WS, "HALF_TAIL": 1}  # half-height last blocks: the cooperative warp groups split the columns
 HALF_TAIL_PINGPONG = {**PINGPONG, "HALF_TAIL": 1}
-FUSED_SUM = {**WS, "FUSED_SUM": 1}  # the top-k sum in down's epilogue
-FUSED_SUM_HALF_TAIL_PINGPONG = {**HALF_TAIL_PINGPONG, "FUSED_SUM": 1}
 SIZES = {"h100_tile": (WS, 256, 128), "small_tile": (SMALL_WS, 64, 48), "pingpong": (PINGPONG, 256, 128),
          "small_pingpong": (SMALL_PINGPONG, 64, 48), "half_tail": (HALF_TAIL, 256, 128),
-         "half_tail_pingpong": (HALF_TAIL_PINGPONG, 256, 128), "fused_sum": (FUSED_SUM, 256, 128),
-         "small_fused_sum": ({**SMALL_PINGPONG, "FUSED_SUM": 1}, 80, 48),  # H = 80: a column tile past H
-         "fused_sum_half_tail_pingpong": (FUSED_SUM_HALF_TAIL_PINGPONG, 256, 128)}  # the config, and H, I
+         "half_tail_pingpong": (HALF_TAIL_PINGPONG, 256, 128)}  # the config, and H, I it applies to
 
 
 @gpu
@@ -142,9 +138,8 @@ def test_every_layout_runs_or_is_refused_by_name(layout, seed):
 
 
 @gpu
-@pytest.mark.parametrize("ws", [WS, PINGPONG, HALF_TAIL, HALF_TAIL_PINGPONG, FUSED_SUM, FUSED_SUM_HALF_TAIL_PINGPONG],
-                         ids=["cooperative", "pingpong", "half_tail", "half_tail_pingpong", "fused_sum",
-                              "fused_sum_half_tail_pingpong"])
+@pytest.mark.parametrize("ws", [WS, PINGPONG, HALF_TAIL, HALF_TAIL_PINGPONG],
+                         ids=["cooperative", "pingpong", "half_tail", "half_tail_pingpong"])
 @pytest.mark.parametrize("T", [300, 4096])
 def test_same_bits_every_call_and_under_a_cuda_graph(T, ws, seed):
     """Pairs change places inside their expert's group call to call; every row is computed on its own and
@@ -190,22 +185,3 @@ def test_half_height_last_blocks_change_no_bit(ws, last_rows, seed):
     whole_TH, _ = run(experts, x_TH, ids_TK, w_TK, {k: v for k, v in ws.items() if k != "HALF_TAIL"})
     assert torch.equal(half_TH, whole_TH)
     assert relative_error(half_TH, reference_experts(experts, x_TH, ids_TK, w_TK)) <= TOL[torch.bfloat16]
-
-
-@gpu
-@pytest.mark.parametrize("ws", [FUSED_SUM, FUSED_SUM_HALF_TAIL_PINGPONG], ids=["cooperative", "half_tail_pingpong"])
-@pytest.mark.parametrize("case", ["many_tokens_top8", "skewed", "hot_expert"])
-def test_sum_in_down_epilogue_changes_no_bit(ws, case, seed):
-    """FUSED_SUM: each token's sum is made by whichever pair of it is stored last, from all K rows in k order
-    in float32, as the sum kernel makes it: the same bits, with thousands of tokens' counters racing; the
-    counters are left zeroed for the next call (which is then the same again)."""
-    c = Case(E=64, H=256, I=128, K=8, T=4096) if case == "many_tokens_top8" else CASES[case]
-    c = type(c)(**{**c.__dict__, "H": 256, "I": 128})
-    experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, "cuda", seed)
-    x_TH, ids_TK, w_TK = make_inputs(c, torch.bfloat16, "cuda", seed)
-    fused_TH, plan = run(experts, x_TH, ids_TK, w_TK, ws)
-    assert plan.ws and plan.fused_sum and plan.sum is None
-    kernel_TH, plan = run(experts, x_TH, ids_TK, w_TK, {k: v for k, v in ws.items() if k != "FUSED_SUM"})
-    assert not plan.fused_sum
-    assert torch.equal(fused_TH, kernel_TH)
-    assert torch.equal(run(experts, x_TH, ids_TK, w_TK, ws)[0], fused_TH)

@@ -244,8 +244,7 @@ class Plan:
     def _init_ws(self, ws: dict, sms: int, spec: GateSpec, up_strides, down_strides) -> None:
         """The warp-specialized path (`ws_grouped`): alignment, the two persistent GEMMs (one program per SM
         at most, launched without PDL: they start once the kernel before has ended; gate/up gathers the
-        token rows itself and records each pair's row), the top-k sum through the pairs' rows: a kernel of
-        its own, or (`"FUSED_SUM": 1`) in down's epilogue."""
+        token rows itself and records each pair's row), the top-k sum through the pairs' rows."""
         from moe_lab.kernels.ws_grouped import _ws_grouped_kernel
 
         E, H, I = self.E, self.H, self.I
@@ -257,14 +256,10 @@ class Plan:
         self._descriptors, self._layouts = {}, {}
         self.ws_cfg = ws
         self.half_tail = bool(ws.get("HALF_TAIL", 0))
-        self.fused_sum = bool(ws.get("FUSED_SUM", 0))
-        self.sum_counters = self.T * triton.cdiv(H, down["BLOCK_N"]) if self.fused_sum else 0
         launches = []
         for cfg, view, cols, consts in (
-                (up, self.up_tma, I, dict(GATED=spec.gate_mode == 1, ACT=spec.act, MUL_WEIGHT=False, GATHER=True,
-                                          SUM_TOPK=0)),
-                (down, self.down_tma, H, dict(GATED=False, ACT=-1, MUL_WEIGHT=True, GATHER=False,
-                                              SUM_TOPK=self.K if self.fused_sum else 0))):
+                (up, self.up_tma, I, dict(GATED=spec.gate_mode == 1, ACT=spec.act, MUL_WEIGHT=False, GATHER=True)),
+                (down, self.down_tma, H, dict(GATED=False, ACT=-1, MUL_WEIGHT=True, GATHER=False))):
             tiles = B * triton.cdiv(cols, cfg["BLOCK_N"])
             launches.append(_Launch(_ws_grouped_kernel, (min(sms, tiles),),  # num_warps: a Gluon kernel parameter
                                     dict(consts, W_T=view[1], GROUP_M=cfg["GROUP_M"], STAGES=cfg["STAGES"],
@@ -273,7 +268,7 @@ class Plan:
         self.up, self.down = launches
         self.up_scalars = (B, H, N, I, self.S, self.K, self.x_strides[0], spec.limit, spec.alpha)
         self.down_scalars = (B, I, H, 0, self.S, self.K, 0, spec.limit, spec.alpha)
-        self.sum = None if self.fused_sum else self._sum_launch(indirect=True)
+        self.sum = self._sum_launch(indirect=True)
 
     def __call__(self, x_TH, ids_S, rw_S, w_up, w_down, b_up, b_down) -> torch.Tensor:
         """ids_S, rw_S: contiguous flat (S,) ids and weights; w_up / w_down / biases: the stored tensors."""
@@ -353,17 +348,12 @@ class Plan:
             return TensorDescriptor(t_RC, list(t_RC.shape), [t_RC.stride(0), 1], [box_rows, cols],
                                     self._layout([box_rows, cols]))
 
-        out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
-        # the fused sum's counters start at zero (one memset: the caching allocator may hand them to another stream)
-        count_C = torch.zeros(self.sum_counters, dtype=torch.int32, device=dev) if self.fused_sum else pair_row_S
         self.up(stream, rows(x_TH, up["BLOCK_K"]), self._ws_descriptor("up", w_up, self.up_tma),
-                rows(a_PI, up["BLOCK_N"]), block_expert_B, sorted_P, rw_S, x_TH, pair_row_S, a_PI, a_PI, pair_row_S,
-                *self.up_scalars)
+                rows(a_PI, up["BLOCK_N"]), block_expert_B, sorted_P, rw_S, x_TH, pair_row_S, *self.up_scalars)
         self.down(stream, rows(a_PI, down["BLOCK_K"]), self._ws_descriptor("down", w_down, self.down_tma),
-                  rows(y_PH, down["BLOCK_N"]), block_expert_B, sorted_P, rw_S, a_PI, pair_row_S, y_PH, out_TH, count_C,
-                  *self.down_scalars)
-        if not self.fused_sum:
-            self.sum(stream, y_PH, out_TH, pair_row_S, self.T, H)
+                  rows(y_PH, down["BLOCK_N"]), block_expert_B, sorted_P, rw_S, a_PI, pair_row_S, *self.down_scalars)
+        out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
+        self.sum(stream, y_PH, out_TH, pair_row_S, self.T, H)
         return out_TH
 
     def _layout(self, box: list[int]):
@@ -421,7 +411,7 @@ def ws_available(device: torch.device) -> int:
 def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias: bool, reduce: bool,
                up_strides: tuple, down_strides: tuple, x_strides: tuple, E: int, H: int, I: int) -> str | None:
     """Why a config's `"ws"` entry cannot run this call, or None. Its keys: BLOCK_M, optional HALF_TAIL
-    (half-height last blocks) and FUSED_SUM (the top-k sum in down's epilogue), and per GEMM ("up", "down") BLOCK_N, BLOCK_K, STAGES, num_warps (per
+    (half-height last blocks), and per GEMM ("up", "down") BLOCK_N, BLOCK_K, STAGES, num_warps (per
     consumer), GROUP_M, optional PINGPONG (two consumers)."""
     if not sms:
         return "they need compiled kernels on an sm90 GPU"

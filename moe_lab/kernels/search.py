@@ -242,13 +242,9 @@ WS_SPACE = [  # "ws" entries (ws_grouped's tiles), the fastest of eight on qwen3
 ]
 
 
-WS_VARIANTS = [{}, {"HALF_TAIL": 1}, {"FUSED_SUM": 1}, {"HALF_TAIL": 1, "FUSED_SUM": 1}]  # on each WS_SPACE entry
-
-
 def _time_ws_entries(time_it, timed: dict) -> None:
     """The fastest grouped config so far, without a "ws" entry and with each of WS_SPACE, whole-height and
-    with half-height last blocks (HALF_TAIL), the top-k sum a kernel of its own and in down's epilogue
-    (FUSED_SUM)."""
+    with half-height last blocks (HALF_TAIL)."""
     grouped = [(ms, k) for k, ms in timed.items() if json.loads(k).get("path") == "grouped"]
     best_ms, best_key = min(grouped, default=(math.inf, None))
     if not math.isfinite(best_ms):
@@ -256,8 +252,8 @@ def _time_ws_entries(time_it, timed: dict) -> None:
     base = {k: v for k, v in json.loads(best_key).items() if k != "ws"}
     time_it(base)
     for entry in WS_SPACE:
-        for extra in WS_VARIANTS:
-            time_it({**base, "ws": {**entry, **extra}})
+        for half_tail in (0, 1):
+            time_it({**base, "ws": {**entry, "HALF_TAIL": 1} if half_tail else entry})
 
 
 def search(models: list[str], tokens: list[int], dtype: torch.dtype = torch.bfloat16, device: str = "cuda",

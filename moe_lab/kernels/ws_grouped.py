@@ -124,55 +124,13 @@ def _b_operand(w_buf, W_T: gl.constexpr):
 
 
 @gluon.jit
-def _sum_epilogue(c_tile, sum_in, row0, pid_n, TOPK: gl.constexpr, WARPS: gl.constexpr):
-    """The top-k sum folded into down's epilogue, the same bits as `topk_sum`'s. The tile (in shared memory)
-    goes out by plain stores; after a barrier each row's pair counts itself in its token's counter for this
-    column tile (one thread per row, acquire-release at GPU scope, so every store before a count is seen by
-    whoever reads the count after it). The pair that counts last sums its token's K rows in k order in float32
-    and writes the token's output columns, then zeroes the counter for the next call."""
-    (c_ptr, out_ptr, count_ptr, pair_row_ptr, sorted_ptr, S, H, tiles_n) = sum_in  # H: c's columns, down's n_rows
-    ROWS: gl.constexpr = c_tile.type.shape[0]
-    BN: gl.constexpr = c_tile.type.shape[1]
-    TPW: gl.constexpr = min(BN // 8, 32)  # threads along a row, 8 values (16 bytes) each
-    tile_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TPW, TPW], [WARPS, 1], [1, 0])
-    rows = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, tile_layout))
-    cols = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, tile_layout))
-    in_h = (cols < H)[None, :]
-    gl.store(c_ptr + rows.to(gl.int64)[:, None] * H + cols[None, :], c_tile.load(tile_layout), mask=in_h)
-    gl.thread_barrier()  # every thread's stores of the tile before any count
-    C: gl.constexpr = max(1, 32 * WARPS // ROWS)  # (ROWS, C) covers the threads once: no thread repeats a row
-    count_layout: gl.constexpr = gl.BlockedLayout([1, 1], [32 // C, C], [WARPS, 1], [1, 0])
-    pair = gl.load(sorted_ptr + row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, count_layout)))
-    real = pair < S
-    token = gl.where(real, pair // TOPK, 0)
-    counts = count_ptr + token * tiles_n + pid_n
-    first = (gl.arange(0, C, layout=gl.SliceLayout(0, count_layout)) == 0)[None, :]
-    counting = real[:, None] & first
-    before = gl.atomic_add(counts[:, None] + 0 * first, gl.full([ROWS, C], 1, gl.int32, count_layout),
-                           mask=counting, sem="acq_rel", scope="gpu")
-    last = gl.max(gl.where(counting, before, -1), axis=1) == TOPK - 1
-    if gl.max(last.to(gl.int32), axis=0) > 0:
-        gl.store(counts, 0, mask=last)
-        summing = gl.convert_layout(last, gl.SliceLayout(1, tile_layout))
-        token_R = gl.convert_layout(token, gl.SliceLayout(1, tile_layout))
-        acc = gl.zeros([ROWS, BN], gl.float32, tile_layout)
-        for k in gl.static_range(TOPK):
-            row = gl.load(pair_row_ptr + token_R * TOPK + k, mask=summing, other=0).to(gl.int64)
-            acc += gl.load(c_ptr + row[:, None] * H + cols[None, :], mask=summing[:, None] & in_h, other=0.0,
-                           cache_modifier=".cg").to(gl.float32)
-        gl.store(out_ptr + token_R.to(gl.int64)[:, None] * H + cols[None, :], acc.to(out_ptr.dtype.element_ty),
-                 mask=summing[:, None] & in_h)
-
-
-@gluon.jit
-def _tile_mma(tile_in, sum_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
+def _tile_mma(tile_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
               GATHER: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, CONSUMER: gl.constexpr,
-              CONSUMERS: gl.constexpr, SUM_TOPK: gl.constexpr):
+              CONSUMERS: gl.constexpr):
     """One tile's top ROWS rows (BLOCK_M, or half of it for a half-height tile): wgmma on each stage as it
     lands, the stage before handed back once this one's are issued, the turn passed on (ping-pong), then the
-    epilogue into the consumer's shared buffer and out by TMA in boxes of the descriptor's rows (SUM_TOPK:
-    `_sum_epilogue` instead). At 8 warps a half-height tile has 64 rows, one warp group's: the two warp groups
-    split its columns instead."""
+    epilogue into the consumer's shared buffer and out by TMA in boxes of the descriptor's rows. At 8 warps a
+    half-height tile has 64 rows, one warp group's: the two warp groups split its columns instead."""
     (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_smem, sorted_ptr, rw_ptr, S, limit, alpha, K, step, pid_m,
      pid_n) = tile_in
     STAGES: gl.constexpr = x_bufs.type.shape[0]
@@ -224,18 +182,15 @@ def _tile_mma(tile_in, sum_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGH
         c_tile = c_smem.slice(0, ROWS)
     tma.store_wait(0)
     c_tile.store(out.to(c_desc.dtype))
-    if SUM_TOPK > 0:
-        _sum_epilogue(c_tile, sum_in, pid_m * BM, pid_n, SUM_TOPK, WARPS)
-    else:
-        fence_async_shared()
-        for b in gl.static_range(ROWS // CB):
-            tma.async_copy_shared_to_global(c_desc, [pid_m * BM + b * CB, pid_n * BN], c_tile.slice(b * CB, CB))
+    fence_async_shared()
+    for b in gl.static_range(ROWS // CB):
+        tma.async_copy_shared_to_global(c_desc, [pid_m * BM + b * CB, pid_n * BN], c_tile.slice(b * CB, CB))
 
 
 @gluon.jit
-def _mma_partition(mma_in, sum_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr,
-                   W_T: gl.constexpr, GATHER: gl.constexpr, GROUP_M: gl.constexpr, HALF_TAIL: gl.constexpr,
-                   CONSUMER: gl.constexpr, CONSUMERS: gl.constexpr, WARPS: gl.constexpr, SUM_TOPK: gl.constexpr):
+def _mma_partition(mma_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
+                   GATHER: gl.constexpr, GROUP_M: gl.constexpr, HALF_TAIL: gl.constexpr, CONSUMER: gl.constexpr,
+                   CONSUMERS: gl.constexpr, WARPS: gl.constexpr):
     """Consumer CONSUMER of CONSUMERS, WARPS warps: every CONSUMERS-th real tile (`_tile_mma`; the epilogue
     ACT >= 0: the gating of `fused_moe._gate`, or `_act` without a gate; MUL_WEIGHT: each row times its
     pair's routing weight), its TMA store waited for only before its next tile's. Two consumers (ping-pong)
@@ -259,30 +214,25 @@ def _mma_partition(mma_in, sum_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_W
                 tile_in = (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_smem, sorted_ptr, rw_ptr, S, limit,
                            alpha, K, real * k_steps, pid_m, pid_n)
                 if HALF_TAIL and _half_full(sorted_ptr, pid_m * BM, S, BM):
-                    _tile_mma(tile_in, sum_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, BM // 2, WARPS, CONSUMER,
-                              CONSUMERS, SUM_TOPK)
+                    _tile_mma(tile_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, BM // 2, WARPS, CONSUMER, CONSUMERS)
                 else:
-                    _tile_mma(tile_in, sum_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, BM, WARPS, CONSUMER, CONSUMERS,
-                              SUM_TOPK)
+                    _tile_mma(tile_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, BM, WARPS, CONSUMER, CONSUMERS)
                 mine += 1
             real += 1
     tma.store_wait(0)
 
 
 @gluon.jit
-def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, sorted_ptr, rw_ptr, x_ptr, pair_row_ptr, c_ptr,
-                       out_ptr, count_ptr, num_blocks, K, n_rows, up_row, S, TOPK, stride_xt, limit, alpha,
-                       GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
-                       GATHER: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
-                       BLOCK_M: gl.constexpr, HALF_TAIL: gl.constexpr, SUM_TOPK: gl.constexpr,
-                       num_warps: gl.constexpr):
+def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, sorted_ptr, rw_ptr, x_ptr, pair_row_ptr,
+                       num_blocks, K, n_rows, up_row, S, TOPK, stride_xt, limit, alpha, GATED: gl.constexpr,
+                       ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr,
+                       GROUP_M: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr, BLOCK_M: gl.constexpr,
+                       HALF_TAIL: gl.constexpr, num_warps: gl.constexpr):
     """c[rows of block b, columns n..] = epilogue(x[rows of b] @ W[expert of b] rows n.. (and up rows)), for
     every real tile. x: (P, K) TMA descriptor, boxes (XB, BK), or (GATHER) the tokens (T, K) at x_ptr, rows
     gathered (`x_desc` then only gives the box); c: (P, columns) descriptor, boxes (XB, BN); XB is BLOCK_M,
     or with HALF_TAIL half of it. One consumer of num_warps warps (two warp groups at 8: cooperative), or
-    (PINGPONG) two of num_warps each. SUM_TOPK (down: the top-k K, 0 for none): c also at c_ptr (rows of
-    `columns` values), and each token's sum goes to out_ptr (T, columns) through zeroed int32 counters
-    count_ptr (T, column tiles) that the kernel leaves zeroed (`_sum_epilogue`)."""
+    (PINGPONG) two of num_warps each."""
     NW: gl.constexpr = 2 if GATED else 1
     CONSUMERS: gl.constexpr = 2 if PINGPONG else 1
     BK: gl.constexpr = x_desc.block_type.shape[1]
@@ -305,20 +255,16 @@ def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, sorted_ptr, rw_
     # tuple built first would not keep them constexpr)
     mma_in = (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, num_blocks, tiles_n, K,
               sorted_ptr, rw_ptr, S, limit, alpha)
-    sum_in = (c_ptr, out_ptr, count_ptr, pair_row_ptr, sorted_ptr, S, n_rows, tiles_n)  # (an argument: 16-aligned)
     load_in = (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, num_blocks, tiles_n, K, n_rows,
                up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt)
     if PINGPONG:
         gl.warp_specialize([
-            (_mma_partition, (mma_in, sum_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, HALF_TAIL, 0, 2,
-                              num_warps, SUM_TOPK)),
-            (_mma_partition, (mma_in, sum_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, HALF_TAIL, 1, 2,
-                              num_warps, SUM_TOPK)),
+            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, HALF_TAIL, 0, 2, num_warps)),
+            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, HALF_TAIL, 1, 2, num_warps)),
             (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, HALF_TAIL)),
         ], [num_warps, GATHER_WARPS], [PINGPONG_REGS, LOADER_REGS])
     else:
         gl.warp_specialize([
-            (_mma_partition, (mma_in, sum_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, HALF_TAIL, 0, 1,
-                              num_warps, SUM_TOPK)),
+            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, HALF_TAIL, 0, 1, num_warps)),
             (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, HALF_TAIL)),
         ], [GATHER_WARPS], [LOADER_REGS])
