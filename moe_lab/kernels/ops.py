@@ -264,7 +264,8 @@ class Plan:
             launches.append(_Launch(_ws_grouped_kernel, (min(sms, tiles),),  # num_warps: a Gluon kernel parameter
                                     dict(consts, W_T=view[1], GROUP_M=cfg["GROUP_M"], STAGES=cfg["STAGES"],
                                          PINGPONG=bool(cfg.get("PINGPONG", 0)), BLOCK_M=self.bm,
-                                         HALF_TAIL=self.half_tail, num_warps=cfg["num_warps"]), {}))
+                                         HALF_TAIL=self.half_tail, EXT_TAIL=bool(cfg.get("EXT_TAIL", 0)),
+                                         num_warps=cfg["num_warps"]), {}))
         self.up, self.down = launches
         self.up_scalars = (B, H, N, I, self.S, self.K, self.x_strides[0], spec.limit, spec.alpha)
         self.down_scalars = (B, I, H, 0, self.S, self.K, 0, spec.limit, spec.alpha)
@@ -342,16 +343,17 @@ class Plan:
         a_PI = torch.empty(P, I, dtype=self.dtype, device=dev)
         y_PH = torch.empty(P, H, dtype=self.dtype, device=dev)
 
-        box_rows = self.bm // 2 if self.half_tail else self.bm
-
-        def rows(t_RC, cols: int):  # TMA boxes of a row block (or half) and `cols` columns of a row-major activation
+        def rows(t_RC, cols: int, cfg: dict):  # TMA boxes of a row block (or of half of one: half-height tiles, or
+            # the half a tile takes on) and `cols` columns of a row-major activation
+            box_rows = self.bm // 2 if self.half_tail or cfg.get("EXT_TAIL", 0) else self.bm
             return TensorDescriptor(t_RC, list(t_RC.shape), [t_RC.stride(0), 1], [box_rows, cols],
                                     self._layout([box_rows, cols]))
 
-        self.up(stream, rows(x_TH, up["BLOCK_K"]), self._ws_descriptor("up", w_up, self.up_tma),
-                rows(a_PI, up["BLOCK_N"]), block_expert_B, sorted_P, rw_S, x_TH, pair_row_S, *self.up_scalars)
-        self.down(stream, rows(a_PI, down["BLOCK_K"]), self._ws_descriptor("down", w_down, self.down_tma),
-                  rows(y_PH, down["BLOCK_N"]), block_expert_B, sorted_P, rw_S, a_PI, pair_row_S, *self.down_scalars)
+        self.up(stream, rows(x_TH, up["BLOCK_K"], up), self._ws_descriptor("up", w_up, self.up_tma),
+                rows(a_PI, up["BLOCK_N"], up), block_expert_B, sorted_P, rw_S, x_TH, pair_row_S, *self.up_scalars)
+        self.down(stream, rows(a_PI, down["BLOCK_K"], down), self._ws_descriptor("down", w_down, self.down_tma),
+                  rows(y_PH, down["BLOCK_N"], down), block_expert_B, sorted_P, rw_S, a_PI, pair_row_S,
+                  *self.down_scalars)
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
         self.sum(stream, y_PH, out_TH, pair_row_S, self.T, H)
         return out_TH
@@ -412,7 +414,8 @@ def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias:
                up_strides: tuple, down_strides: tuple, x_strides: tuple, E: int, H: int, I: int) -> str | None:
     """Why a config's `"ws"` entry cannot run this call, or None. Its keys: BLOCK_M, optional HALF_TAIL
     (half-height last blocks), and per GEMM ("up", "down") BLOCK_N, BLOCK_K, STAGES, num_warps (per
-    consumer), GROUP_M, optional PINGPONG (two consumers)."""
+    consumer), GROUP_M, optional PINGPONG (two consumers), optional EXT_TAIL (an expert's last block of at most
+    BLOCK_M / 2 rows taken on by the block before it)."""
     if not sms:
         return "they need compiled kernels on an sm90 GPU"
     if dtype not in (torch.bfloat16, torch.float16):
@@ -434,7 +437,11 @@ def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias:
         consumers = 2 if cfg.get("PINGPONG", 0) else 1
         if consumers == 2 and cfg["num_warps"] != 4:
             return f"{name}: PINGPONG takes consumers of one warp group (num_warps 4), not {cfg['num_warps']}"
-        smem = size * (cfg["STAGES"] * cfg["BLOCK_K"] * (bm + nw * cfg["BLOCK_N"]) + consumers * bm * cfg["BLOCK_N"])
+        if cfg.get("EXT_TAIL", 0) and bm < 128:
+            return f"{name}: EXT_TAIL needs BLOCK_M >= 128 (the rows taken on, a warp group's 64), not {bm}"
+        x_rows = bm + bm // 2 if cfg.get("EXT_TAIL", 0) else bm  # a stage's rows
+        bn = cfg["BLOCK_N"]
+        smem = size * (cfg["STAGES"] * cfg["BLOCK_K"] * (x_rows + nw * bn) + consumers * bm * bn)
         if smem > WS_SMEM_BYTES:
             return f"{name}: its buffers take {smem} bytes of shared memory, more than {WS_SMEM_BYTES}"
         try:
