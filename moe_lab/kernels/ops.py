@@ -213,24 +213,26 @@ class Plan:
         if reduce and K > 1:
             self.sum = self._sum_launch(indirect=False)
 
-    def _init_align(self, bm: int) -> int:
+    def _init_align(self, bm: int, tile_blocks: bool = False) -> int:
         """The alignment launches for row blocks of bm: one program up to SINGLE_MAX_PAIRS pairs, else two
-        kernels over chunks. Returns B, the blocks' upper bound."""
+        kernels over chunks; tile_blocks: they also list the tile blocks (`align._label_tile_blocks`, for
+        EXT_TAIL). Returns B, the blocks' upper bound."""
         S, E, pdl = self.S, self.E, self.pdl
         self.bm = bm
         self.B = B = max_blocks(S, E, bm)
         self.e_pad = ep = e_pad(E)
         self.single = S <= SINGLE_MAX_PAIRS
+        self.tile_blocks = tile_blocks
         once = _opts({"num_warps": 4, "num_stages": 1}, pdl)
+        labels = dict(LABEL_BLOCKS=LABEL_BLOCKS, TILE_BLOCKS=tile_blocks, PDL=pdl)
         if self.single:
-            self.align = [_Launch(_align_single_kernel, (1,),
-                                  dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, LABEL_BLOCKS=LABEL_BLOCKS, PDL=pdl), once)]
+            self.align = [_Launch(_align_single_kernel, (1,), dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, **labels), once)]
         else:
             self.G = G = triton.cdiv(S, CHUNK)
             self.align = [
                 _Launch(_align_count_kernel, (G,), dict(E_PAD=ep, CHUNK=CHUNK, PDL=pdl), once),
                 _Launch(_align_scatter_kernel, (G,), dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, SCAN_ROWS=SCAN_ROWS,
-                                                          LABEL_BLOCKS=LABEL_BLOCKS, PDL=pdl), once),
+                                                          **labels), once),
             ]
         return B
 
@@ -248,8 +250,8 @@ class Plan:
         from moe_lab.kernels.ws_grouped import _ws_grouped_kernel
 
         E, H, I = self.E, self.H, self.I
-        B = self._init_align(ws["BLOCK_M"])
         up, down = ws["up"], ws["down"]
+        B = self._init_align(ws["BLOCK_M"], tile_blocks=any(cfg.get("EXT_TAIL", 0) for cfg in (up, down)))
         N = 2 * I if spec.gate_mode else I
         self.up_tma = _tma_view(up_strides, E, N, H, up["BLOCK_N"], up["BLOCK_K"], "gate/up")
         self.down_tma = _tma_view(down_strides, E, H, I, down["BLOCK_N"], down["BLOCK_K"], "down")
@@ -287,9 +289,9 @@ class Plan:
             self.down(stream, a_SI, ids_S, rw_S, w_down, b_down, out, *self.down_scalars)
             return out
         B, bm = self.B, self.bm
-        sorted_P, block_expert_B = self._align(stream, ids_S)
+        sorted_P, block_expert_B, tile_block_B = self._align(stream, ids_S)
         if self.ws:
-            return self._call_ws(stream, x_TH, sorted_P, block_expert_B, rw_S, w_up, w_down)
+            return self._call_ws(stream, x_TH, sorted_P, block_expert_B, tile_block_B, rw_S, w_up, w_down)
         x_arg = x_half = x_TH
         if self.a_tma_up:  # the tokens gathered once into the aligned order, then loaded as plain row blocks
             xs_PH = torch.empty(B * bm, H, dtype=self.dtype, device=dev)
@@ -313,22 +315,24 @@ class Plan:
         self.sum(stream, y_SH, out_TH, y_SH, self.T, H)
         return out_TH
 
-    def _align(self, stream: int, ids_S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sorted_P, block_expert_B): the pairs in the expert-aligned order, each row block's expert."""
+    def _align(self, stream: int, ids_S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sorted_P, block_expert_B, tile_block_B): the pairs in the expert-aligned order, each row block's
+        expert, and (with tile blocks, else block_expert_B again, unused) the row block of each tile block."""
         dev, S, B = ids_S.device, self.S, self.B
         sorted_P = torch.empty(B * self.bm, dtype=torch.int32, device=dev)
         block_expert_B = torch.empty(B, dtype=torch.int32, device=dev)
+        tile_block_B = torch.empty(B, dtype=torch.int32, device=dev) if self.tile_blocks else block_expert_B
         if self.single:
             cursor = torch.empty(self.e_pad, dtype=torch.int32, device=dev)
-            self.align[0](stream, ids_S, sorted_P, block_expert_B, cursor, S, self.E, B)
+            self.align[0](stream, ids_S, sorted_P, block_expert_B, cursor, tile_block_B, S, self.E, B)
         else:
             partial = torch.empty(2 * self.G, self.e_pad, dtype=torch.int32, device=dev)
             self.align[0](stream, ids_S, partial, S, self.E)
-            self.align[1](stream, ids_S, partial, sorted_P, block_expert_B, S, self.E, self.G, B,
+            self.align[1](stream, ids_S, partial, sorted_P, block_expert_B, tile_block_B, S, self.E, self.G, B,
                           triton.cdiv(B, self.G))
-        return sorted_P, block_expert_B
+        return sorted_P, block_expert_B, tile_block_B
 
-    def _call_ws(self, stream, x_TH, sorted_P, block_expert_B, rw_S, w_up, w_down) -> torch.Tensor:
+    def _call_ws(self, stream, x_TH, sorted_P, block_expert_B, tile_block_B, rw_S, w_up, w_down) -> torch.Tensor:
         """The warp-specialized path after the alignment: gate/up (gathering the token rows, recording each
         pair's row) into the aligned (P, I), down into the aligned (P, H) with the routing weights, the top-k
         sum through the pairs' rows."""
@@ -350,9 +354,10 @@ class Plan:
                                     self._layout([box_rows, cols]))
 
         self.up(stream, rows(x_TH, up["BLOCK_K"], up), self._ws_descriptor("up", w_up, self.up_tma),
-                rows(a_PI, up["BLOCK_N"], up), block_expert_B, sorted_P, rw_S, x_TH, pair_row_S, *self.up_scalars)
+                rows(a_PI, up["BLOCK_N"], up), block_expert_B, tile_block_B, sorted_P, rw_S, x_TH, pair_row_S,
+                *self.up_scalars)
         self.down(stream, rows(a_PI, down["BLOCK_K"], down), self._ws_descriptor("down", w_down, self.down_tma),
-                  rows(y_PH, down["BLOCK_N"], down), block_expert_B, sorted_P, rw_S, a_PI, pair_row_S,
+                  rows(y_PH, down["BLOCK_N"], down), block_expert_B, tile_block_B, sorted_P, rw_S, a_PI, pair_row_S,
                   *self.down_scalars)
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
         self.sum(stream, y_PH, out_TH, pair_row_S, self.T, H)

@@ -51,22 +51,23 @@ PINGPONG_REGS_EXT = gl.constexpr(224)
 
 
 @gluon.jit
-def _tile(tile, num_blocks, tiles_n, block_expert_ptr, sorted_ptr, S, GROUP_M: gl.constexpr, BM: gl.constexpr,
-          HALF_TAIL: gl.constexpr, EXT_TAIL: gl.constexpr):
-    """A tile's row block, column tile, expert, and the rows it covers: 0 (no tile: a block past the last
-    expert's, or with EXT_TAIL a last block of at most BM // 2 real rows that the block before takes on), BM // 2
-    (HALF_TAIL: a half-height tile), BM, or with EXT_TAIL BM + BM // 2 (the block and the top half of the next,
-    its expert's last, as one tile: the weight tiles loaded once for both)."""
+def _tile(tile, num_blocks, tiles_n, block_expert_ptr, tile_block_ptr, sorted_ptr, S, GROUP_M: gl.constexpr,
+          BM: gl.constexpr, HALF_TAIL: gl.constexpr, EXT_TAIL: gl.constexpr):
+    """A tile's row block, column tile, expert, and the rows it covers: 0 (no tile: past the last expert's
+    blocks), BM // 2 (HALF_TAIL: a half-height tile), BM, or with EXT_TAIL BM + BM // 2 (the block and the top
+    half of the next, its expert's last, as one tile: the weight tiles loaded once for both). With EXT_TAIL the
+    tiles run over the tile blocks (`align._label_tile_blocks`: the row blocks less those the block before takes
+    on, without gaps, so that every program gets its share of real tiles)."""
     pid_m, pid_n = _tile_ids(tile, num_blocks, tiles_n, GROUP_M)
-    expert = gl.load(block_expert_ptr + pid_m)
+    if EXT_TAIL:
+        pid_m = gl.load(tile_block_ptr + pid_m)  # -1 past the end
+    expert = gl.where(pid_m >= 0, gl.load(block_expert_ptr + gl.maximum(pid_m, 0)), -1)
+    pid_m = gl.maximum(pid_m, 0)
     rows = gl.where(expert >= 0, BM, 0)
     if HALF_TAIL or EXT_TAIL:
-        half = _half_full(sorted_ptr, pid_m * BM, S, BM)
         if HALF_TAIL:
-            rows = gl.where(half & (expert >= 0), BM // 2, rows)
+            rows = gl.where(_half_full(sorted_ptr, pid_m * BM, S, BM) & (expert >= 0), BM // 2, rows)
         if EXT_TAIL:
-            prev_same = (pid_m > 0) & (gl.load(block_expert_ptr + gl.maximum(pid_m - 1, 0)) == expert)
-            rows = gl.where(half & prev_same, 0, rows)  # taken on by the block before
             nxt = gl.minimum(pid_m + 1, num_blocks - 1)
             next_taken = (pid_m + 1 < num_blocks) & (gl.load(block_expert_ptr + nxt) == expert) & _half_full(
                 sorted_ptr, nxt * BM, S, BM)
@@ -83,8 +84,8 @@ def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.
     Rows come by TMA from the aligned (P, K) x, in boxes of XB rows (as many as the tile covers), or (GATHER)
     by cp.async straight from the tokens' rows, pair s's token s // TOPK, padding rows zero; then the row
     block's first column tile also writes pair_row[s] = its row, for the top-k sum."""
-    (x_desc, w_desc, x_bufs, x_ext, w_bufs, ready, x_ready, empty, block_expert_ptr, num_blocks, tiles_n, K, n_rows,
-     up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt) = load_in
+    (x_desc, w_desc, x_bufs, x_ext, w_bufs, ready, x_ready, empty, block_expert_ptr, tile_block_ptr, num_blocks,
+     tiles_n, K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt) = load_in
     STAGES: gl.constexpr = x_bufs.type.shape[0]
     BK: gl.constexpr = x_bufs.type.shape[2]
     XB: gl.constexpr = x_desc.block_type.shape[0]
@@ -100,8 +101,8 @@ def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.
     cols_K = gl.arange(0, BK, layout=gl.SliceLayout(0, rows_layout))
     step = 0
     for tile in range(gl.program_id(0), num_blocks * tiles_n, gl.num_programs(0)):
-        pid_m, pid_n, expert, rows = _tile(tile, num_blocks, tiles_n, block_expert_ptr, sorted_ptr, S, GROUP_M, BM,
-                                           HALF_TAIL, EXT_TAIL)
+        pid_m, pid_n, expert, rows = _tile(tile, num_blocks, tiles_n, block_expert_ptr, tile_block_ptr, sorted_ptr, S,
+                                           GROUP_M, BM, HALF_TAIL, EXT_TAIL)
         if rows > 0:
             if GATHER:
                 pair = gl.load(sorted_ptr + pid_m * BM + rows_M)
@@ -276,16 +277,16 @@ def _mma_partition(mma_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: g
     Two consumers (ping-pong) take turns at the MMAs (`turn`: each waits for the other's main loop to be issued
     before starting its own), so one's epilogue runs under the other's MMAs, and each waits on its stages in
     the order they are loaded."""
-    (x_bufs, x_ext, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, num_blocks, tiles_n, K,
-     sorted_ptr, rw_ptr, S, limit, alpha) = mma_in
+    (x_bufs, x_ext, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, tile_block_ptr, num_blocks,
+     tiles_n, K, sorted_ptr, rw_ptr, S, limit, alpha) = mma_in
     BK: gl.constexpr = x_bufs.type.shape[2]
     c_smem = c_bufs.index(CONSUMER)
     k_steps = gl.cdiv(K, BK)
     real = 0  # real tiles so far, every consumer's
     mine = 0  # this consumer's
     for tile in range(gl.program_id(0), num_blocks * tiles_n, gl.num_programs(0)):
-        pid_m, pid_n, expert, rows = _tile(tile, num_blocks, tiles_n, block_expert_ptr, sorted_ptr, S, GROUP_M, BM,
-                                           HALF_TAIL, EXT_TAIL)
+        pid_m, pid_n, expert, rows = _tile(tile, num_blocks, tiles_n, block_expert_ptr, tile_block_ptr, sorted_ptr, S,
+                                           GROUP_M, BM, HALF_TAIL, EXT_TAIL)
         if rows > 0:
             if real % CONSUMERS == CONSUMER:
                 if CONSUMERS > 1:  # consumer 0's first wait passes at once (a fresh barrier, parity 1)
@@ -304,16 +305,17 @@ def _mma_partition(mma_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: g
 
 
 @gluon.jit
-def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, sorted_ptr, rw_ptr, x_ptr, pair_row_ptr,
-                       num_blocks, K, n_rows, up_row, S, TOPK, stride_xt, limit, alpha, GATED: gl.constexpr,
-                       ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr,
-                       GROUP_M: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr, BLOCK_M: gl.constexpr,
-                       HALF_TAIL: gl.constexpr, EXT_TAIL: gl.constexpr, num_warps: gl.constexpr):
+def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, tile_block_ptr, sorted_ptr, rw_ptr, x_ptr,
+                       pair_row_ptr, num_blocks, K, n_rows, up_row, S, TOPK, stride_xt, limit, alpha,
+                       GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
+                       GATHER: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
+                       BLOCK_M: gl.constexpr, HALF_TAIL: gl.constexpr, EXT_TAIL: gl.constexpr, num_warps: gl.constexpr):
     """c[rows of block b, columns n..] = epilogue(x[rows of b] @ W[expert of b] rows n.. (and up rows)), for
-    every real tile (`_tile`). x: (P, K) TMA descriptor, boxes (XB, BK), or (GATHER) the tokens (T, K) at x_ptr,
-    rows gathered (`x_desc` then only gives the box); c: (P, columns) descriptor, boxes (XB, BN); XB is
-    BLOCK_M, or with HALF_TAIL or EXT_TAIL half of it. One consumer of num_warps warps (two warp groups at 8:
-    cooperative), or (PINGPONG) two of num_warps each."""
+    every real tile (`_tile`; tile_block: the tile blocks with EXT_TAIL, else unused). x: (P, K) TMA
+    descriptor, boxes (XB, BK), or (GATHER) the tokens (T, K) at x_ptr, rows gathered (`x_desc` then only gives
+    the box); c: (P, columns) descriptor, boxes (XB, BN); XB is BLOCK_M, or with HALF_TAIL or EXT_TAIL half of
+    it. One consumer of num_warps warps (two warp groups at 8: cooperative), or (PINGPONG) two of num_warps
+    each."""
     NW: gl.constexpr = 2 if GATED else 1
     CONSUMERS: gl.constexpr = 2 if PINGPONG else 1
     BK: gl.constexpr = x_desc.block_type.shape[1]
@@ -338,10 +340,10 @@ def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, sorted_ptr, rw_
     tiles_n = gl.cdiv(c_desc.shape[1], BN)
     # runtime values travel as one tuple each; the constexprs are written in every partition's own tuple (a
     # tuple built first would not keep them constexpr)
-    mma_in = (x_bufs, x_ext, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, num_blocks, tiles_n,
-              K, sorted_ptr, rw_ptr, S, limit, alpha)
-    load_in = (x_desc, w_desc, x_bufs, x_ext, w_bufs, ready, x_ready, empty, block_expert_ptr, num_blocks, tiles_n, K,
-               n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt)
+    mma_in = (x_bufs, x_ext, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, tile_block_ptr,
+              num_blocks, tiles_n, K, sorted_ptr, rw_ptr, S, limit, alpha)
+    load_in = (x_desc, w_desc, x_bufs, x_ext, w_bufs, ready, x_ready, empty, block_expert_ptr, tile_block_ptr,
+               num_blocks, tiles_n, K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt)
     if PINGPONG:
         gl.warp_specialize([
             (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, BLOCK_M, HALF_TAIL, EXT_TAIL, 0, 2,
