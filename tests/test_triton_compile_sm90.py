@@ -183,20 +183,16 @@ def test_multi_program_alignment_compiles_for_sm90(pdl_on, compiled, seed):
 @pytest.mark.parametrize("layout, tile", [("gated_silu", "cooperative"), ("gated_gelu", "cooperative"),
                                           ("transposed", "cooperative"), ("plain_relu", "cooperative"),
                                           ("gated_silu", "half_tail"), ("transposed", "half_tail"),
-                                          ("gated_silu", "half_tail_pingpong"), ("plain_relu", "half_tail_pingpong"),
-                                          ("gated_silu", "ext_tail"), ("plain_relu", "ext_tail"),
-                                          ("gated_silu", "ext_tail_pingpong")])
+                                          ("gated_silu", "half_tail_pingpong"), ("plain_relu", "half_tail_pingpong")])
 def test_warp_specialized_gemms_compile_for_sm90(layout, tile, compiled, monkeypatch, seed):
     """A config's "ws" entry (`moe_lab.kernels.ws_grouped`): the two persistent Gluon GEMMs, warp-specialized
     (the producer warps' registers lowered, the consumers' raised), weights by TMA into wgmma, gate/up's token
     rows gathered by cp.async, TMA stores, launched without PDL; the top-k sum through the pairs' rows. With
-    HALF_TAIL the cooperative consumers' half-height tiles split the columns between their two warp groups, and
-    so do the 64 rows a tile takes on with EXT_TAIL."""
-    from test_ws_grouped import EXT_TAIL, EXT_TAIL_PINGPONG, PINGPONG, WS
+    HALF_TAIL the cooperative consumers' half-height tiles split the columns between their two warp groups."""
+    from test_ws_grouped import PINGPONG, WS
 
     ws = {"cooperative": WS, "half_tail": {**WS, "HALF_TAIL": 1},
-          "half_tail_pingpong": {**PINGPONG, "HALF_TAIL": 1}, "ext_tail": EXT_TAIL,
-          "ext_tail_pingpong": EXT_TAIL_PINGPONG}[tile]
+          "half_tail_pingpong": {**PINGPONG, "HALF_TAIL": 1}}[tile]
 
     from moe_lab.kernels import ops, ws_grouped
 
@@ -220,8 +216,8 @@ def test_warp_specialized_gemms_compile_for_sm90(layout, tile, compiled, monkeyp
         assert not k.metadata.launch_pdl
         n = ws["down" if k is compiled[2] else "up"]["BLOCK_N"]
         shapes = {f"m64n{n}k16", f"m64n{n // 2}k16"}
-        assert {s for s in shapes if s in ptx} == (shapes if tile in ("half_tail", "ext_tail") else {f"m64n{n}k16"}), \
-            "half-height tiles and the rows taken on: 64 rows per warp group, each warp group half the columns"
+        assert {s for s in shapes if s in ptx} == (shapes if tile == "half_tail" else {f"m64n{n}k16"}), \
+            "half-height tiles: 64 rows per warp group, each warp group half the columns"
 
 
 @pytest.mark.parametrize("T,evict_first", [(1, None), (1, 0), (21, 1)], ids=["one_token", "one_token_off", "on"])

@@ -320,32 +320,26 @@ def test_multi_program_alignment(seed):
 def test_alignment_groups_and_pads_every_expert(repeats):
     """Each expert's pairs (in any order) in its own group, padded with the sentinel S to a multiple of BM,
     groups in expert order, every block labelled; ids outside [0, E) dropped, an expert without pairs
-    takes no rows. The tile blocks (EXT_TAIL) are the blocks less each expert's last where it has at most BM / 2
-    rows and a block before it, listed without gaps."""
+    takes no rows."""
     from moe_lab.kernels.align import SINGLE_MAX_PAIRS, align_by_expert, max_blocks
 
     E, BM = 7, 16
     ids_S = torch.tensor([3, 0, 3, 6, 3, -1, 0, 2, 7, 3], device=DEVICE).repeat(repeats)
     S = ids_S.numel()
     assert (S > SINGLE_MAX_PAIRS) == (repeats == 600)
-    sorted_P, block_expert_B, tile_block_B = align_by_expert(ids_S, E, BM, tile_blocks=True)
+    sorted_P, block_expert_B = align_by_expert(ids_S, E, BM)
     assert sorted_P.numel() == max_blocks(S, E, BM) * BM
-    row, blocks, tile_blocks = 0, [], []
+    row, blocks = 0, []
     for e in range(E):
         pairs = (ids_S == e).nonzero().flatten().tolist()
         n = -(-len(pairs) // BM) * BM
         group = sorted_P[row:row + n].tolist()
         assert sorted(group[:len(pairs)]) == pairs, f"expert {e}"
         assert group[len(pairs):] == [S] * (n - len(pairs)), f"padding of expert {e}"
-        taken = n // BM >= 2 and 0 < len(pairs) % BM <= BM // 2
-        tile_blocks += list(range(len(blocks), len(blocks) + n // BM - taken))
         blocks += [e] * (n // BM)
         row += n
     assert block_expert_B[:len(blocks)].tolist() == blocks
     assert (block_expert_B[len(blocks):] == -1).all()
-    assert len(tile_blocks) < len(blocks), "some expert's last block is taken on (expert 3's 4 rows past 16)"
-    assert tile_block_B[:len(tile_blocks)].tolist() == tile_blocks
-    assert (tile_block_B[len(tile_blocks):] == -1).all()
 
 
 def test_unsupported_gate_is_refused_by_name():

@@ -57,9 +57,6 @@ def test_ws_applies_to_a_contiguous_concatenated_bf16_layout():
     (dict(ws={**WS, "up": {**WS["up"], "STAGES": 5}}), "shared memory"),
     (dict(ws={**WS, "down": {**WS["down"], "STAGES": 6, "PINGPONG": 1, "num_warps": 4}}), "shared memory"),
     (dict(ws={**WS, "down": {**WS["down"], "PINGPONG": 1}}), "one warp group"),
-    (dict(ws={**WS, "BLOCK_M": 64, "up": {**WS["up"], "num_warps": 4, "EXT_TAIL": 1},
-              "down": {**WS["down"], "num_warps": 4}}), "EXT_TAIL needs BLOCK_M >= 128"),
-    (dict(ws={**WS, "up": {**WS["up"], "EXT_TAIL": 1}}), "shared memory"),  # 4 stages of 192 rows and 256 columns
     (dict(ws={**WS, "BLOCK_M": 64, "HALF_TAIL": 1, "up": {**WS["up"], "num_warps": 4},
               "down": {**WS["down"], "num_warps": 4}}), "HALF_TAIL needs BLOCK_M >= 128"),
     (dict(up_strides=(2 * I * H + 8, H, 1)), "contiguous"),
@@ -89,16 +86,9 @@ SMALL_PINGPONG = {"BLOCK_M": 64, "up": dict(BLOCK_N=32, BLOCK_K=16, STAGES=3, nu
                   "down": dict(BLOCK_N=32, BLOCK_K=16, STAGES=2, num_warps=4, GROUP_M=2, PINGPONG=1)}
 HALF_TAIL = {**WS, "HALF_TAIL": 1}  # half-height last blocks: the cooperative warp groups split the columns
 HALF_TAIL_PINGPONG = {**PINGPONG, "HALF_TAIL": 1}
-EXT_TAIL = {**WS, "up": {**WS["up"], "STAGES": 3, "EXT_TAIL": 1},  # last blocks of <= 64 rows taken on by the
-            "down": {**WS["down"], "EXT_TAIL": 1}}  # block before: 192-row stages, so fewer of them
-EXT_TAIL_PINGPONG = {**HALF_TAIL_PINGPONG, "up": {**PINGPONG["up"], "STAGES": 4, "EXT_TAIL": 1},
-                     "down": {**PINGPONG["down"], "STAGES": 4, "EXT_TAIL": 1}}
-EXT_UP_ONLY = {**HALF_TAIL, "up": EXT_TAIL["up"]}  # each GEMM decides alone: the rows are the same either way
 SIZES = {"h100_tile": (WS, 256, 128), "small_tile": (SMALL_WS, 64, 48), "pingpong": (PINGPONG, 256, 128),
          "small_pingpong": (SMALL_PINGPONG, 64, 48), "half_tail": (HALF_TAIL, 256, 128),
-         "half_tail_pingpong": (HALF_TAIL_PINGPONG, 256, 128), "ext_tail": (EXT_TAIL, 256, 128),
-         "ext_tail_pingpong": (EXT_TAIL_PINGPONG, 256, 128),
-         "ext_up_only": (EXT_UP_ONLY, 256, 128)}  # the config, and H, I it applies to
+         "half_tail_pingpong": (HALF_TAIL_PINGPONG, 256, 128)}  # the config, and H, I it applies to
 
 
 @gpu
@@ -148,9 +138,8 @@ def test_every_layout_runs_or_is_refused_by_name(layout, seed):
 
 
 @gpu
-@pytest.mark.parametrize("ws", [WS, PINGPONG, HALF_TAIL, HALF_TAIL_PINGPONG, EXT_TAIL, EXT_TAIL_PINGPONG],
-                         ids=["cooperative", "pingpong", "half_tail", "half_tail_pingpong", "ext_tail",
-                              "ext_tail_pingpong"])
+@pytest.mark.parametrize("ws", [WS, PINGPONG, HALF_TAIL, HALF_TAIL_PINGPONG],
+                         ids=["cooperative", "pingpong", "half_tail", "half_tail_pingpong"])
 @pytest.mark.parametrize("T", [300, 4096])
 def test_same_bits_every_call_and_under_a_cuda_graph(T, ws, seed):
     """Pairs change places inside their expert's group call to call; every row is computed on its own and
@@ -178,25 +167,21 @@ def test_same_bits_every_call_and_under_a_cuda_graph(T, ws, seed):
 
 
 @gpu
-@pytest.mark.parametrize("ws", [HALF_TAIL, HALF_TAIL_PINGPONG, EXT_TAIL, EXT_TAIL_PINGPONG, EXT_UP_ONLY],
-                         ids=["half_tail", "half_tail_pingpong", "ext_tail", "ext_tail_pingpong", "ext_up_only"])
-@pytest.mark.parametrize("rows", [64, 129, 192, 193, 257])
-def test_last_blocks_change_no_bit(ws, rows, seed):
-    """Every expert gets `rows` pairs. Its last block runs half height where it has at most 64 rows (HALF_TAIL),
-    or (EXT_TAIL) is taken on by the block before where there is one (129, 192, 257), and runs whole past
-    64 rows (193); either way each row's sums are those of the whole-height tiles, bit for bit."""
-    c = Case(E=8, H=256, I=128, K=2, T=8 * rows // 2)
+@pytest.mark.parametrize("ws", [HALF_TAIL, HALF_TAIL_PINGPONG], ids=["cooperative", "pingpong"])
+@pytest.mark.parametrize("last_rows", [1, 64, 65])
+def test_half_height_last_blocks_change_no_bit(ws, last_rows, seed):
+    """Every expert gets 128 + last_rows pairs: its last block runs half height where last_rows <= 64, whole
+    past that; either way each row's sums are those of the whole-height tiles, bit for bit."""
+    c = Case(E=8, H=256, I=128, K=2, T=8 * (128 + last_rows) // 2)
     experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, "cuda", seed)
     T, K, E_, H_ = c.T, c.K, c.E, c.H
     gen = torch.Generator().manual_seed(seed)
     x_TH = torch.randn(T, H_, generator=gen).to("cuda", torch.bfloat16)
-    ids_TK = (torch.arange(T * K) % E_).view(T, K).cuda()  # distinct experts per token, `rows` each
+    ids_TK = (torch.arange(T * K) % E_).view(T, K).cuda()  # distinct experts per token, 128 + last_rows each
     w_TK = torch.rand(T, K, generator=gen).to("cuda", torch.bfloat16)
-    assert torch.equal(torch.bincount(ids_TK.flatten(), minlength=E_).cpu(), torch.full((E_,), rows))
-    tails_TH, plan = run(experts, x_TH, ids_TK, w_TK, ws)
-    assert plan.ws
-    whole = {k: v for k, v in ws.items() if k != "HALF_TAIL"}
-    whole.update({g: {k: v for k, v in ws[g].items() if k != "EXT_TAIL"} for g in ("up", "down")})
-    whole_TH, _ = run(experts, x_TH, ids_TK, w_TK, whole)
-    assert torch.equal(tails_TH, whole_TH)
-    assert relative_error(tails_TH, reference_experts(experts, x_TH, ids_TK, w_TK)) <= TOL[torch.bfloat16]
+    assert torch.equal(torch.bincount(ids_TK.flatten(), minlength=E_).cpu(), torch.full((E_,), 128 + last_rows))
+    half_TH, plan = run(experts, x_TH, ids_TK, w_TK, ws)
+    assert plan.ws and plan.half_tail
+    whole_TH, _ = run(experts, x_TH, ids_TK, w_TK, {k: v for k, v in ws.items() if k != "HALF_TAIL"})
+    assert torch.equal(half_TH, whole_TH)
+    assert relative_error(half_TH, reference_experts(experts, x_TH, ids_TK, w_TK)) <= TOL[torch.bfloat16]

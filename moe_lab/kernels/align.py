@@ -82,26 +82,6 @@ def _label_blocks(block_expert_ptr, starts, padded, b_start, b_stop, BLOCK_M: tl
 
 
 @triton.jit
-def _label_tile_blocks(tile_block_ptr, counts, padded, b_start, b_stop, BLOCK_M: tl.constexpr,
-                       LABEL_BLOCKS: tl.constexpr):
-    """tile_block[j] for j in [b_start, b_stop): the row block where the j-th tile block starts, -1 past the end.
-    Tile blocks are the row blocks less every expert's last one that has at most BLOCK_M // 2 rows while the
-    expert has a block before it: that block takes it on (EXT_TAIL in `ws_grouped`). Listed without gaps, so
-    that a persistent GEMM's programs share the tiles evenly."""
-    blocks = padded // BLOCK_M
-    rem = counts % BLOCK_M
-    taken = ((blocks >= 2) & (rem > 0) & (rem <= BLOCK_M // 2)).to(tl.int32)
-    tiles = blocks - taken
-    tile_ends = tl.cumsum(tiles, axis=0)
-    total = tl.sum(tiles, axis=0)
-    for j0 in range(b_start, b_stop, LABEL_BLOCKS):
-        j = j0 + tl.arange(0, LABEL_BLOCKS)
-        before = tile_ends[None, :] <= j[:, None]  # experts whose tile blocks all come before j
-        shift = tl.sum(tl.where(before, taken[None, :], 0), axis=1)  # blocks taken on before j's expert
-        tl.store(tile_block_ptr + j, tl.where(j < total, j + shift, -1), mask=j < b_stop)
-
-
-@triton.jit
 def _pad_groups(sorted_ptr, starts, counts, padded, S, BLOCK_M: tl.constexpr):
     """The sentinel S in every padding row: [start + count, start + padded) of each expert."""
     j = tl.arange(0, BLOCK_M)[None, :]
@@ -110,10 +90,9 @@ def _pad_groups(sorted_ptr, starts, counts, padded, S, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _align_single_kernel(ids_ptr, sorted_ptr, block_expert_ptr, cursor_ptr, tile_block_ptr, S, E, max_blocks,
+def _align_single_kernel(ids_ptr, sorted_ptr, block_expert_ptr, cursor_ptr, S, E, max_blocks,
                          E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
-                         LABEL_BLOCKS: tl.constexpr, TILE_BLOCKS: tl.constexpr = False, PDL: tl.constexpr = False):
-    """TILE_BLOCKS: also the tile blocks (`_label_tile_blocks`) at tile_block_ptr."""
+                         LABEL_BLOCKS: tl.constexpr, PDL: tl.constexpr = False):
     pdl_enter(PDL)
     counts = _count_range(ids_ptr, 0, S, E, E_PAD, CHUNK)
     padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
@@ -121,8 +100,6 @@ def _align_single_kernel(ids_ptr, sorted_ptr, block_expert_ptr, cursor_ptr, tile
     _scatter_range(ids_ptr, sorted_ptr, cursor_ptr, starts, 0, S, E, E_PAD, CHUNK)
     _pad_groups(sorted_ptr, starts, counts, padded, S, BLOCK_M)
     _label_blocks(block_expert_ptr, starts, padded, 0, max_blocks, BLOCK_M, LABEL_BLOCKS)
-    if TILE_BLOCKS:
-        _label_tile_blocks(tile_block_ptr, counts, padded, 0, max_blocks, BLOCK_M, LABEL_BLOCKS)
 
 
 @triton.jit
@@ -135,12 +112,10 @@ def _align_count_kernel(ids_ptr, partial_ptr, S, E, E_PAD: tl.constexpr, CHUNK: 
 
 
 @triton.jit
-def _align_scatter_kernel(ids_ptr, partial_ptr, sorted_ptr, block_expert_ptr, tile_block_ptr, S, E, G, max_blocks,
-                          blocks_per_prog, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
-                          SCAN_ROWS: tl.constexpr, LABEL_BLOCKS: tl.constexpr, TILE_BLOCKS: tl.constexpr = False,
-                          PDL: tl.constexpr = False):
-    """partial (2G, E_PAD): rows [0, G) the per-chunk counts, rows [G, 2G) each program's cursors. TILE_BLOCKS:
-    also the tile blocks (`_label_tile_blocks`) at tile_block_ptr."""
+def _align_scatter_kernel(ids_ptr, partial_ptr, sorted_ptr, block_expert_ptr, S, E, G, max_blocks, blocks_per_prog,
+                          E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, SCAN_ROWS: tl.constexpr,
+                          LABEL_BLOCKS: tl.constexpr, PDL: tl.constexpr = False):
+    """partial (2G, E_PAD): rows [0, G) the per-chunk counts, rows [G, 2G) each program's cursors."""
     pdl_enter(PDL)
     g = tl.program_id(0)
     cols = tl.arange(0, E_PAD)
@@ -158,10 +133,8 @@ def _align_scatter_kernel(ids_ptr, partial_ptr, sorted_ptr, block_expert_ptr, ti
     if g == 0:
         _pad_groups(sorted_ptr, starts, counts, padded, S, BLOCK_M)
     b_start = g * blocks_per_prog
-    b_stop = tl.minimum(b_start + blocks_per_prog, max_blocks)
-    _label_blocks(block_expert_ptr, starts, padded, b_start, b_stop, BLOCK_M, LABEL_BLOCKS)
-    if TILE_BLOCKS:
-        _label_tile_blocks(tile_block_ptr, counts, padded, b_start, b_stop, BLOCK_M, LABEL_BLOCKS)
+    _label_blocks(block_expert_ptr, starts, padded, b_start, tl.minimum(b_start + blocks_per_prog, max_blocks),
+                  BLOCK_M, LABEL_BLOCKS)
 
 
 @triton.jit
@@ -196,10 +169,8 @@ def e_pad(num_experts: int) -> int:
     return max(16, triton.next_power_of_2(num_experts))
 
 
-def align_by_expert(topk_ids_S: torch.Tensor, num_experts: int, block_m: int,
-                    tile_blocks: bool = False) -> tuple[torch.Tensor, ...]:
-    """(sorted_ids_P, block_expert_B) for the flattened expert ids of S pairs; see the module doc. With
-    tile_blocks, a third tensor: the row block of each tile block (`_label_tile_blocks`), -1 past the end."""
+def align_by_expert(topk_ids_S: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted_ids_P, block_expert_B) for the flattened expert ids of S pairs; see the module doc."""
     S = topk_ids_S.numel()
     E = num_experts
     EP = e_pad(E)
@@ -207,17 +178,15 @@ def align_by_expert(topk_ids_S: torch.Tensor, num_experts: int, block_m: int,
     dev = topk_ids_S.device
     sorted_P = torch.empty(B * block_m, dtype=torch.int32, device=dev)
     block_expert_B = torch.empty(B, dtype=torch.int32, device=dev)
-    tile_block_B = torch.empty(B, dtype=torch.int32, device=dev) if tile_blocks else block_expert_B
-    labels = dict(LABEL_BLOCKS=LABEL_BLOCKS, TILE_BLOCKS=tile_blocks)
     if S <= SINGLE_MAX_PAIRS:
         cursor = torch.empty(EP, dtype=torch.int32, device=dev)
-        _align_single_kernel[(1,)](topk_ids_S, sorted_P, block_expert_B, cursor, tile_block_B, S, E, B, E_PAD=EP,
-                                   BLOCK_M=block_m, CHUNK=CHUNK, num_warps=4, **labels)
-    else:
-        G = triton.cdiv(S, CHUNK)
-        partial = torch.empty(2 * G, EP, dtype=torch.int32, device=dev)
-        _align_count_kernel[(G,)](topk_ids_S, partial, S, E, E_PAD=EP, CHUNK=CHUNK, num_warps=4)
-        _align_scatter_kernel[(G,)](topk_ids_S, partial, sorted_P, block_expert_B, tile_block_B, S, E, G, B,
-                                    triton.cdiv(B, G), E_PAD=EP, BLOCK_M=block_m, CHUNK=CHUNK, SCAN_ROWS=SCAN_ROWS,
-                                    num_warps=4, **labels)
-    return (sorted_P, block_expert_B, tile_block_B) if tile_blocks else (sorted_P, block_expert_B)
+        _align_single_kernel[(1,)](topk_ids_S, sorted_P, block_expert_B, cursor, S, E, B, E_PAD=EP,
+                                   BLOCK_M=block_m, CHUNK=CHUNK, LABEL_BLOCKS=LABEL_BLOCKS, num_warps=4)
+        return sorted_P, block_expert_B
+    G = triton.cdiv(S, CHUNK)
+    partial = torch.empty(2 * G, EP, dtype=torch.int32, device=dev)
+    _align_count_kernel[(G,)](topk_ids_S, partial, S, E, E_PAD=EP, CHUNK=CHUNK, num_warps=4)
+    _align_scatter_kernel[(G,)](topk_ids_S, partial, sorted_P, block_expert_B, S, E, G, B, triton.cdiv(B, G),
+                                E_PAD=EP, BLOCK_M=block_m, CHUNK=CHUNK, SCAN_ROWS=SCAN_ROWS,
+                                LABEL_BLOCKS=LABEL_BLOCKS, num_warps=4)
+    return sorted_P, block_expert_B

@@ -213,26 +213,24 @@ class Plan:
         if reduce and K > 1:
             self.sum = self._sum_launch(indirect=False)
 
-    def _init_align(self, bm: int, tile_blocks: bool = False) -> int:
+    def _init_align(self, bm: int) -> int:
         """The alignment launches for row blocks of bm: one program up to SINGLE_MAX_PAIRS pairs, else two
-        kernels over chunks; tile_blocks: they also list the tile blocks (`align._label_tile_blocks`, for
-        EXT_TAIL). Returns B, the blocks' upper bound."""
+        kernels over chunks. Returns B, the blocks' upper bound."""
         S, E, pdl = self.S, self.E, self.pdl
         self.bm = bm
         self.B = B = max_blocks(S, E, bm)
         self.e_pad = ep = e_pad(E)
         self.single = S <= SINGLE_MAX_PAIRS
-        self.tile_blocks = tile_blocks
         once = _opts({"num_warps": 4, "num_stages": 1}, pdl)
-        labels = dict(LABEL_BLOCKS=LABEL_BLOCKS, TILE_BLOCKS=tile_blocks, PDL=pdl)
         if self.single:
-            self.align = [_Launch(_align_single_kernel, (1,), dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, **labels), once)]
+            self.align = [_Launch(_align_single_kernel, (1,),
+                                  dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, LABEL_BLOCKS=LABEL_BLOCKS, PDL=pdl), once)]
         else:
             self.G = G = triton.cdiv(S, CHUNK)
             self.align = [
                 _Launch(_align_count_kernel, (G,), dict(E_PAD=ep, CHUNK=CHUNK, PDL=pdl), once),
                 _Launch(_align_scatter_kernel, (G,), dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, SCAN_ROWS=SCAN_ROWS,
-                                                          **labels), once),
+                                                          LABEL_BLOCKS=LABEL_BLOCKS, PDL=pdl), once),
             ]
         return B
 
@@ -250,8 +248,8 @@ class Plan:
         from moe_lab.kernels.ws_grouped import _ws_grouped_kernel
 
         E, H, I = self.E, self.H, self.I
+        B = self._init_align(ws["BLOCK_M"])
         up, down = ws["up"], ws["down"]
-        B = self._init_align(ws["BLOCK_M"], tile_blocks=any(cfg.get("EXT_TAIL", 0) for cfg in (up, down)))
         N = 2 * I if spec.gate_mode else I
         self.up_tma = _tma_view(up_strides, E, N, H, up["BLOCK_N"], up["BLOCK_K"], "gate/up")
         self.down_tma = _tma_view(down_strides, E, H, I, down["BLOCK_N"], down["BLOCK_K"], "down")
@@ -266,8 +264,7 @@ class Plan:
             launches.append(_Launch(_ws_grouped_kernel, (min(sms, tiles),),  # num_warps: a Gluon kernel parameter
                                     dict(consts, W_T=view[1], GROUP_M=cfg["GROUP_M"], STAGES=cfg["STAGES"],
                                          PINGPONG=bool(cfg.get("PINGPONG", 0)), BLOCK_M=self.bm,
-                                         HALF_TAIL=self.half_tail, EXT_TAIL=bool(cfg.get("EXT_TAIL", 0)),
-                                         num_warps=cfg["num_warps"]), {}))
+                                         HALF_TAIL=self.half_tail, num_warps=cfg["num_warps"]), {}))
         self.up, self.down = launches
         self.up_scalars = (B, H, N, I, self.S, self.K, self.x_strides[0], spec.limit, spec.alpha)
         self.down_scalars = (B, I, H, 0, self.S, self.K, 0, spec.limit, spec.alpha)
@@ -289,9 +286,9 @@ class Plan:
             self.down(stream, a_SI, ids_S, rw_S, w_down, b_down, out, *self.down_scalars)
             return out
         B, bm = self.B, self.bm
-        sorted_P, block_expert_B, tile_block_B = self._align(stream, ids_S)
+        sorted_P, block_expert_B = self._align(stream, ids_S)
         if self.ws:
-            return self._call_ws(stream, x_TH, sorted_P, block_expert_B, tile_block_B, rw_S, w_up, w_down)
+            return self._call_ws(stream, x_TH, sorted_P, block_expert_B, rw_S, w_up, w_down)
         x_arg = x_half = x_TH
         if self.a_tma_up:  # the tokens gathered once into the aligned order, then loaded as plain row blocks
             xs_PH = torch.empty(B * bm, H, dtype=self.dtype, device=dev)
@@ -315,24 +312,22 @@ class Plan:
         self.sum(stream, y_SH, out_TH, y_SH, self.T, H)
         return out_TH
 
-    def _align(self, stream: int, ids_S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(sorted_P, block_expert_B, tile_block_B): the pairs in the expert-aligned order, each row block's
-        expert, and (with tile blocks, else block_expert_B again, unused) the row block of each tile block."""
+    def _align(self, stream: int, ids_S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sorted_P, block_expert_B): the pairs in the expert-aligned order, each row block's expert."""
         dev, S, B = ids_S.device, self.S, self.B
         sorted_P = torch.empty(B * self.bm, dtype=torch.int32, device=dev)
         block_expert_B = torch.empty(B, dtype=torch.int32, device=dev)
-        tile_block_B = torch.empty(B, dtype=torch.int32, device=dev) if self.tile_blocks else block_expert_B
         if self.single:
             cursor = torch.empty(self.e_pad, dtype=torch.int32, device=dev)
-            self.align[0](stream, ids_S, sorted_P, block_expert_B, cursor, tile_block_B, S, self.E, B)
+            self.align[0](stream, ids_S, sorted_P, block_expert_B, cursor, S, self.E, B)
         else:
             partial = torch.empty(2 * self.G, self.e_pad, dtype=torch.int32, device=dev)
             self.align[0](stream, ids_S, partial, S, self.E)
-            self.align[1](stream, ids_S, partial, sorted_P, block_expert_B, tile_block_B, S, self.E, self.G, B,
+            self.align[1](stream, ids_S, partial, sorted_P, block_expert_B, S, self.E, self.G, B,
                           triton.cdiv(B, self.G))
-        return sorted_P, block_expert_B, tile_block_B
+        return sorted_P, block_expert_B
 
-    def _call_ws(self, stream, x_TH, sorted_P, block_expert_B, tile_block_B, rw_S, w_up, w_down) -> torch.Tensor:
+    def _call_ws(self, stream, x_TH, sorted_P, block_expert_B, rw_S, w_up, w_down) -> torch.Tensor:
         """The warp-specialized path after the alignment: gate/up (gathering the token rows, recording each
         pair's row) into the aligned (P, I), down into the aligned (P, H) with the routing weights, the top-k
         sum through the pairs' rows."""
@@ -347,18 +342,16 @@ class Plan:
         a_PI = torch.empty(P, I, dtype=self.dtype, device=dev)
         y_PH = torch.empty(P, H, dtype=self.dtype, device=dev)
 
-        def rows(t_RC, cols: int, cfg: dict):  # TMA boxes of a row block (or of half of one: half-height tiles, or
-            # the half a tile takes on) and `cols` columns of a row-major activation
-            box_rows = self.bm // 2 if self.half_tail or cfg.get("EXT_TAIL", 0) else self.bm
+        box_rows = self.bm // 2 if self.half_tail else self.bm
+
+        def rows(t_RC, cols: int):  # TMA boxes of a row block (or half) and `cols` columns of a row-major activation
             return TensorDescriptor(t_RC, list(t_RC.shape), [t_RC.stride(0), 1], [box_rows, cols],
                                     self._layout([box_rows, cols]))
 
-        self.up(stream, rows(x_TH, up["BLOCK_K"], up), self._ws_descriptor("up", w_up, self.up_tma),
-                rows(a_PI, up["BLOCK_N"], up), block_expert_B, tile_block_B, sorted_P, rw_S, x_TH, pair_row_S,
-                *self.up_scalars)
-        self.down(stream, rows(a_PI, down["BLOCK_K"], down), self._ws_descriptor("down", w_down, self.down_tma),
-                  rows(y_PH, down["BLOCK_N"], down), block_expert_B, tile_block_B, sorted_P, rw_S, a_PI, pair_row_S,
-                  *self.down_scalars)
+        self.up(stream, rows(x_TH, up["BLOCK_K"]), self._ws_descriptor("up", w_up, self.up_tma),
+                rows(a_PI, up["BLOCK_N"]), block_expert_B, sorted_P, rw_S, x_TH, pair_row_S, *self.up_scalars)
+        self.down(stream, rows(a_PI, down["BLOCK_K"]), self._ws_descriptor("down", w_down, self.down_tma),
+                  rows(y_PH, down["BLOCK_N"]), block_expert_B, sorted_P, rw_S, a_PI, pair_row_S, *self.down_scalars)
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
         self.sum(stream, y_PH, out_TH, pair_row_S, self.T, H)
         return out_TH
@@ -419,8 +412,7 @@ def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias:
                up_strides: tuple, down_strides: tuple, x_strides: tuple, E: int, H: int, I: int) -> str | None:
     """Why a config's `"ws"` entry cannot run this call, or None. Its keys: BLOCK_M, optional HALF_TAIL
     (half-height last blocks), and per GEMM ("up", "down") BLOCK_N, BLOCK_K, STAGES, num_warps (per
-    consumer), GROUP_M, optional PINGPONG (two consumers), optional EXT_TAIL (an expert's last block of at most
-    BLOCK_M / 2 rows taken on by the block before it)."""
+    consumer), GROUP_M, optional PINGPONG (two consumers)."""
     if not sms:
         return "they need compiled kernels on an sm90 GPU"
     if dtype not in (torch.bfloat16, torch.float16):
@@ -442,11 +434,7 @@ def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias:
         consumers = 2 if cfg.get("PINGPONG", 0) else 1
         if consumers == 2 and cfg["num_warps"] != 4:
             return f"{name}: PINGPONG takes consumers of one warp group (num_warps 4), not {cfg['num_warps']}"
-        if cfg.get("EXT_TAIL", 0) and bm < 128:
-            return f"{name}: EXT_TAIL needs BLOCK_M >= 128 (the rows taken on, a warp group's 64), not {bm}"
-        x_rows = bm + bm // 2 if cfg.get("EXT_TAIL", 0) else bm  # a stage's rows
-        bn = cfg["BLOCK_N"]
-        smem = size * (cfg["STAGES"] * cfg["BLOCK_K"] * (x_rows + nw * bn) + consumers * bm * bn)
+        smem = size * (cfg["STAGES"] * cfg["BLOCK_K"] * (bm + nw * cfg["BLOCK_N"]) + consumers * bm * cfg["BLOCK_N"])
         if smem > WS_SMEM_BYTES:
             return f"{name}: its buffers take {smem} bytes of shared memory, more than {WS_SMEM_BYTES}"
         try:

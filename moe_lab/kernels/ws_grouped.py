@@ -44,105 +44,69 @@ _half_full = gluon.jit(fused_moe._half_full.fn)
 GATHER_WARPS = gl.constexpr(4)  # producer warps: cp.async row gathers are issued per thread
 LOADER_REGS = gl.constexpr(80)  # registers per producer thread (setmaxnreg); the consumers get the rest
 PINGPONG_REGS = gl.constexpr(216)  # registers per thread of the second consumer (PINGPONG; setmaxnreg)
-# with EXT_TAIL the consumers hold a second accumulator (64 rows): the producer gives up registers it does not
-# need so that no consumer spills (checked with ptxas for the tiles of `search.WS_SPACE`)
-LOADER_REGS_EXT = gl.constexpr(56)
-PINGPONG_REGS_EXT = gl.constexpr(224)
 
 
 @gluon.jit
-def _tile(tile, num_blocks, tiles_n, block_expert_ptr, tile_block_ptr, sorted_ptr, S, GROUP_M: gl.constexpr,
-          BM: gl.constexpr, HALF_TAIL: gl.constexpr, EXT_TAIL: gl.constexpr):
-    """A tile's row block, column tile, expert, and the rows it covers: 0 (no tile: past the last expert's
-    blocks), BM // 2 (HALF_TAIL: a half-height tile), BM, or with EXT_TAIL BM + BM // 2 (the block and the top
-    half of the next, its expert's last, as one tile: the weight tiles loaded once for both). With EXT_TAIL the
-    tiles run over the tile blocks (`align._label_tile_blocks`: the row blocks less those the block before takes
-    on, without gaps, so that every program gets its share of real tiles)."""
+def _tile(tile, num_blocks, tiles_n, block_expert_ptr, GROUP_M: gl.constexpr):
+    """A tile's row block, column tile and expert (-1: a block past the last expert's)."""
     pid_m, pid_n = _tile_ids(tile, num_blocks, tiles_n, GROUP_M)
-    if EXT_TAIL:
-        pid_m = gl.load(tile_block_ptr + pid_m)  # -1 past the end
-    expert = gl.where(pid_m >= 0, gl.load(block_expert_ptr + gl.maximum(pid_m, 0)), -1)
-    pid_m = gl.maximum(pid_m, 0)
-    rows = gl.where(expert >= 0, BM, 0)
-    if HALF_TAIL or EXT_TAIL:
-        if HALF_TAIL:
-            rows = gl.where(_half_full(sorted_ptr, pid_m * BM, S, BM) & (expert >= 0), BM // 2, rows)
-        if EXT_TAIL:
-            nxt = gl.minimum(pid_m + 1, num_blocks - 1)
-            next_taken = (pid_m + 1 < num_blocks) & (gl.load(block_expert_ptr + nxt) == expert) & _half_full(
-                sorted_ptr, nxt * BM, S, BM)
-            rows = gl.where(next_taken & (expert >= 0), BM + BM // 2, rows)
-    return pid_m, pid_n, expert, rows
+    return pid_m, pid_n, gl.load(block_expert_ptr + pid_m)
 
 
 @gluon.jit
 def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr, GROUP_M: gl.constexpr,
-                    BM: gl.constexpr, HALF_TAIL: gl.constexpr, EXT_TAIL: gl.constexpr):
-    """Producer: each real tile's K steps, its rows (`_tile`) and one (or, gated, a gate and an up) weight tile
-    per stage, issued as soon as the consumers hand the stage back. The weight is the (E * n_rows, K) view of
+                    HALF_TAIL: gl.constexpr):
+    """Producer: each real tile's K steps, a row block and one (or, gated, a gate and an up) weight tile per
+    stage, issued as soon as the consumers hand the stage back. The weight is the (E * n_rows, K) view of
     its storage (W_T: the (E * K, n_rows) view of its transposed storage); up rows start at `up_row`.
-    Rows come by TMA from the aligned (P, K) x, in boxes of XB rows (as many as the tile covers), or (GATHER)
-    by cp.async straight from the tokens' rows, pair s's token s // TOPK, padding rows zero; then the row
-    block's first column tile also writes pair_row[s] = its row, for the top-k sum."""
-    (x_desc, w_desc, x_bufs, x_ext, w_bufs, ready, x_ready, empty, block_expert_ptr, tile_block_ptr, num_blocks,
-     tiles_n, K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt) = load_in
+    Rows come by TMA from the aligned (P, K) x, in boxes of XB rows (the top one only for a half-height
+    tile), or (GATHER) by cp.async straight from the tokens' rows, pair s's token s // TOPK, padding rows
+    zero; then the row block's first column tile also writes pair_row[s] = its row, for the top-k sum."""
+    (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, num_blocks, tiles_n, K, n_rows, up_row,
+     x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt) = load_in
     STAGES: gl.constexpr = x_bufs.type.shape[0]
+    BM: gl.constexpr = x_bufs.type.shape[1]
     BK: gl.constexpr = x_bufs.type.shape[2]
     XB: gl.constexpr = x_desc.block_type.shape[0]
     NW: gl.constexpr = 2 if GATED else 1
     BN: gl.constexpr = w_bufs.type.shape[2] if W_T else w_bufs.type.shape[1]
-    EXT: gl.constexpr = BM // 2  # the rows a tile takes on from the next block (EXT_TAIL)
     w_bytes: gl.constexpr = NW * w_desc.block_type.nbytes
-    x_bytes: gl.constexpr = x_desc.block_type.nbytes
     TPW_K: gl.constexpr = min(BK // 8, 8)  # threads along a row, 8 values (16 bytes) each
     rows_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TPW_K, TPW_K], [GATHER_WARPS, 1], [1, 0])
     rows_M = gl.arange(0, BM, layout=gl.SliceLayout(1, rows_layout))
-    rows_E = gl.arange(0, EXT, layout=gl.SliceLayout(1, rows_layout))
     cols_K = gl.arange(0, BK, layout=gl.SliceLayout(0, rows_layout))
     step = 0
     for tile in range(gl.program_id(0), num_blocks * tiles_n, gl.num_programs(0)):
-        pid_m, pid_n, expert, rows = _tile(tile, num_blocks, tiles_n, block_expert_ptr, tile_block_ptr, sorted_ptr, S,
-                                           GROUP_M, BM, HALF_TAIL, EXT_TAIL)
-        if rows > 0:
+        pid_m, pid_n, expert = _tile(tile, num_blocks, tiles_n, block_expert_ptr, GROUP_M)
+        if expert >= 0:
+            x_boxes = BM // XB
+            if HALF_TAIL and not GATHER:
+                x_boxes = gl.where(_half_full(sorted_ptr, pid_m * BM, S, BM), 1, BM // XB)
             if GATHER:
                 pair = gl.load(sorted_ptr + pid_m * BM + rows_M)
                 real = pair < S
                 if pid_n == 0:
                     gl.store(pair_row_ptr + pair, pid_m * BM + rows_M, mask=real)
                 x_ptrs = x_ptr + gl.where(real, pair // TOPK, 0).to(gl.int64)[:, None] * stride_xt + cols_K[None, :]
-                if EXT_TAIL:  # the next block's top rows, where this tile takes them on
-                    ext = rows_E < gl.where(rows > BM, EXT, 0)
-                    pair_e = gl.load(sorted_ptr + pid_m * BM + BM + rows_E, mask=ext, other=S)
-                    real_e = pair_e < S
-                    if pid_n == 0:
-                        gl.store(pair_row_ptr + pair_e, pid_m * BM + BM + rows_E, mask=real_e)
-                    x_ptrs_e = x_ptr + gl.where(real_e, pair_e // TOPK, 0).to(gl.int64)[:, None] * stride_xt + \
-                        cols_K[None, :]
             for k in range(0, K, BK):
                 s = step % STAGES
                 mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1
                 bar = ready.index(s)
                 if GATHER:
                     async_copy.async_copy_global_to_shared(x_bufs.index(s), x_ptrs + k, mask=real[:, None])
-                    if EXT_TAIL and rows > BM:
-                        async_copy.async_copy_global_to_shared(x_ext.index(s), x_ptrs_e + k, mask=real_e[:, None])
                     async_copy.mbarrier_arrive(x_ready.index(s), increment_count=False)
                     mbarrier.expect(bar, w_bytes)
                 else:
-                    MOST: gl.constexpr = (BM + EXT if EXT_TAIL else BM) // XB  # boxes of a tile's rows, at most
-                    for n in gl.static_range(1, MOST + 1):  # the bytes this tile's boxes bring
-                        mbarrier.expect(bar, n * x_bytes + w_bytes, pred=rows == n * XB)
+                    mbarrier.expect(bar, BM // XB * x_desc.block_type.nbytes + w_bytes, pred=x_boxes == BM // XB)
+                    if HALF_TAIL:  # a half-height tile: its top box only
+                        mbarrier.expect(bar, x_desc.block_type.nbytes + w_bytes, pred=x_boxes == 1)
                     for b in gl.static_range(BM // XB):
                         tma.async_copy_global_to_shared(x_desc, [pid_m * BM + b * XB, k], bar,
-                                                        x_bufs.index(s).slice(b * XB, XB), pred=b * XB < rows)
-                    if EXT_TAIL:  # XB = EXT
-                        tma.async_copy_global_to_shared(x_desc, [pid_m * BM + BM, k], bar, x_ext.index(s),
-                                                        pred=rows > BM)
+                                                        x_bufs.index(s).slice(b * XB, XB), pred=b < x_boxes)
                 for j in gl.static_range(NW):
                     col = pid_n * BN + j * up_row
                     if W_T:
-                        tma.async_copy_global_to_shared(w_desc, [expert * K + k, col], bar,
-                                                        w_bufs.index(s * NW + j))
+                        tma.async_copy_global_to_shared(w_desc, [expert * K + k, col], bar, w_bufs.index(s * NW + j))
                     else:
                         tma.async_copy_global_to_shared(w_desc, [expert * n_rows + col, k], bar,
                                                         w_bufs.index(s * NW + j))
@@ -160,69 +124,26 @@ def _b_operand(w_buf, W_T: gl.constexpr):
 
 
 @gluon.jit
-def _epilogue(acc_g, acc_u, acc_layout: gl.constexpr, row0, sorted_ptr, rw_ptr, S, limit, alpha, GATED: gl.constexpr,
-              ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr):
-    """A tile's rows from row0: the gating (or the activation, or nothing), then (MUL_WEIGHT) each row times its
-    pair's routing weight (padding rows: zero)."""
-    if GATED:
-        out = _gate(acc_g, acc_u, ACT, limit, alpha)
-    elif ACT >= 0:
-        out = _act(acc_g, ACT, alpha)
-    else:
-        out = acc_g
-    if MUL_WEIGHT:
-        pair = gl.load(sorted_ptr + row0 + gl.arange(0, acc_g.shape[0], layout=gl.SliceLayout(1, acc_layout)))
-        rw = gl.load(rw_ptr + pair, mask=pair < S, other=0.0).to(gl.float32)
-        out = out * rw[:, None]
-    return out
-
-
-@gluon.jit
-def _store_rows(out, c_smem, c_desc, row0, col0):
-    """Rows of a tile out through the consumer's shared buffer, by TMA in boxes of the descriptor's rows (the
-    store before it waited for first: the buffer is reused)."""
-    ROWS: gl.constexpr = out.type.shape[0]
-    CB: gl.constexpr = c_desc.block_type.shape[0]
-    c_tile = c_smem
-    if ROWS < c_smem.type.shape[0]:
-        c_tile = c_smem.slice(0, ROWS)
-    tma.store_wait(0)
-    c_tile.store(out.to(c_desc.dtype))
-    fence_async_shared()
-    for b in gl.static_range(ROWS // CB):
-        tma.async_copy_shared_to_global(c_desc, [row0 + b * CB, col0], c_tile.slice(b * CB, CB))
-
-
-@gluon.constexpr_function
-def _acc_layout(rows, cols, warps):
-    """wgmma's accumulator layout for `rows` rows: 16 rows per warp along the rows, the warps left along the
-    columns (at 8 warps a 64-row tile: the two warp groups split its columns)."""
-    wn = max(1, 16 * warps // rows)
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps // wn, wn], instr_shape=[16, cols // wn, 16])
-
-
-@gluon.jit
 def _tile_mma(tile_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
-              GATHER: gl.constexpr, ROWS: gl.constexpr, EXT: gl.constexpr, WARPS: gl.constexpr,
-              CONSUMER: gl.constexpr, CONSUMERS: gl.constexpr):
-    """One tile's top ROWS rows (BLOCK_M, or half of it for a half-height tile) and EXT more (0, or with
-    EXT_TAIL the next block's top BLOCK_M // 2, as a second accumulator on the same weight tiles): wgmma on
-    each stage as it lands, the stage before handed back once this one's are issued, the turn passed on
-    (ping-pong), then the epilogue into the consumer's shared buffer and out by TMA."""
-    (x_bufs, x_ext, w_bufs, ready, x_ready, empty, turn, c_desc, c_smem, sorted_ptr, rw_ptr, S, limit, alpha, K, step,
-     pid_m, pid_n) = tile_in
+              GATHER: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, CONSUMER: gl.constexpr,
+              CONSUMERS: gl.constexpr):
+    """One tile's top ROWS rows (BLOCK_M, or half of it for a half-height tile): wgmma on each stage as it
+    lands, the stage before handed back once this one's are issued, the turn passed on (ping-pong), then the
+    epilogue into the consumer's shared buffer and out by TMA in boxes of the descriptor's rows. At 8 warps a
+    half-height tile has 64 rows, one warp group's: the two warp groups split its columns instead."""
+    (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_smem, sorted_ptr, rw_ptr, S, limit, alpha, K, step, pid_m,
+     pid_n) = tile_in
     STAGES: gl.constexpr = x_bufs.type.shape[0]
+    BM: gl.constexpr = x_bufs.type.shape[1]
     BK: gl.constexpr = x_bufs.type.shape[2]
-    BM: gl.constexpr = c_smem.type.shape[0]
     NW: gl.constexpr = 2 if GATED else 1
     BN: gl.constexpr = c_smem.type.shape[1]
-    acc_layout: gl.constexpr = _acc_layout(ROWS, BN, WARPS)
-    ext_layout: gl.constexpr = _acc_layout(EXT if EXT > 0 else ROWS, BN, WARPS)
+    CB: gl.constexpr = c_desc.block_type.shape[0]
+    WN: gl.constexpr = max(1, 16 * WARPS // ROWS)  # warps along the columns: 16 rows per warp along the rows
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS // WN, WN],
+                                                         instr_shape=[16, BN // WN, 16])
     acc_g = gl.zeros([ROWS, BN], gl.float32, acc_layout)
     acc_u = gl.zeros([ROWS, BN], gl.float32, acc_layout)
-    if EXT > 0:
-        ext_g = gl.zeros([EXT, BN], gl.float32, ext_layout)
-        ext_u = gl.zeros([EXT, BN], gl.float32, ext_layout)
     for k in range(0, K, BK):
         s = step % STAGES
         mbarrier.wait(ready.index(s), (step // STAGES) & 1)
@@ -237,16 +158,6 @@ def _tile_mma(tile_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.co
         if GATED:
             wu = _b_operand(w_bufs.index(s * NW + 1), W_T)
             acc_u = warpgroup_mma(xa, wu, acc_u, is_async=True)
-        if EXT > 0:
-            xe = x_ext.index(s)
-            ext_g = warpgroup_mma(xe, wg, ext_g, is_async=True)
-            if GATED:
-                ext_u = warpgroup_mma(xe, wu, ext_u, is_async=True)
-                acc_g, acc_u, ext_g, ext_u, _, _, _, _ = warpgroup_mma_wait(
-                    4, deps=(acc_g, acc_u, ext_g, ext_u, xa, xe, wg, wu))
-            else:
-                acc_g, ext_g, _, _, _ = warpgroup_mma_wait(2, deps=(acc_g, ext_g, xa, xe, wg))
-        elif GATED:
             acc_g, acc_u, _, _, _ = warpgroup_mma_wait(2, deps=(acc_g, acc_u, xa, wg, wu))
         else:
             acc_g, _, _ = warpgroup_mma_wait(1, deps=(acc_g, xa, wg))
@@ -254,77 +165,79 @@ def _tile_mma(tile_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.co
         step += 1
     if CONSUMERS > 1:
         mbarrier.arrive(turn.index((CONSUMER + 1) % CONSUMERS))
-    if EXT > 0:
-        acc_g, acc_u, ext_g, ext_u = warpgroup_mma_wait(0, deps=(acc_g, acc_u, ext_g, ext_u))
-    else:
-        acc_g, acc_u = warpgroup_mma_wait(0, deps=(acc_g, acc_u))
+    acc_g, acc_u = warpgroup_mma_wait(0, deps=(acc_g, acc_u))
     mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES))
-    out = _epilogue(acc_g, acc_u, acc_layout, pid_m * BM, sorted_ptr, rw_ptr, S, limit, alpha, GATED, ACT, MUL_WEIGHT)
-    _store_rows(out, c_smem, c_desc, pid_m * BM, pid_n * BN)
-    if EXT > 0:
-        out_e = _epilogue(ext_g, ext_u, ext_layout, pid_m * BM + BM, sorted_ptr, rw_ptr, S, limit, alpha, GATED, ACT,
-                          MUL_WEIGHT)
-        _store_rows(out_e, c_smem, c_desc, pid_m * BM + BM, pid_n * BN)
+    if GATED:
+        out = _gate(acc_g, acc_u, ACT, limit, alpha)
+    elif ACT >= 0:
+        out = _act(acc_g, ACT, alpha)
+    else:
+        out = acc_g
+    if MUL_WEIGHT:
+        pair = gl.load(sorted_ptr + pid_m * BM + gl.arange(0, ROWS, layout=gl.SliceLayout(1, acc_layout)))
+        rw = gl.load(rw_ptr + pair, mask=pair < S, other=0.0).to(gl.float32)
+        out = out * rw[:, None]
+    c_tile = c_smem
+    if ROWS < BM:
+        c_tile = c_smem.slice(0, ROWS)
+    tma.store_wait(0)
+    c_tile.store(out.to(c_desc.dtype))
+    fence_async_shared()
+    for b in gl.static_range(ROWS // CB):
+        tma.async_copy_shared_to_global(c_desc, [pid_m * BM + b * CB, pid_n * BN], c_tile.slice(b * CB, CB))
 
 
 @gluon.jit
 def _mma_partition(mma_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
-                   GATHER: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr, HALF_TAIL: gl.constexpr,
-                   EXT_TAIL: gl.constexpr, CONSUMER: gl.constexpr, CONSUMERS: gl.constexpr, WARPS: gl.constexpr):
-    """Consumer CONSUMER of CONSUMERS, WARPS warps: every CONSUMERS-th real tile (`_tile_mma`, compiled for each
-    height a tile can have; the epilogue ACT >= 0: the gating of `fused_moe._gate`, or `_act` without a gate;
-    MUL_WEIGHT: each row times its pair's routing weight), its TMA store waited for only before its next tile's.
-    Two consumers (ping-pong) take turns at the MMAs (`turn`: each waits for the other's main loop to be issued
-    before starting its own), so one's epilogue runs under the other's MMAs, and each waits on its stages in
-    the order they are loaded."""
-    (x_bufs, x_ext, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, tile_block_ptr, num_blocks,
-     tiles_n, K, sorted_ptr, rw_ptr, S, limit, alpha) = mma_in
+                   GATHER: gl.constexpr, GROUP_M: gl.constexpr, HALF_TAIL: gl.constexpr, CONSUMER: gl.constexpr,
+                   CONSUMERS: gl.constexpr, WARPS: gl.constexpr):
+    """Consumer CONSUMER of CONSUMERS, WARPS warps: every CONSUMERS-th real tile (`_tile_mma`; the epilogue
+    ACT >= 0: the gating of `fused_moe._gate`, or `_act` without a gate; MUL_WEIGHT: each row times its
+    pair's routing weight), its TMA store waited for only before its next tile's. Two consumers (ping-pong)
+    take turns at the MMAs (`turn`: each waits for the other's main loop to be issued before starting its
+    own), so one's epilogue runs under the other's MMAs, and each waits on its stages in the order they are
+    loaded."""
+    (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, num_blocks, tiles_n, K,
+     sorted_ptr, rw_ptr, S, limit, alpha) = mma_in
+    BM: gl.constexpr = x_bufs.type.shape[1]
     BK: gl.constexpr = x_bufs.type.shape[2]
     c_smem = c_bufs.index(CONSUMER)
     k_steps = gl.cdiv(K, BK)
     real = 0  # real tiles so far, every consumer's
     mine = 0  # this consumer's
     for tile in range(gl.program_id(0), num_blocks * tiles_n, gl.num_programs(0)):
-        pid_m, pid_n, expert, rows = _tile(tile, num_blocks, tiles_n, block_expert_ptr, tile_block_ptr, sorted_ptr, S,
-                                           GROUP_M, BM, HALF_TAIL, EXT_TAIL)
-        if rows > 0:
+        pid_m, pid_n, expert = _tile(tile, num_blocks, tiles_n, block_expert_ptr, GROUP_M)
+        if expert >= 0:
             if real % CONSUMERS == CONSUMER:
                 if CONSUMERS > 1:  # consumer 0's first wait passes at once (a fresh barrier, parity 1)
                     mbarrier.wait(turn.index(CONSUMER), (mine & 1) ^ (1 if CONSUMER == 0 else 0))
-                tile_in = (x_bufs, x_ext, w_bufs, ready, x_ready, empty, turn, c_desc, c_smem, sorted_ptr, rw_ptr, S,
-                           limit, alpha, K, real * k_steps, pid_m, pid_n)
-                if EXT_TAIL and rows > BM:
-                    _tile_mma(tile_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, BM, BM // 2, WARPS, CONSUMER, CONSUMERS)
-                elif HALF_TAIL and rows < BM:
-                    _tile_mma(tile_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, BM // 2, 0, WARPS, CONSUMER, CONSUMERS)
+                tile_in = (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_smem, sorted_ptr, rw_ptr, S, limit,
+                           alpha, K, real * k_steps, pid_m, pid_n)
+                if HALF_TAIL and _half_full(sorted_ptr, pid_m * BM, S, BM):
+                    _tile_mma(tile_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, BM // 2, WARPS, CONSUMER, CONSUMERS)
                 else:
-                    _tile_mma(tile_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, BM, 0, WARPS, CONSUMER, CONSUMERS)
+                    _tile_mma(tile_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, BM, WARPS, CONSUMER, CONSUMERS)
                 mine += 1
             real += 1
     tma.store_wait(0)
 
 
 @gluon.jit
-def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, tile_block_ptr, sorted_ptr, rw_ptr, x_ptr,
-                       pair_row_ptr, num_blocks, K, n_rows, up_row, S, TOPK, stride_xt, limit, alpha,
-                       GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
-                       GATHER: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
-                       BLOCK_M: gl.constexpr, HALF_TAIL: gl.constexpr, EXT_TAIL: gl.constexpr, num_warps: gl.constexpr):
+def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, sorted_ptr, rw_ptr, x_ptr, pair_row_ptr,
+                       num_blocks, K, n_rows, up_row, S, TOPK, stride_xt, limit, alpha, GATED: gl.constexpr,
+                       ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr,
+                       GROUP_M: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr, BLOCK_M: gl.constexpr,
+                       HALF_TAIL: gl.constexpr, num_warps: gl.constexpr):
     """c[rows of block b, columns n..] = epilogue(x[rows of b] @ W[expert of b] rows n.. (and up rows)), for
-    every real tile (`_tile`; tile_block: the tile blocks with EXT_TAIL, else unused). x: (P, K) TMA
-    descriptor, boxes (XB, BK), or (GATHER) the tokens (T, K) at x_ptr, rows gathered (`x_desc` then only gives
-    the box); c: (P, columns) descriptor, boxes (XB, BN); XB is BLOCK_M, or with HALF_TAIL or EXT_TAIL half of
-    it. One consumer of num_warps warps (two warp groups at 8: cooperative), or (PINGPONG) two of num_warps
-    each."""
+    every real tile. x: (P, K) TMA descriptor, boxes (XB, BK), or (GATHER) the tokens (T, K) at x_ptr, rows
+    gathered (`x_desc` then only gives the box); c: (P, columns) descriptor, boxes (XB, BN); XB is BLOCK_M,
+    or with HALF_TAIL half of it. One consumer of num_warps warps (two warp groups at 8: cooperative), or
+    (PINGPONG) two of num_warps each."""
     NW: gl.constexpr = 2 if GATED else 1
     CONSUMERS: gl.constexpr = 2 if PINGPONG else 1
     BK: gl.constexpr = x_desc.block_type.shape[1]
     BN: gl.constexpr = c_desc.block_type.shape[1]
     x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_M, BK], x_desc.layout)
-    if EXT_TAIL:  # the rows a tile takes on from the next block, a stage's second buffer (shapes: powers of 2)
-        x_ext = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_M // 2, BK], x_desc.layout)
-    else:  # never read
-        x_ext = x_bufs
     w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES * NW] + w_desc.block_type.shape, w_desc.layout)
     c_bufs = gl.allocate_shared_memory(c_desc.dtype, [CONSUMERS, BLOCK_M, BN], c_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -340,22 +253,18 @@ def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, tile_block_ptr,
     tiles_n = gl.cdiv(c_desc.shape[1], BN)
     # runtime values travel as one tuple each; the constexprs are written in every partition's own tuple (a
     # tuple built first would not keep them constexpr)
-    mma_in = (x_bufs, x_ext, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, tile_block_ptr,
-              num_blocks, tiles_n, K, sorted_ptr, rw_ptr, S, limit, alpha)
-    load_in = (x_desc, w_desc, x_bufs, x_ext, w_bufs, ready, x_ready, empty, block_expert_ptr, tile_block_ptr,
-               num_blocks, tiles_n, K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt)
+    mma_in = (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, num_blocks, tiles_n, K,
+              sorted_ptr, rw_ptr, S, limit, alpha)
+    load_in = (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, num_blocks, tiles_n, K, n_rows,
+               up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt)
     if PINGPONG:
         gl.warp_specialize([
-            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, BLOCK_M, HALF_TAIL, EXT_TAIL, 0, 2,
-                              num_warps)),
-            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, BLOCK_M, HALF_TAIL, EXT_TAIL, 1, 2,
-                              num_warps)),
-            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, BLOCK_M, HALF_TAIL, EXT_TAIL)),
-        ], [num_warps, GATHER_WARPS],
-            [PINGPONG_REGS_EXT, LOADER_REGS_EXT] if EXT_TAIL else [PINGPONG_REGS, LOADER_REGS])
+            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, HALF_TAIL, 0, 2, num_warps)),
+            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, HALF_TAIL, 1, 2, num_warps)),
+            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, HALF_TAIL)),
+        ], [num_warps, GATHER_WARPS], [PINGPONG_REGS, LOADER_REGS])
     else:
         gl.warp_specialize([
-            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, BLOCK_M, HALF_TAIL, EXT_TAIL, 0, 1,
-                              num_warps)),
-            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, BLOCK_M, HALF_TAIL, EXT_TAIL)),
-        ], [GATHER_WARPS], [LOADER_REGS_EXT] if EXT_TAIL else [LOADER_REGS])
+            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, HALF_TAIL, 0, 1, num_warps)),
+            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, HALF_TAIL)),
+        ], [GATHER_WARPS], [LOADER_REGS])
