@@ -6,9 +6,10 @@ Per model and token count (bf16): cuBLAS's batched GEMM (`torch.bmm`) on balance
 for each of the E' experts hit, as `triton_profile.balanced_gemms`) and torch's grouped GEMM
 (`torch._grouped_mm`, CUTLASS) on the tokens of a uniform routing sorted by expert, each product alone. Every
 kernel a product launches is a row (torch.profiler, mean device time over --reps calls, L2 flushed before
-each), with its TFLOP/s on the product's useful flops, and the tile, cluster and warp-group shape its name
-spells where it spells them (cuBLAS's and CUTLASS's sm90 kernels do). With the rows per group, what a
-128-row block would pad them to. Writes `cublas_tiles.csv` under --out.
+each), with its TFLOP/s on the product's useful flops, and the tile, K step, stages and cluster a cuBLAS
+kernel's name spells (`name_fields`). With the rows per group, what a 128-row block would pad them to.
+Writes `cublas_tiles.csv` under --out; `--reparse CSV` fills the name's fields in again from the kernel names
+of a CSV written before (no GPU).
 """
 
 from __future__ import annotations
@@ -27,15 +28,16 @@ from moe_lab.backends.grouped_gemm import grouped_mm
 from moe_lab.routing import synthetic_routing
 from moe_lab.shapes import build_experts, get_shape
 
-# e.g. "..._tilesize128x256x64_cluster2x1x1_warpgroupsize2x1x1_..." (cuBLAS) or "...Shape<_128,_256,_64>..."
-NAME_FIELDS = {"tile": r"tilesize(\d+x\d+x\d+)", "cluster": r"cluster(\d+x\d+x\d+)",
-               "warpgroups": r"warpgroupsize(\d+x\d+x\d+)", "stages": r"stage(\d+)"}
+# cuBLAS's sm90 kernels, e.g. "nvjet_sm90_tst_256x144_64x4_1x2_h_bz_coopA_TNT": the output tile (its 256 along
+# the weight's columns, its 144 along the tokens), K step x stages, and the cluster
+NVJET = re.compile(r"nvjet_sm90_\w+?_(\d+x\d+)_(\d+)x(\d+)_(\d+x\d+)_")
 
 
 def name_fields(kernel: str) -> dict[str, str | None]:
-    """The tile, cluster, warp-group and stage counts a kernel's name spells (None where it does not)."""
-    found = {key: re.search(pattern, kernel) for key, pattern in NAME_FIELDS.items()}
-    return {key: m.group(1) if m else None for key, m in found.items()}
+    """The tile, K step, stages and cluster a cuBLAS kernel's name spells (None for other kernels: CUTLASS's
+    spell theirs in template arguments)."""
+    m = NVJET.search(kernel)
+    return dict(zip(("tile", "k_step", "stages", "cluster"), m.groups() if m else (None,) * 4))
 
 
 def product_rows(model: str, T: int, reps: int) -> list[dict]:
@@ -73,7 +75,14 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="qwen1.5-moe-a2.7b,qwen3-30b-a3b,olmoe-1b-7b")
     p.add_argument("--tokens", default="2048,4096,8192,16384")
     p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--reparse", help="a cublas_tiles.csv whose name fields to fill in again, in place")
     args = p.parse_args(argv)
+    if args.reparse:
+        df = pd.read_csv(args.reparse)
+        fields = pd.DataFrame([name_fields(k) for k in df["kernel"]], index=df.index)
+        df = df.drop(columns=[c for c in ("tile", "cluster", "warpgroups", "stages", "k_step") if c in df])
+        pd.concat([df, fields], axis=1).to_csv(args.reparse, index=False)
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [r for model in args.models.split(",") for T in map(int, args.tokens.split(","))
