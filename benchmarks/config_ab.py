@@ -14,7 +14,8 @@ out with `--grouped-only` (HALF_TAIL: the decode points) or `--decode-only` (PRE
 `--needs KEY`: those whose tuned config has no KEY (`--needs ws --patch '{"ws": {"HALF_TAIL": 1}}'`).
 The outputs of both are compared first: `same_bits` records whether they are equal bit for bit, `rel_err`
 their relative difference. `--patch` (JSON) is merged into variant b, a dict into the config's dict of the
-same name (so `{"down": {"num_warps": 4}}` changes one tile field): any change, not only one top-level key.
+same name at every depth (so `{"down": {"num_warps": 4}}` changes one tile field, `{"ws": {"up": {"STAGES":
+3}}}` one field of the warp-specialized entry): any change, not only one top-level key.
 Writes `<name>.csv` under --out (name: --name, else the key).
 """
 
@@ -44,10 +45,11 @@ TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
 def patched(config: dict, patch: dict) -> dict:
-    """`config` with `patch` merged in: a dict value into the config's dict of the same key, others replaced."""
+    """`config` with `patch` merged in at every depth: a dict value into the config's dict of the same key
+    (`{"ws": {"up": {"STAGES": 3}}}` changes one field of a "ws" entry), others replaced."""
     out = dict(config)
     for k, v in patch.items():
-        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = patched(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

@@ -24,6 +24,13 @@ def test_a_patch_changes_tile_fields_and_keeps_the_others():
     assert TUNED["down"] == {"BLOCK_N": 256, "TMA": 1} and TUNED["HALF_TAIL"] == 1  # the tuned config untouched
 
 
+def test_a_patch_reaches_into_nested_entries():
+    tuned = {**TUNED, "ws": {"BLOCK_M": 128, "up": {"STAGES": 4, "GROUP_M": 8}, "down": {"STAGES": 5}}}
+    b = config_ab.patched(tuned, {"ws": {"up": {"EXPERT_GROUPS": 1}}})
+    assert b["ws"] == {"BLOCK_M": 128, "up": {"STAGES": 4, "GROUP_M": 8, "EXPERT_GROUPS": 1}, "down": {"STAGES": 5}}
+    assert tuned["ws"]["up"] == {"STAGES": 4, "GROUP_M": 8}  # the tuned config untouched
+
+
 def test_a_patch_adds_keys_the_config_lacks():
     assert config_ab.patched({"path": "decode"}, {"EVICT_FIRST": 1, "up": {"BLOCK_N": 4}}) == \
         {"path": "decode", "EVICT_FIRST": 1, "up": {"BLOCK_N": 4}}

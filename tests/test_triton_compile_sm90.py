@@ -183,16 +183,17 @@ def test_multi_program_alignment_compiles_for_sm90(pdl_on, compiled, seed):
 @pytest.mark.parametrize("layout, tile", [("gated_silu", "cooperative"), ("gated_gelu", "cooperative"),
                                           ("transposed", "cooperative"), ("plain_relu", "cooperative"),
                                           ("gated_silu", "half_tail"), ("transposed", "half_tail"),
-                                          ("gated_silu", "half_tail_pingpong"), ("plain_relu", "half_tail_pingpong")])
+                                          ("gated_silu", "half_tail_pingpong"), ("plain_relu", "half_tail_pingpong"),
+                                          ("gated_silu", "expert_groups")])
 def test_warp_specialized_gemms_compile_for_sm90(layout, tile, compiled, monkeypatch, seed):
     """A config's "ws" entry (`moe_lab.kernels.ws_grouped`): the two persistent Gluon GEMMs, warp-specialized
     (the producer warps' registers lowered, the consumers' raised), weights by TMA into wgmma, gate/up's token
     rows gathered by cp.async, TMA stores, launched without PDL; the top-k sum through the pairs' rows. With
     HALF_TAIL the cooperative consumers' half-height tiles split the columns between their two warp groups."""
-    from test_ws_grouped import PINGPONG, WS
+    from test_ws_grouped import PINGPONG, WS, expert_groups
 
     ws = {"cooperative": WS, "half_tail": {**WS, "HALF_TAIL": 1},
-          "half_tail_pingpong": {**PINGPONG, "HALF_TAIL": 1}}[tile]
+          "half_tail_pingpong": {**PINGPONG, "HALF_TAIL": 1}, "expert_groups": expert_groups(WS)}[tile]
 
     from moe_lab.kernels import ops, ws_grouped
 

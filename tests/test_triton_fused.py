@@ -212,7 +212,7 @@ def test_half_tail_blocks_match_reference(layout, a_tma, seed):
     dtype = torch.bfloat16 if a_tma else torch.float32
     experts = make_experts(c, LAYOUTS[layout], dtype, DEVICE, seed)
     x_TH, ids_TK, weights_TK = make_inputs(c, dtype, DEVICE, seed)
-    sorted_P, block_expert_B = align_by_expert(ids_TK.reshape(-1).contiguous(), c.E, 32)
+    sorted_P, block_expert_B, _ = align_by_expert(ids_TK.reshape(-1).contiguous(), c.E, 32)
     used = block_expert_B >= 0
     half = sorted_P.view(-1, 32)[:, 16] >= c.T * c.K
     assert bool((used & half).any()) and bool((used & ~half).any()), "the routing must give both kinds of block"
@@ -319,18 +319,19 @@ def test_multi_program_alignment(seed):
 @pytest.mark.parametrize("repeats", [5, 600], ids=["one_program", "two_launches"])
 def test_alignment_groups_and_pads_every_expert(repeats):
     """Each expert's pairs (in any order) in its own group, padded with the sentinel S to a multiple of BM,
-    groups in expert order, every block labelled; ids outside [0, E) dropped, an expert without pairs
-    takes no rows."""
+    groups in expert order, every block labelled and each group's first block recorded; ids outside [0, E)
+    dropped, an expert without pairs takes no rows."""
     from moe_lab.kernels.align import SINGLE_MAX_PAIRS, align_by_expert, max_blocks
 
     E, BM = 7, 16
     ids_S = torch.tensor([3, 0, 3, 6, 3, -1, 0, 2, 7, 3], device=DEVICE).repeat(repeats)
     S = ids_S.numel()
     assert (S > SINGLE_MAX_PAIRS) == (repeats == 600)
-    sorted_P, block_expert_B = align_by_expert(ids_S, E, BM)
+    sorted_P, block_expert_B, expert_block_E1 = align_by_expert(ids_S, E, BM)
     assert sorted_P.numel() == max_blocks(S, E, BM) * BM
     row, blocks = 0, []
     for e in range(E):
+        assert expert_block_E1[e] == row // BM, f"first block of expert {e}"
         pairs = (ids_S == e).nonzero().flatten().tolist()
         n = -(-len(pairs) // BM) * BM
         group = sorted_P[row:row + n].tolist()
@@ -340,6 +341,7 @@ def test_alignment_groups_and_pads_every_expert(repeats):
         row += n
     assert block_expert_B[:len(blocks)].tolist() == blocks
     assert (block_expert_B[len(blocks):] == -1).all()
+    assert expert_block_E1[E] == len(blocks), "the blocks in use"
 
 
 def test_unsupported_gate_is_refused_by_name():

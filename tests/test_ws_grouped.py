@@ -86,9 +86,18 @@ SMALL_PINGPONG = {"BLOCK_M": 64, "up": dict(BLOCK_N=32, BLOCK_K=16, STAGES=3, nu
                   "down": dict(BLOCK_N=32, BLOCK_K=16, STAGES=2, num_warps=4, GROUP_M=2, PINGPONG=1)}
 HALF_TAIL = {**WS, "HALF_TAIL": 1}  # half-height last blocks: the cooperative warp groups split the columns
 HALF_TAIL_PINGPONG = {**PINGPONG, "HALF_TAIL": 1}
+
+
+def expert_groups(ws: dict) -> dict:
+    """`ws` with its GROUP_M groups started again at each expert's first block, in both GEMMs."""
+    return {**ws, **{gemm: {**ws[gemm], "EXPERT_GROUPS": 1} for gemm in ("up", "down")}}
+
+
 SIZES = {"h100_tile": (WS, 256, 128), "small_tile": (SMALL_WS, 64, 48), "pingpong": (PINGPONG, 256, 128),
          "small_pingpong": (SMALL_PINGPONG, 64, 48), "half_tail": (HALF_TAIL, 256, 128),
-         "half_tail_pingpong": (HALF_TAIL_PINGPONG, 256, 128)}  # the config, and H, I it applies to
+         "half_tail_pingpong": (HALF_TAIL_PINGPONG, 256, 128),
+         "small_expert_groups": (expert_groups(SMALL_WS), 64, 48),  # GROUP_M 2: an expert's blocks in groups
+         "expert_groups_pingpong": (expert_groups(HALF_TAIL_PINGPONG), 256, 128)}  # the config, and H, I
 
 
 @gpu
@@ -185,3 +194,21 @@ def test_half_height_last_blocks_change_no_bit(ws, last_rows, seed):
     whole_TH, _ = run(experts, x_TH, ids_TK, w_TK, {k: v for k, v in ws.items() if k != "HALF_TAIL"})
     assert torch.equal(half_TH, whole_TH)
     assert relative_error(half_TH, reference_experts(experts, x_TH, ids_TK, w_TK)) <= TOL[torch.bfloat16]
+
+
+@gpu
+@pytest.mark.parametrize("ws", [SMALL_WS, HALF_TAIL_PINGPONG], ids=["small_tile", "half_tail_pingpong"])
+@pytest.mark.parametrize("routing", ["uniform", "skewed", "hot"])
+def test_expert_groups_change_no_bit(ws, routing, seed):
+    """EXPERT_GROUPS only reorders the tiles (each still computed on its own): every tile of every expert
+    runs once, and the output equals the one in the plain grouped order bit for bit."""
+    c = Case(E=8, H=256, I=128, K=2, T=1000, routing=routing)
+    H_, I_ = SIZES["small_tile" if ws is SMALL_WS else "half_tail_pingpong"][1:]
+    c = type(c)(**{**c.__dict__, "H": H_, "I": I_})
+    experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, "cuda", seed)
+    x_TH, ids_TK, w_TK = make_inputs(c, torch.bfloat16, "cuda", seed)
+    grouped_TH, plan = run(experts, x_TH, ids_TK, w_TK, expert_groups(ws))
+    assert plan.ws and plan.up.consts["EXPERT_GROUPS"] and plan.down.consts["EXPERT_GROUPS"]
+    plain_TH, _ = run(experts, x_TH, ids_TK, w_TK, ws)
+    assert torch.equal(grouped_TH, plain_TH)
+    assert relative_error(grouped_TH, reference_experts(experts, x_TH, ids_TK, w_TK)) <= TOL[torch.bfloat16]

@@ -6,7 +6,9 @@ round trip):
 
 - `sorted_ids_P` (P = max_blocks*BM): pair ids grouped by expert in expert order, each expert's group
   padded to a multiple of BM with the sentinel S;
-- `block_expert_B` (B = max_blocks): the expert of each row block, -1 for blocks past the end.
+- `block_expert_B` (B = max_blocks): the expert of each row block, -1 for blocks past the end;
+- `expert_block_E1`: the first row block of each expert's group, then (at E) the number of blocks in use, so
+  expert e's blocks are [expert_block[e], expert_block[e + 1]).
 
 max_blocks = cdiv(S, BM) + min(E, S) bounds sum_e cdiv(count_e, BM) whatever the routing, so every
 launch size comes from shapes alone. Pairs whose expert id lies outside [0, E) are dropped (the
@@ -82,15 +84,20 @@ def _label_blocks(block_expert_ptr, starts, padded, b_start, b_stop, BLOCK_M: tl
 
 
 @triton.jit
-def _pad_groups(sorted_ptr, starts, counts, padded, S, BLOCK_M: tl.constexpr):
-    """The sentinel S in every padding row: [start + count, start + padded) of each expert."""
+def _pad_groups(sorted_ptr, expert_block_ptr, starts, counts, padded, S, E, E_PAD: tl.constexpr,
+                BLOCK_M: tl.constexpr):
+    """The sentinel S in every padding row: [start + count, start + padded) of each expert; each group's
+    first block, and the blocks in use."""
     j = tl.arange(0, BLOCK_M)[None, :]
     rows = (starts + counts)[:, None] + j
     tl.store(sorted_ptr + rows, tl.full(rows.shape, 0, tl.int32) + S, mask=j < (padded - counts)[:, None])
+    e = tl.arange(0, E_PAD)
+    tl.store(expert_block_ptr + e, starts // BLOCK_M, mask=e < E)
+    tl.store(expert_block_ptr + E, tl.sum(padded, axis=0) // BLOCK_M)
 
 
 @triton.jit
-def _align_single_kernel(ids_ptr, sorted_ptr, block_expert_ptr, cursor_ptr, S, E, max_blocks,
+def _align_single_kernel(ids_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, cursor_ptr, S, E, max_blocks,
                          E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
                          LABEL_BLOCKS: tl.constexpr, PDL: tl.constexpr = False):
     pdl_enter(PDL)
@@ -98,7 +105,7 @@ def _align_single_kernel(ids_ptr, sorted_ptr, block_expert_ptr, cursor_ptr, S, E
     padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     starts = tl.cumsum(padded, axis=0) - padded
     _scatter_range(ids_ptr, sorted_ptr, cursor_ptr, starts, 0, S, E, E_PAD, CHUNK)
-    _pad_groups(sorted_ptr, starts, counts, padded, S, BLOCK_M)
+    _pad_groups(sorted_ptr, expert_block_ptr, starts, counts, padded, S, E, E_PAD, BLOCK_M)
     _label_blocks(block_expert_ptr, starts, padded, 0, max_blocks, BLOCK_M, LABEL_BLOCKS)
 
 
@@ -112,8 +119,8 @@ def _align_count_kernel(ids_ptr, partial_ptr, S, E, E_PAD: tl.constexpr, CHUNK: 
 
 
 @triton.jit
-def _align_scatter_kernel(ids_ptr, partial_ptr, sorted_ptr, block_expert_ptr, S, E, G, max_blocks, blocks_per_prog,
-                          E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, SCAN_ROWS: tl.constexpr,
+def _align_scatter_kernel(ids_ptr, partial_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, S, E, G, max_blocks,
+                          blocks_per_prog, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, SCAN_ROWS: tl.constexpr,
                           LABEL_BLOCKS: tl.constexpr, PDL: tl.constexpr = False):
     """partial (2G, E_PAD): rows [0, G) the per-chunk counts, rows [G, 2G) each program's cursors."""
     pdl_enter(PDL)
@@ -131,7 +138,7 @@ def _align_scatter_kernel(ids_ptr, partial_ptr, sorted_ptr, block_expert_ptr, S,
     _scatter_range(ids_ptr, sorted_ptr, partial_ptr + (G + g) * E_PAD, starts + before, g * CHUNK,
                    tl.minimum(S, g * CHUNK + CHUNK), E, E_PAD, CHUNK)
     if g == 0:
-        _pad_groups(sorted_ptr, starts, counts, padded, S, BLOCK_M)
+        _pad_groups(sorted_ptr, expert_block_ptr, starts, counts, padded, S, E, E_PAD, BLOCK_M)
     b_start = g * blocks_per_prog
     _label_blocks(block_expert_ptr, starts, padded, b_start, tl.minimum(b_start + blocks_per_prog, max_blocks),
                   BLOCK_M, LABEL_BLOCKS)
@@ -169,8 +176,10 @@ def e_pad(num_experts: int) -> int:
     return max(16, triton.next_power_of_2(num_experts))
 
 
-def align_by_expert(topk_ids_S: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sorted_ids_P, block_expert_B) for the flattened expert ids of S pairs; see the module doc."""
+def align_by_expert(topk_ids_S: torch.Tensor, num_experts: int,
+                    block_m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sorted_ids_P, block_expert_B, expert_block_E1) for the flattened expert ids of S pairs; see the
+    module doc."""
     S = topk_ids_S.numel()
     E = num_experts
     EP = e_pad(E)
@@ -178,15 +187,16 @@ def align_by_expert(topk_ids_S: torch.Tensor, num_experts: int, block_m: int) ->
     dev = topk_ids_S.device
     sorted_P = torch.empty(B * block_m, dtype=torch.int32, device=dev)
     block_expert_B = torch.empty(B, dtype=torch.int32, device=dev)
+    expert_block_E1 = torch.empty(E + 1, dtype=torch.int32, device=dev)
     if S <= SINGLE_MAX_PAIRS:
         cursor = torch.empty(EP, dtype=torch.int32, device=dev)
-        _align_single_kernel[(1,)](topk_ids_S, sorted_P, block_expert_B, cursor, S, E, B, E_PAD=EP,
+        _align_single_kernel[(1,)](topk_ids_S, sorted_P, block_expert_B, expert_block_E1, cursor, S, E, B, E_PAD=EP,
                                    BLOCK_M=block_m, CHUNK=CHUNK, LABEL_BLOCKS=LABEL_BLOCKS, num_warps=4)
-        return sorted_P, block_expert_B
+        return sorted_P, block_expert_B, expert_block_E1
     G = triton.cdiv(S, CHUNK)
     partial = torch.empty(2 * G, EP, dtype=torch.int32, device=dev)
     _align_count_kernel[(G,)](topk_ids_S, partial, S, E, E_PAD=EP, CHUNK=CHUNK, num_warps=4)
-    _align_scatter_kernel[(G,)](topk_ids_S, partial, sorted_P, block_expert_B, S, E, G, B, triton.cdiv(B, G),
-                                E_PAD=EP, BLOCK_M=block_m, CHUNK=CHUNK, SCAN_ROWS=SCAN_ROWS,
+    _align_scatter_kernel[(G,)](topk_ids_S, partial, sorted_P, block_expert_B, expert_block_E1, S, E, G, B,
+                                triton.cdiv(B, G), E_PAD=EP, BLOCK_M=block_m, CHUNK=CHUNK, SCAN_ROWS=SCAN_ROWS,
                                 LABEL_BLOCKS=LABEL_BLOCKS, num_warps=4)
-    return sorted_P, block_expert_B
+    return sorted_P, block_expert_B, expert_block_E1

@@ -262,7 +262,8 @@ class Plan:
                 (down, self.down_tma, H, dict(GATED=False, ACT=-1, MUL_WEIGHT=True, GATHER=False))):
             tiles = B * triton.cdiv(cols, cfg["BLOCK_N"])
             launches.append(_Launch(_ws_grouped_kernel, (min(sms, tiles),),  # num_warps: a Gluon kernel parameter
-                                    dict(consts, W_T=view[1], GROUP_M=cfg["GROUP_M"], STAGES=cfg["STAGES"],
+                                    dict(consts, W_T=view[1], GROUP_M=cfg["GROUP_M"],
+                                         EXPERT_GROUPS=bool(cfg.get("EXPERT_GROUPS", 0)), STAGES=cfg["STAGES"],
                                          PINGPONG=bool(cfg.get("PINGPONG", 0)), BLOCK_M=self.bm,
                                          HALF_TAIL=self.half_tail, num_warps=cfg["num_warps"]), {}))
         self.up, self.down = launches
@@ -286,9 +287,9 @@ class Plan:
             self.down(stream, a_SI, ids_S, rw_S, w_down, b_down, out, *self.down_scalars)
             return out
         B, bm = self.B, self.bm
-        sorted_P, block_expert_B = self._align(stream, ids_S)
+        sorted_P, block_expert_B, expert_block_E1 = self._align(stream, ids_S)
         if self.ws:
-            return self._call_ws(stream, x_TH, sorted_P, block_expert_B, rw_S, w_up, w_down)
+            return self._call_ws(stream, x_TH, sorted_P, block_expert_B, expert_block_E1, rw_S, w_up, w_down)
         x_arg = x_half = x_TH
         if self.a_tma_up:  # the tokens gathered once into the aligned order, then loaded as plain row blocks
             xs_PH = torch.empty(B * bm, H, dtype=self.dtype, device=dev)
@@ -312,22 +313,24 @@ class Plan:
         self.sum(stream, y_SH, out_TH, y_SH, self.T, H)
         return out_TH
 
-    def _align(self, stream: int, ids_S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sorted_P, block_expert_B): the pairs in the expert-aligned order, each row block's expert."""
+    def _align(self, stream: int, ids_S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sorted_P, block_expert_B, expert_block_E1): the pairs in the expert-aligned order, each row block's
+        expert, each expert's first row block (`align`)."""
         dev, S, B = ids_S.device, self.S, self.B
         sorted_P = torch.empty(B * self.bm, dtype=torch.int32, device=dev)
         block_expert_B = torch.empty(B, dtype=torch.int32, device=dev)
+        expert_block_E1 = torch.empty(self.E + 1, dtype=torch.int32, device=dev)
         if self.single:
             cursor = torch.empty(self.e_pad, dtype=torch.int32, device=dev)
-            self.align[0](stream, ids_S, sorted_P, block_expert_B, cursor, S, self.E, B)
+            self.align[0](stream, ids_S, sorted_P, block_expert_B, expert_block_E1, cursor, S, self.E, B)
         else:
             partial = torch.empty(2 * self.G, self.e_pad, dtype=torch.int32, device=dev)
             self.align[0](stream, ids_S, partial, S, self.E)
-            self.align[1](stream, ids_S, partial, sorted_P, block_expert_B, S, self.E, self.G, B,
+            self.align[1](stream, ids_S, partial, sorted_P, block_expert_B, expert_block_E1, S, self.E, self.G, B,
                           triton.cdiv(B, self.G))
-        return sorted_P, block_expert_B
+        return sorted_P, block_expert_B, expert_block_E1
 
-    def _call_ws(self, stream, x_TH, sorted_P, block_expert_B, rw_S, w_up, w_down) -> torch.Tensor:
+    def _call_ws(self, stream, x_TH, sorted_P, block_expert_B, expert_block_E1, rw_S, w_up, w_down) -> torch.Tensor:
         """The warp-specialized path after the alignment: gate/up (gathering the token rows, recording each
         pair's row) into the aligned (P, I), down into the aligned (P, H) with the routing weights, the top-k
         sum through the pairs' rows."""
@@ -349,9 +352,11 @@ class Plan:
                                     self._layout([box_rows, cols]))
 
         self.up(stream, rows(x_TH, up["BLOCK_K"]), self._ws_descriptor("up", w_up, self.up_tma),
-                rows(a_PI, up["BLOCK_N"]), block_expert_B, sorted_P, rw_S, x_TH, pair_row_S, *self.up_scalars)
+                rows(a_PI, up["BLOCK_N"]), block_expert_B, expert_block_E1, sorted_P, rw_S, x_TH, pair_row_S,
+                *self.up_scalars)
         self.down(stream, rows(a_PI, down["BLOCK_K"]), self._ws_descriptor("down", w_down, self.down_tma),
-                  rows(y_PH, down["BLOCK_N"]), block_expert_B, sorted_P, rw_S, a_PI, pair_row_S, *self.down_scalars)
+                  rows(y_PH, down["BLOCK_N"]), block_expert_B, expert_block_E1, sorted_P, rw_S, a_PI, pair_row_S,
+                  *self.down_scalars)
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
         self.sum(stream, y_PH, out_TH, pair_row_S, self.T, H)
         return out_TH
@@ -412,7 +417,8 @@ def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias:
                up_strides: tuple, down_strides: tuple, x_strides: tuple, E: int, H: int, I: int) -> str | None:
     """Why a config's `"ws"` entry cannot run this call, or None. Its keys: BLOCK_M, optional HALF_TAIL
     (half-height last blocks), and per GEMM ("up", "down") BLOCK_N, BLOCK_K, STAGES, num_warps (per
-    consumer), GROUP_M, optional PINGPONG (two consumers)."""
+    consumer), GROUP_M, optional PINGPONG (two consumers), optional EXPERT_GROUPS (the GROUP_M groups start
+    again at each expert's first block)."""
     if not sms:
         return "they need compiled kernels on an sm90 GPU"
     if dtype not in (torch.bfloat16, torch.float16):

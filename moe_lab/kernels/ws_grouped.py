@@ -47,23 +47,35 @@ PINGPONG_REGS = gl.constexpr(216)  # registers per thread of the second consumer
 
 
 @gluon.jit
-def _tile(tile, num_blocks, tiles_n, block_expert_ptr, GROUP_M: gl.constexpr):
-    """A tile's row block, column tile and expert (-1: a block past the last expert's)."""
-    pid_m, pid_n = _tile_ids(tile, num_blocks, tiles_n, GROUP_M)
-    return pid_m, pid_n, gl.load(block_expert_ptr + pid_m)
+def _tile(tile, num_blocks, tiles_n, block_expert_ptr, expert_block_ptr, GROUP_M: gl.constexpr,
+          EXPERT_GROUPS: gl.constexpr):
+    """A tile's row block, column tile and expert (-1: a block past the last expert's), in the grouped order:
+    GROUP_M row blocks at a time, every column tile of the group before the next group. EXPERT_GROUPS: the
+    groups start again at each expert's first block, so that none spans two experts (an expert's blocks
+    read each of its weight tiles one after another, while it is in L2); else they run over all blocks."""
+    if EXPERT_GROUPS:  # expert e's tiles are [first * tiles_n, (first + blocks) * tiles_n): its blocks' span
+        expert = gl.load(block_expert_ptr + tile // tiles_n)
+        first = gl.load(expert_block_ptr + gl.maximum(expert, 0))
+        blocks = gl.maximum(gl.load(expert_block_ptr + gl.maximum(expert, 0) + 1) - first, 1)
+        pid_m, pid_n = _tile_ids(tile - first * tiles_n, blocks, tiles_n, GROUP_M)
+        pid_m += first
+    else:
+        pid_m, pid_n = _tile_ids(tile, num_blocks, tiles_n, GROUP_M)
+        expert = gl.load(block_expert_ptr + pid_m)
+    return pid_m, pid_n, expert
 
 
 @gluon.jit
 def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr, GROUP_M: gl.constexpr,
-                    HALF_TAIL: gl.constexpr):
+                    EXPERT_GROUPS: gl.constexpr, HALF_TAIL: gl.constexpr):
     """Producer: each real tile's K steps, a row block and one (or, gated, a gate and an up) weight tile per
     stage, issued as soon as the consumers hand the stage back. The weight is the (E * n_rows, K) view of
     its storage (W_T: the (E * K, n_rows) view of its transposed storage); up rows start at `up_row`.
     Rows come by TMA from the aligned (P, K) x, in boxes of XB rows (the top one only for a half-height
     tile), or (GATHER) by cp.async straight from the tokens' rows, pair s's token s // TOPK, padding rows
     zero; then the row block's first column tile also writes pair_row[s] = its row, for the top-k sum."""
-    (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, num_blocks, tiles_n, K, n_rows, up_row,
-     x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt) = load_in
+    (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, expert_block_ptr, num_blocks, tiles_n,
+     K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt) = load_in
     STAGES: gl.constexpr = x_bufs.type.shape[0]
     BM: gl.constexpr = x_bufs.type.shape[1]
     BK: gl.constexpr = x_bufs.type.shape[2]
@@ -77,7 +89,8 @@ def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.
     cols_K = gl.arange(0, BK, layout=gl.SliceLayout(0, rows_layout))
     step = 0
     for tile in range(gl.program_id(0), num_blocks * tiles_n, gl.num_programs(0)):
-        pid_m, pid_n, expert = _tile(tile, num_blocks, tiles_n, block_expert_ptr, GROUP_M)
+        pid_m, pid_n, expert = _tile(tile, num_blocks, tiles_n, block_expert_ptr, expert_block_ptr, GROUP_M,
+                                     EXPERT_GROUPS)
         if expert >= 0:
             x_boxes = BM // XB
             if HALF_TAIL and not GATHER:
@@ -189,16 +202,16 @@ def _tile_mma(tile_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.co
 
 @gluon.jit
 def _mma_partition(mma_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
-                   GATHER: gl.constexpr, GROUP_M: gl.constexpr, HALF_TAIL: gl.constexpr, CONSUMER: gl.constexpr,
-                   CONSUMERS: gl.constexpr, WARPS: gl.constexpr):
+                   GATHER: gl.constexpr, GROUP_M: gl.constexpr, EXPERT_GROUPS: gl.constexpr, HALF_TAIL: gl.constexpr,
+                   CONSUMER: gl.constexpr, CONSUMERS: gl.constexpr, WARPS: gl.constexpr):
     """Consumer CONSUMER of CONSUMERS, WARPS warps: every CONSUMERS-th real tile (`_tile_mma`; the epilogue
     ACT >= 0: the gating of `fused_moe._gate`, or `_act` without a gate; MUL_WEIGHT: each row times its
     pair's routing weight), its TMA store waited for only before its next tile's. Two consumers (ping-pong)
     take turns at the MMAs (`turn`: each waits for the other's main loop to be issued before starting its
     own), so one's epilogue runs under the other's MMAs, and each waits on its stages in the order they are
     loaded."""
-    (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, num_blocks, tiles_n, K,
-     sorted_ptr, rw_ptr, S, limit, alpha) = mma_in
+    (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, expert_block_ptr, num_blocks,
+     tiles_n, K, sorted_ptr, rw_ptr, S, limit, alpha) = mma_in
     BM: gl.constexpr = x_bufs.type.shape[1]
     BK: gl.constexpr = x_bufs.type.shape[2]
     c_smem = c_bufs.index(CONSUMER)
@@ -206,7 +219,8 @@ def _mma_partition(mma_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: g
     real = 0  # real tiles so far, every consumer's
     mine = 0  # this consumer's
     for tile in range(gl.program_id(0), num_blocks * tiles_n, gl.num_programs(0)):
-        pid_m, pid_n, expert = _tile(tile, num_blocks, tiles_n, block_expert_ptr, GROUP_M)
+        pid_m, pid_n, expert = _tile(tile, num_blocks, tiles_n, block_expert_ptr, expert_block_ptr, GROUP_M,
+                                     EXPERT_GROUPS)
         if expert >= 0:
             if real % CONSUMERS == CONSUMER:
                 if CONSUMERS > 1:  # consumer 0's first wait passes at once (a fresh barrier, parity 1)
@@ -223,10 +237,11 @@ def _mma_partition(mma_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: g
 
 
 @gluon.jit
-def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, sorted_ptr, rw_ptr, x_ptr, pair_row_ptr,
-                       num_blocks, K, n_rows, up_row, S, TOPK, stride_xt, limit, alpha, GATED: gl.constexpr,
-                       ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr,
-                       GROUP_M: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr, BLOCK_M: gl.constexpr,
+def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, expert_block_ptr, sorted_ptr, rw_ptr, x_ptr,
+                       pair_row_ptr, num_blocks, K, n_rows, up_row, S, TOPK, stride_xt, limit, alpha,
+                       GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
+                       GATHER: gl.constexpr, GROUP_M: gl.constexpr, EXPERT_GROUPS: gl.constexpr, STAGES: gl.constexpr,
+                       PINGPONG: gl.constexpr, BLOCK_M: gl.constexpr,
                        HALF_TAIL: gl.constexpr, num_warps: gl.constexpr):
     """c[rows of block b, columns n..] = epilogue(x[rows of b] @ W[expert of b] rows n.. (and up rows)), for
     every real tile. x: (P, K) TMA descriptor, boxes (XB, BK), or (GATHER) the tokens (T, K) at x_ptr, rows
@@ -253,18 +268,21 @@ def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, sorted_ptr, rw_
     tiles_n = gl.cdiv(c_desc.shape[1], BN)
     # runtime values travel as one tuple each; the constexprs are written in every partition's own tuple (a
     # tuple built first would not keep them constexpr)
-    mma_in = (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, num_blocks, tiles_n, K,
-              sorted_ptr, rw_ptr, S, limit, alpha)
-    load_in = (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, num_blocks, tiles_n, K, n_rows,
-               up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt)
+    mma_in = (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, expert_block_ptr,
+              num_blocks, tiles_n, K, sorted_ptr, rw_ptr, S, limit, alpha)
+    load_in = (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, expert_block_ptr, num_blocks,
+               tiles_n, K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt)
     if PINGPONG:
         gl.warp_specialize([
-            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, HALF_TAIL, 0, 2, num_warps)),
-            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, HALF_TAIL, 1, 2, num_warps)),
-            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, HALF_TAIL)),
+            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, 0, 2,
+                                num_warps)),
+            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, 1, 2,
+                                num_warps)),
+            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL)),
         ], [num_warps, GATHER_WARPS], [PINGPONG_REGS, LOADER_REGS])
     else:
         gl.warp_specialize([
-            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, HALF_TAIL, 0, 1, num_warps)),
-            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, HALF_TAIL)),
+            (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, 0, 1,
+                                num_warps)),
+            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL)),
         ], [GATHER_WARPS], [LOADER_REGS])
