@@ -286,8 +286,9 @@ def test_tune_kernels_merges_configs_that_run(tmp_path, monkeypatch, seed):
 
 def test_tune_kernels_ws_only_times_the_entries_on_the_config_in_force(seed):
     """`--ws-only`: the config in force, then it with each warp-specialized entry, whole-height and with
-    half-height last blocks (they run where they apply, else the config's own tiles: under the interpreter,
-    and here I = 96 is no multiple of their K tile)."""
+    half-height last blocks, then the fastest of those with expert-aligned groups in gate/up, down and both
+    (they run where they apply, else the config's own tiles: under the interpreter, and here I = 96 is no
+    multiple of their K tile)."""
     from moe_lab.kernels import search
     from moe_lab.shapes import build_experts
 
@@ -296,9 +297,16 @@ def test_tune_kernels_ws_only_times_the_entries_on_the_config_in_force(seed):
     x_TH = torch.randn(24, 128, generator=torch.Generator().manual_seed(seed)).to(DEVICE, torch.bfloat16)
     results = search.search_bucket(experts, (x_TH, ids_TK, w_TK), CONFIGS["grouped16"], False, 1, lambda m: None,
                                    ws=True, ws_only=True)
-    entries = sorted(json.dumps(json.loads(k).get("ws"), sort_keys=True) for _, k in results)
-    assert entries == sorted(json.dumps(e, sort_keys=True)
-                             for e in [None, *search.WS_SPACE, *({**e, "HALF_TAIL": 1} for e in search.WS_SPACE)])
+    ws_of = [(ms, json.loads(k).get("ws")) for ms, k in results]
+    expert_groups = [ws for _, ws in ws_of if ws and any("EXPERT_GROUPS" in ws[g] for g in ("up", "down"))]
+    plain = [(ms, ws) for ms, ws in ws_of if ws not in expert_groups]
+    entries = [None, *search.WS_SPACE, *({**e, "HALF_TAIL": 1} for e in search.WS_SPACE)]
+    assert sorted(json.dumps(ws, sort_keys=True) for _, ws in plain) == sorted(json.dumps(e, sort_keys=True)
+                                                                              for e in entries)
+    best = min((ms, json.dumps(ws, sort_keys=True)) for ms, ws in plain if ws)[1]
+    assert sorted(tuple(g for g in ("up", "down") if ws[g].pop("EXPERT_GROUPS", 0)) for ws in expert_groups) == \
+        [("down",), ("up",), ("up", "down")]
+    assert all(json.dumps(ws, sort_keys=True) == best for ws in expert_groups), "the fastest entry, with EXPERT_GROUPS"
     assert all(math.isfinite(ms) for ms, _ in results)
 
 

@@ -12,7 +12,8 @@ activations through TMA too (tokens gathered into the aligned order first); last
 on) with its experts' last row blocks run as half-height tiles where they fit (`HALF_TAIL`), and the best
 decode config with its weights' other L2 policy (`EVICT_FIRST`, `configs.decode_evicts_first`); on an sm90 GPU,
 the best grouped config with each of `WS_SPACE` as its `"ws"` entry, whole-height and with half-height last
-blocks (the warp-specialized GEMMs, `ws_grouped`; `ws_only` times just those on top of the config in force).
+blocks, then the best of those with expert-aligned groups of row blocks (`EXPERT_GROUPS`) in one GEMM or both
+(the warp-specialized GEMMs, `ws_grouped`; `ws_only` times just those on top of the config in force).
 Before it is timed, each candidate's output is checked against moe_lab's grouped_mm backend on the same
 inputs; one that differs by more than the dtype's tolerance is logged and never chosen. Every candidate is
 timed as the whole experts call: on CUDA captured in a CUDA graph, replays timed by CUDA events with the L2
@@ -244,7 +245,8 @@ WS_SPACE = [  # "ws" entries (ws_grouped's tiles), the fastest of eight on qwen3
 
 def _time_ws_entries(time_it, timed: dict) -> None:
     """The fastest grouped config so far, without a "ws" entry and with each of WS_SPACE, whole-height and
-    with half-height last blocks (HALF_TAIL)."""
+    with half-height last blocks (HALF_TAIL); then the fastest with a "ws" entry again with its groups of
+    row blocks started at each expert's first block (EXPERT_GROUPS) in gate/up, in down and in both."""
     grouped = [(ms, k) for k, ms in timed.items() if json.loads(k).get("path") == "grouped"]
     best_ms, best_key = min(grouped, default=(math.inf, None))
     if not math.isfinite(best_ms):
@@ -254,6 +256,12 @@ def _time_ws_entries(time_it, timed: dict) -> None:
     for entry in WS_SPACE:
         for half_tail in (0, 1):
             time_it({**base, "ws": {**entry, "HALF_TAIL": 1} if half_tail else entry})
+    best_ms, best_key = min((ms, k) for k, ms in timed.items() if "ws" in json.loads(k))
+    if math.isfinite(best_ms):
+        best = json.loads(best_key)
+        for gemms in (("up",), ("down",), ("up", "down")):
+            ws = {**best["ws"], **{g: {**best["ws"][g], "EXPERT_GROUPS": 1} for g in gemms}}
+            time_it({**best, "ws": ws})
 
 
 def search(models: list[str], tokens: list[int], dtype: torch.dtype = torch.bfloat16, device: str = "cuda",
