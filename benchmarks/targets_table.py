@@ -5,6 +5,7 @@
 triton_fused and auto come from the first bench file; "best transformers" is the fastest transformers row
 (uniform routing, any compile mode) over every file given, bench and harness alike, so no faster
 measurement of theirs is left out. frac = floor / ms; auto <= best compares auto's ms with that minimum.
+Only the (model, T) points the first file measured are rows: a later file's extra points have nothing to compare.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def targets_table(bench: list[pd.DataFrame], harness: list[pd.DataFrame]) -> pd.
                       "frac": floor / ours["triton_fused"], "auto ms": ours["auto"], "best transformers ms": best["ms"],
                       "its backend/mode": best["backend"].str.removeprefix("transformers:") + "/"
                       + best["compile_mode"]})
+    t = t.loc[ours.index]
     t["auto <= best"] = (t["auto ms"] <= t["best transformers ms"]).map({True: "yes", False: "no"})
     order = list(dict.fromkeys(first["model"]))
     return t.reset_index().sort_values(["model", "T"], key=lambda c: c.map(order.index) if c.name == "model" else c)

@@ -40,6 +40,7 @@ from moe_lab.harness.roofline import Roofline, experts_cost, measure_roofline
 from moe_lab.harness.roofline import floor_ms as roofline_floor_ms
 from moe_lab.shapes import build_experts, build_hf_experts, get_shape
 from moe_lab.tune import median_ms as tune_median_ms
+from moe_lab.tune import sample_ms
 
 MODELS = ("qwen1.5-moe-a2.7b", "qwen3-30b-a3b", "olmoe-1b-7b")
 TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -65,6 +66,17 @@ def left(budget: float) -> float:
 def median_ms(fn, reps: int = 20, warmup: int = 2) -> float:
     """Median of CUDA-event timings of `fn`, L2 flushed before each call (moe_lab.tune's timer)."""
     return tune_median_ms(fn, torch.device(DEV), reps=reps, warmup=warmup, flush=FLUSH)
+
+
+def alternating_median_ms(fns: dict, rounds: int = 4, reps: int = 5, warmup: int = 2) -> dict[str, float]:
+    """Median ms of each of `fns`, timed in alternating rounds (a b, b a, a b, ...; `reps` calls each, the samples
+    pooled), so that a slow stretch of the machine (clocks down under a long compute-bound run) is shared
+    rather than landing on whichever is timed second."""
+    samples = {name: [] for name in fns}
+    for r in range(rounds):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            samples[name] += sample_ms(fns[name], torch.device(DEV), reps=reps, warmup=warmup, flush=FLUSH)
+    return {name: float(np.median(v)) for name, v in samples.items()}
 
 
 def floor_ms(shape, ids_TK: torch.Tensor, roof: Roofline) -> float:
@@ -204,10 +216,12 @@ def bench(budget: float, roof: Roofline, compile_modes: bool, autotune_tokens: t
             x, ids, w = inputs(shape, T)
             fl = floor_ms(shape, ids, roof)
             with torch.no_grad():
-                ours = [("triton_fused", triton_fused_experts), ("auto", auto_experts)]
-                for name, fn in ours[::-1] if auto_first else ours:  # the order: does timing second cost?
+                ours = {name: (lambda fn=fn: fn(ex, x, ids, w))
+                        for name, fn in (("triton_fused", triton_fused_experts), ("auto", auto_experts))}
+                ms = alternating_median_ms(dict(reversed(ours.items())) if auto_first else ours)
+                for name in ours:
                     note = f"chose {choose_backend(ex, x, ids)}" if name == "auto" else ""
-                    add(model, T, name, "none", median_ms(lambda: fn(ex, x, ids, w)), fl, note)
+                    add(model, T, name, "none", ms[name], fl, note)
                 for hname, hfn in hf_fns.items():
                     gathered_gb = T * shape.top_k * (N * H + I * H) * 2 / 1e9
                     if hname == "batched_mm" and gathered_gb > 8:
@@ -318,7 +332,7 @@ def main(argv=None) -> int:
                         "(40-57 s of autotuning each), every model, largest first")
     p.add_argument("--tune-models", default=",".join(MODELS))
     p.add_argument("--tune-share", type=float, default=0.55, help="tuning stops at this fraction of the budget")
-    p.add_argument("--auto-first", action="store_true", help="time auto before triton_fused (default: after)")
+    p.add_argument("--auto-first", action="store_true", help="start the alternating rounds with auto (default: with triton_fused)")
     p.add_argument("--no-check", action="store_true", help="skip the correctness stage (the pytest file covers it)")
     p.add_argument("--wide", action="store_true",
                    help="with --tune: also the wide space where pairs per expert are many")

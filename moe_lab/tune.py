@@ -27,8 +27,13 @@ BATCHED_MM_MAX_BYTES = 8 * 2**30  # batched_mm gathers S full weight matrices: s
 
 
 def median_ms(fn, device: torch.device, reps: int = 20, warmup: int = 3, flush: str = "write") -> float:
-    """Median of `reps` calls; on CUDA each timed by events with the L2 cache flushed before it: by writing a
-    256 MiB buffer (`flush="write"`, L2 left full of dirty lines that must be written back as a call's reads
+    """Median of `reps` calls (`sample_ms`)."""
+    return float(np.median(sample_ms(fn, device, reps, warmup, flush)))
+
+
+def sample_ms(fn, device: torch.device, reps: int = 20, warmup: int = 3, flush: str = "write") -> list[float]:
+    """`reps` timings of `fn` in ms; on CUDA each timed by events with the L2 cache flushed before it: by writing
+    a 256 MiB buffer (`flush="write"`, L2 left full of dirty lines that must be written back as a call's reads
     evict them: every timer in moe_lab), or by reading one (`"read"`, L2 left full of clean lines)."""
     if flush not in ("write", "read"):
         raise ValueError(f"flush must be 'write' or 'read', not {flush!r}")
@@ -40,7 +45,7 @@ def median_ms(fn, device: torch.device, reps: int = 20, warmup: int = 3, flush: 
             t0 = time.perf_counter()
             fn()
             samples.append((time.perf_counter() - t0) * 1e3)
-        return float(np.median(samples))
+        return samples
     buf = torch.empty(256 * 2**20, dtype=torch.int8, device=device)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
@@ -53,7 +58,7 @@ def median_ms(fn, device: torch.device, reps: int = 20, warmup: int = 3, flush: 
         fn()
         ends[i].record()
     torch.cuda.synchronize(device)
-    return float(np.median([s.elapsed_time(e) for s, e in zip(starts, ends)]))
+    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
 
 
 def tune(models: list[str], tokens: list[int] = list(DEFAULT_TOKENS), dtype: torch.dtype = torch.bfloat16,

@@ -24,7 +24,8 @@ def test_best_transformers_is_the_fastest_row_of_every_file_and_auto_is_compared
                    ("m", 1, "triton_fused", "none", 0.04, 0.02), ("m", 1, "auto", "none", 0.05, 0.02),
                    ("m", 1, "transformers:batched_mm", "none", 0.20, 0.02)])
     second = bench([("m", 16, "transformers:grouped_mm", "max-autotune-no-cudagraphs", 0.33, 0.24),
-                    ("m", 16, "auto", "none", 0.20, 0.24)])  # later files give transformers rows only
+                    ("m", 16, "auto", "none", 0.20, 0.24),  # later files give transformers rows only
+                    ("m", 4, "transformers:batched_mm", "none", 0.30, 0.03)])  # not in the first: no row
     harness = pd.DataFrame([
         dict(model="m", seq_len=1, backend="transformers:batched_mm", compile_mode="max-autotune-no-cudagraphs",
              routing="uniform", median_ms=0.045, status="ok"),
