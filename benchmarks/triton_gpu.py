@@ -332,7 +332,8 @@ def main(argv=None) -> int:
                         "(40-57 s of autotuning each), every model, largest first")
     p.add_argument("--tune-models", default=",".join(MODELS))
     p.add_argument("--tune-share", type=float, default=0.55, help="tuning stops at this fraction of the budget")
-    p.add_argument("--auto-first", action="store_true", help="start the alternating rounds with auto (default: with triton_fused)")
+    p.add_argument("--auto-first", action="store_true",
+                   help="start the alternating rounds with auto (default: with triton_fused)")
     p.add_argument("--no-check", action="store_true", help="skip the correctness stage (the pytest file covers it)")
     p.add_argument("--wide", action="store_true",
                    help="with --tune: also the wide space where pairs per expert are many")

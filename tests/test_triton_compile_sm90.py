@@ -184,16 +184,20 @@ def test_multi_program_alignment_compiles_for_sm90(pdl_on, compiled, seed):
                                           ("transposed", "cooperative"), ("plain_relu", "cooperative"),
                                           ("gated_silu", "half_tail"), ("transposed", "half_tail"),
                                           ("gated_silu", "half_tail_pingpong"), ("plain_relu", "half_tail_pingpong"),
-                                          ("gated_silu", "expert_groups")])
+                                          ("gated_silu", "expert_groups"), ("gated_silu", "one_mma"),
+                                          ("gated_silu", "one_mma_half_tail")])
 def test_warp_specialized_gemms_compile_for_sm90(layout, tile, compiled, monkeypatch, seed):
     """A config's "ws" entry (`moe_lab.kernels.ws_grouped`): the two persistent Gluon GEMMs, warp-specialized
     (the producer warps' registers lowered, the consumers' raised), weights by TMA into wgmma, gate/up's token
     rows gathered by cp.async, TMA stores, launched without PDL; the top-k sum through the pairs' rows. With
-    HALF_TAIL the cooperative consumers' half-height tiles split the columns between their two warp groups."""
-    from test_ws_grouped import PINGPONG, WS, expert_groups
+    HALF_TAIL the cooperative consumers' half-height tiles split the columns between their two warp groups.
+    With ONE_MMA gate/up's whole-height tiles run one wgmma of 2 x BLOCK_N columns (its half-height ones two
+    of BLOCK_N / 2, each warp group half of each weight tile's columns)."""
+    from test_ws_grouped import PINGPONG, WS, expert_groups, one_mma
 
     ws = {"cooperative": WS, "half_tail": {**WS, "HALF_TAIL": 1},
-          "half_tail_pingpong": {**PINGPONG, "HALF_TAIL": 1}, "expert_groups": expert_groups(WS)}[tile]
+          "half_tail_pingpong": {**PINGPONG, "HALF_TAIL": 1}, "expert_groups": expert_groups(WS),
+          "one_mma": one_mma(WS), "one_mma_half_tail": one_mma({**WS, "HALF_TAIL": 1})}[tile]
 
     from moe_lab.kernels import ops, ws_grouped
 
@@ -215,10 +219,17 @@ def test_warp_specialized_gemms_compile_for_sm90(layout, tile, compiled, monkeyp
         assert "wgmma.mma_async" in ptx and "cp.async.bulk.tensor" in ptx, "no TMA or wgmma"
         assert ("cp.async.cg.shared.global" in ptx) == gathers, "gate/up gathers its rows, down loads them by TMA"
         assert not k.metadata.launch_pdl
-        n = ws["down" if k is compiled[2] else "up"]["BLOCK_N"]
-        shapes = {f"m64n{n}k16", f"m64n{n // 2}k16"}
-        assert {s for s in shapes if s in ptx} == (shapes if tile == "half_tail" else {f"m64n{n}k16"}), \
-            "half-height tiles: 64 rows per warp group, each warp group half the columns"
+        gemm = ws["down" if k is compiled[2] else "up"]
+        n = gemm["BLOCK_N"]
+
+        def wgmma_n(rows: int) -> int:  # warps side by side along the columns: 16 rows per warp along the rows
+            wn = max(1, 16 * gemm["num_warps"] // rows)
+            return 2 * n if gemm.get("ONE_MMA") and wn == 1 else n // wn
+
+        heights = [ws["BLOCK_M"]] + ([ws["BLOCK_M"] // 2] if ws.get("HALF_TAIL") else [])
+        assert {s for s in (f"m64n{w}k16" for w in (2 * n, n, n // 2)) if s in ptx} == \
+            {f"m64n{wgmma_n(rows)}k16" for rows in heights}, \
+            "whole tiles n = BLOCK_N (2 x BLOCK_N with ONE_MMA); half-height: each warp group half the columns"
 
 
 @pytest.mark.parametrize("T,evict_first", [(1, None), (1, 0), (21, 1)], ids=["one_token", "one_token_off", "on"])

@@ -31,8 +31,14 @@ TRITON_TILES = {"path": "grouped", "BLOCK_M": 16, "up": dict(BLOCK_N=32, BLOCK_K
                                                               num_stages=2),
                 "down": dict(BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=2)}
 SILU_CONCAT = GateSpec(gate_mode=1, act=0)
+SILU_NOGATE = GateSpec(gate_mode=0, act=0)
 E, H, I = 8, 256, 128
 CONTIGUOUS = dict(up_strides=(2 * I * H, H, 1), down_strides=(H * I, I, 1), x_strides=(H, 1))
+
+
+def one_mma(ws: dict) -> dict:
+    """`ws` with gate/up's gate and up tiles run as one wgmma of 2 x BLOCK_N columns."""
+    return {**ws, "up": {**ws["up"], "ONE_MMA": 1}}
 
 
 def refusal(**changes) -> str | None:
@@ -57,6 +63,10 @@ def test_ws_applies_to_a_contiguous_concatenated_bf16_layout():
     (dict(ws={**WS, "up": {**WS["up"], "STAGES": 5}}), "shared memory"),
     (dict(ws={**WS, "down": {**WS["down"], "STAGES": 6, "PINGPONG": 1, "num_warps": 4}}), "shared memory"),
     (dict(ws={**WS, "down": {**WS["down"], "PINGPONG": 1}}), "one warp group"),
+    (dict(ws={**WS, "down": {**WS["down"], "ONE_MMA": 1}}), "one weight tile"),
+    (dict(ws={**WS, "up": {**WS["up"], "ONE_MMA": 1, "BLOCK_N": 256, "STAGES": 2}}), "at most 256"),
+    (dict(ws=one_mma(WS), spec=SILU_NOGATE), "one weight tile"),
+    (dict(ws=one_mma(WS), up_strides=(2 * I * H, 1, 2 * I)), "untransposed"),
     (dict(ws={**WS, "BLOCK_M": 64, "HALF_TAIL": 1, "up": {**WS["up"], "num_warps": 4},
               "down": {**WS["down"], "num_warps": 4}}), "HALF_TAIL needs BLOCK_M >= 128"),
     (dict(up_strides=(2 * I * H + 8, H, 1)), "contiguous"),
@@ -97,7 +107,9 @@ SIZES = {"h100_tile": (WS, 256, 128), "small_tile": (SMALL_WS, 64, 48), "pingpon
          "small_pingpong": (SMALL_PINGPONG, 64, 48), "half_tail": (HALF_TAIL, 256, 128),
          "half_tail_pingpong": (HALF_TAIL_PINGPONG, 256, 128),
          "small_expert_groups": (expert_groups(SMALL_WS), 64, 48),  # GROUP_M 2: an expert's blocks in groups
-         "expert_groups_pingpong": (expert_groups(HALF_TAIL_PINGPONG), 256, 128)}  # the config, and H, I
+         "expert_groups_pingpong": (expert_groups(HALF_TAIL_PINGPONG), 256, 128),
+         "one_mma_half_tail": (one_mma(HALF_TAIL), 256, 128),  # half tiles: gate and up as two wgmmas
+         "small_one_mma_pingpong": (one_mma(SMALL_PINGPONG), 64, 48)}  # the config, and H, I
 
 
 @gpu
@@ -212,3 +224,21 @@ def test_expert_groups_change_no_bit(ws, routing, seed):
     plain_TH, _ = run(experts, x_TH, ids_TK, w_TK, ws)
     assert torch.equal(grouped_TH, plain_TH)
     assert relative_error(grouped_TH, reference_experts(experts, x_TH, ids_TK, w_TK)) <= TOL[torch.bfloat16]
+
+
+@gpu
+@pytest.mark.parametrize("ws", [WS, HALF_TAIL, SMALL_PINGPONG], ids=["cooperative", "half_tail", "small_pingpong"])
+@pytest.mark.parametrize("routing", ["uniform", "skewed"])
+def test_one_mma_changes_no_bit(ws, routing, seed):
+    """ONE_MMA runs gate and up as one wgmma over both weight tiles: each output element is the same sum
+    over the same K steps, so the output equals the two-wgmma one bit for bit."""
+    c = Case(E=8, H=256, I=128, K=2, T=1000, routing=routing)
+    H_, I_ = (64, 48) if ws is SMALL_PINGPONG else (256, 128)
+    c = type(c)(**{**c.__dict__, "H": H_, "I": I_})
+    experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, "cuda", seed)
+    x_TH, ids_TK, w_TK = make_inputs(c, torch.bfloat16, "cuda", seed)
+    one_TH, plan = run(experts, x_TH, ids_TK, w_TK, one_mma(ws))
+    assert plan.ws and plan.up.consts["ONE_MMA"] and not plan.down.consts["ONE_MMA"]
+    two_TH, _ = run(experts, x_TH, ids_TK, w_TK, ws)
+    assert torch.equal(one_TH, two_TH)
+    assert relative_error(one_TH, reference_experts(experts, x_TH, ids_TK, w_TK)) <= TOL[torch.bfloat16]

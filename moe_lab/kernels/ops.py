@@ -265,7 +265,8 @@ class Plan:
                                     dict(consts, W_T=view[1], GROUP_M=cfg["GROUP_M"],
                                          EXPERT_GROUPS=bool(cfg.get("EXPERT_GROUPS", 0)), STAGES=cfg["STAGES"],
                                          PINGPONG=bool(cfg.get("PINGPONG", 0)), BLOCK_M=self.bm,
-                                         HALF_TAIL=self.half_tail, num_warps=cfg["num_warps"]), {}))
+                                         HALF_TAIL=self.half_tail, ONE_MMA=bool(cfg.get("ONE_MMA", 0)),
+                                         num_warps=cfg["num_warps"]), {}))
         self.up, self.down = launches
         self.up_scalars = (B, H, N, I, self.S, self.K, self.x_strides[0], spec.limit, spec.alpha)
         self.down_scalars = (B, I, H, 0, self.S, self.K, 0, spec.limit, spec.alpha)
@@ -418,7 +419,7 @@ def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias:
     """Why a config's `"ws"` entry cannot run this call, or None. Its keys: BLOCK_M, optional HALF_TAIL
     (half-height last blocks), and per GEMM ("up", "down") BLOCK_N, BLOCK_K, STAGES, num_warps (per
     consumer), GROUP_M, optional PINGPONG (two consumers), optional EXPERT_GROUPS (the GROUP_M groups start
-    again at each expert's first block)."""
+    again at each expert's first block), and gate/up's optional ONE_MMA (gate and up as one wgmma)."""
     if not sms:
         return "they need compiled kernels on an sm90 GPU"
     if dtype not in (torch.bfloat16, torch.float16):
@@ -437,6 +438,13 @@ def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias:
                                             ("down", ws["down"], down_strides, H, I, 1)):
         if bm < 16 * cfg["num_warps"]:
             return f"{name}: BLOCK_M {bm} is less than 16 rows per consumer warp ({cfg['num_warps']} warps)"
+        if cfg.get("ONE_MMA", 0):
+            if nw != 2:
+                return f"{name}: ONE_MMA joins a gate and an up tile; this GEMM has one weight tile"
+            if strides[2] != 1:
+                return f"{name}: ONE_MMA needs the weights stored untransposed (strides {strides})"
+            if 2 * cfg["BLOCK_N"] > 256:
+                return f"{name}: ONE_MMA's wgmma is 2 x BLOCK_N = {2 * cfg['BLOCK_N']} columns wide, at most 256"
         consumers = 2 if cfg.get("PINGPONG", 0) else 1
         if consumers == 2 and cfg["num_warps"] != 4:
             return f"{name}: PINGPONG takes consumers of one warp group (num_warps 4), not {cfg['num_warps']}"

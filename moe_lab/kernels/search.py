@@ -12,7 +12,8 @@ activations through TMA too (tokens gathered into the aligned order first); last
 on) with its experts' last row blocks run as half-height tiles where they fit (`HALF_TAIL`), and the best
 decode config with its weights' other L2 policy (`EVICT_FIRST`, `configs.decode_evicts_first`); on an sm90 GPU,
 the best grouped config with each of `WS_SPACE` as its `"ws"` entry, whole-height and with half-height last
-blocks, then the best of those with expert-aligned groups of row blocks (`EXPERT_GROUPS`) in one GEMM or both
+blocks, then the best of those with expert-aligned groups of row blocks (`EXPERT_GROUPS`) in one GEMM or both,
+then the best with gate/up's two weight tiles as one wgmma (`ONE_MMA`, a concatenated gate)
 (the warp-specialized GEMMs, `ws_grouped`; `ws_only` times just those on top of the config in force).
 Before it is timed, each candidate's output is checked against moe_lab's grouped_mm backend on the same
 inputs; one that differs by more than the dtype's tolerance is logged and never chosen. Every candidate is
@@ -191,8 +192,9 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
         return timed[key]
 
     time_it(incumbent)
+    gated = bool(experts.has_gate and experts.is_concatenated)
     if ws_only:
-        _time_ws_entries(time_it, timed)
+        _time_ws_entries(time_it, timed, gated)
         return sorted((ms, key) for key, ms in timed.items())
     if S <= DECODE_MAX_PAIRS:
         best_up = min(DECODE_UP, key=lambda u: time_it(decode_config(u, DECODE_DOWN[1])))
@@ -228,7 +230,7 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
         if math.isfinite(best_ms):
             time_it({**json.loads(best_key), "HALF_TAIL": 1})
     if ws:
-        _time_ws_entries(time_it, timed)
+        _time_ws_entries(time_it, timed, gated)
     return sorted((ms, key) for key, ms in timed.items())
 
 
@@ -243,10 +245,11 @@ WS_SPACE = [  # "ws" entries (ws_grouped's tiles), the fastest of eight on qwen3
 ]
 
 
-def _time_ws_entries(time_it, timed: dict) -> None:
+def _time_ws_entries(time_it, timed: dict, gated: bool) -> None:
     """The fastest grouped config so far, without a "ws" entry and with each of WS_SPACE, whole-height and
     with half-height last blocks (HALF_TAIL); then the fastest with a "ws" entry again with its groups of
-    row blocks started at each expert's first block (EXPERT_GROUPS) in gate/up, in down and in both."""
+    row blocks started at each expert's first block (EXPERT_GROUPS) in gate/up, in down and in both; then
+    (`gated`: a concatenated gate) the fastest again with gate/up's gate and up as one wgmma (ONE_MMA)."""
     grouped = [(ms, k) for k, ms in timed.items() if json.loads(k).get("path") == "grouped"]
     best_ms, best_key = min(grouped, default=(math.inf, None))
     if not math.isfinite(best_ms):
@@ -262,6 +265,11 @@ def _time_ws_entries(time_it, timed: dict) -> None:
         for gemms in (("up",), ("down",), ("up", "down")):
             ws = {**best["ws"], **{g: {**best["ws"][g], "EXPERT_GROUPS": 1} for g in gemms}}
             time_it({**best, "ws": ws})
+    best_ms, best_key = min((ms, k) for k, ms in timed.items() if "ws" in json.loads(k))
+    if gated and math.isfinite(best_ms):
+        best = json.loads(best_key)
+        if 2 * best["ws"]["up"]["BLOCK_N"] <= 256:
+            time_it({**best, "ws": {**best["ws"], "up": {**best["ws"]["up"], "ONE_MMA": 1}}})
 
 
 def search(models: list[str], tokens: list[int], dtype: torch.dtype = torch.bfloat16, device: str = "cuda",

@@ -22,6 +22,10 @@ past the last expert's (expert -1) are skipped. With `HALF_TAIL` a row block who
 half (an expert's last) runs as a half-height tile: its MMAs, its loads by TMA and its store cover BLOCK_M // 2
 rows (at 8 consumer warps the two warp groups then split the columns); both GEMMs decide alike, so the rows
 past it are neither written nor read. The row-block descriptors then have half-height boxes, two per block.
+With `ONE_MMA` (gate/up) a stage's gate and up weight tiles land in the two halves of one (2 BN, BK) buffer
+and a whole-height tile runs one wgmma of 2 BN columns per K step instead of two of BN, so each warp group
+reads its rows from shared memory once per step, not twice; the accumulator's two halves are gate and up
+(every thread holds both halves' values: splitting them moves no data).
 What they take (sm90, bf16/fp16, concatenated gate or none, no bias, the top-k sum, contiguous token rows)
 is checked by `ops.ws_refusal`. Legend as in `fused_moe`.
 """
@@ -66,8 +70,30 @@ def _tile(tile, num_blocks, tiles_n, block_expert_ptr, expert_block_ptr, GROUP_M
 
 
 @gluon.jit
+def _w_buf(w_bufs, s, j, NW: gl.constexpr, ONE_MMA: gl.constexpr):
+    """Stage s's j-th weight tile (gated: 0 gate, 1 up): its own buffer, or (ONE_MMA) the j-th half of the
+    stage's one buffer."""
+    if ONE_MMA:
+        BN: gl.constexpr = w_bufs.type.shape[1] // NW
+        buf = w_bufs.index(s).slice(j * BN, BN)
+    else:
+        buf = w_bufs.index(s * NW + j)
+    return buf
+
+
+@gluon.jit
+def _halves(acc, layout: gl.constexpr):
+    """gate and up: the two column halves of a (ROWS, 2 BN) accumulator, each in `layout` (the (ROWS, BN)
+    accumulator's); every thread already holds both halves' values, so no data moves."""
+    ROWS: gl.constexpr = acc.shape[0]
+    BN: gl.constexpr = acc.shape[1] // 2
+    g, u = gl.split(gl.permute(gl.reshape(acc, [ROWS, 2, BN]), (0, 2, 1)))
+    return gl.convert_layout(g, layout, assert_trivial=True), gl.convert_layout(u, layout, assert_trivial=True)
+
+
+@gluon.jit
 def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr, GROUP_M: gl.constexpr,
-                    EXPERT_GROUPS: gl.constexpr, HALF_TAIL: gl.constexpr):
+                    EXPERT_GROUPS: gl.constexpr, HALF_TAIL: gl.constexpr, ONE_MMA: gl.constexpr):
     """Producer: each real tile's K steps, a row block and one (or, gated, a gate and an up) weight tile per
     stage, issued as soon as the consumers hand the stage back. The weight is the (E * n_rows, K) view of
     its storage (W_T: the (E * K, n_rows) view of its transposed storage); up rows start at `up_row`.
@@ -81,7 +107,7 @@ def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.
     BK: gl.constexpr = x_bufs.type.shape[2]
     XB: gl.constexpr = x_desc.block_type.shape[0]
     NW: gl.constexpr = 2 if GATED else 1
-    BN: gl.constexpr = w_bufs.type.shape[2] if W_T else w_bufs.type.shape[1]
+    BN: gl.constexpr = w_desc.block_type.shape[1] if W_T else w_desc.block_type.shape[0]
     w_bytes: gl.constexpr = NW * w_desc.block_type.nbytes
     TPW_K: gl.constexpr = min(BK // 8, 8)  # threads along a row, 8 values (16 bytes) each
     rows_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TPW_K, TPW_K], [GATHER_WARPS, 1], [1, 0])
@@ -119,10 +145,11 @@ def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.
                 for j in gl.static_range(NW):
                     col = pid_n * BN + j * up_row
                     if W_T:
-                        tma.async_copy_global_to_shared(w_desc, [expert * K + k, col], bar, w_bufs.index(s * NW + j))
+                        tma.async_copy_global_to_shared(w_desc, [expert * K + k, col], bar,
+                                                        _w_buf(w_bufs, s, j, NW, ONE_MMA))
                     else:
                         tma.async_copy_global_to_shared(w_desc, [expert * n_rows + col, k], bar,
-                                                        w_bufs.index(s * NW + j))
+                                                        _w_buf(w_bufs, s, j, NW, ONE_MMA))
                 step += 1
 
 
@@ -139,11 +166,12 @@ def _b_operand(w_buf, W_T: gl.constexpr):
 @gluon.jit
 def _tile_mma(tile_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
               GATHER: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, CONSUMER: gl.constexpr,
-              CONSUMERS: gl.constexpr):
+              CONSUMERS: gl.constexpr, ONE_MMA: gl.constexpr):
     """One tile's top ROWS rows (BLOCK_M, or half of it for a half-height tile): wgmma on each stage as it
     lands, the stage before handed back once this one's are issued, the turn passed on (ping-pong), then the
     epilogue into the consumer's shared buffer and out by TMA in boxes of the descriptor's rows. At 8 warps a
-    half-height tile has 64 rows, one warp group's: the two warp groups split its columns instead."""
+    half-height tile has 64 rows, one warp group's: the two warp groups split its columns instead (and with
+    ONE_MMA run gate and up as two wgmmas on the buffer's halves, so that each keeps both halves' columns)."""
     (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_smem, sorted_ptr, rw_ptr, S, limit, alpha, K, step, pid_m,
      pid_n) = tile_in
     STAGES: gl.constexpr = x_bufs.type.shape[0]
@@ -155,8 +183,13 @@ def _tile_mma(tile_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.co
     WN: gl.constexpr = max(1, 16 * WARPS // ROWS)  # warps along the columns: 16 rows per warp along the rows
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS // WN, WN],
                                                          instr_shape=[16, BN // WN, 16])
-    acc_g = gl.zeros([ROWS, BN], gl.float32, acc_layout)
-    acc_u = gl.zeros([ROWS, BN], gl.float32, acc_layout)
+    ONE: gl.constexpr = ONE_MMA and WN == 1  # gate and up as one wgmma of 2 BN columns
+    if ONE:
+        acc = gl.zeros([ROWS, NW * BN], gl.float32, gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[WARPS, 1], instr_shape=[16, NW * BN, 16]))
+    else:
+        acc_g = gl.zeros([ROWS, BN], gl.float32, acc_layout)
+        acc_u = gl.zeros([ROWS, BN], gl.float32, acc_layout)
     for k in range(0, K, BK):
         s = step % STAGES
         mbarrier.wait(ready.index(s), (step // STAGES) & 1)
@@ -166,19 +199,27 @@ def _tile_mma(tile_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.co
         xa = x_bufs.index(s)
         if ROWS < BM:
             xa = xa.slice(0, ROWS)
-        wg = _b_operand(w_bufs.index(s * NW), W_T)
-        acc_g = warpgroup_mma(xa, wg, acc_g, is_async=True)
-        if GATED:
-            wu = _b_operand(w_bufs.index(s * NW + 1), W_T)
-            acc_u = warpgroup_mma(xa, wu, acc_u, is_async=True)
-            acc_g, acc_u, _, _, _ = warpgroup_mma_wait(2, deps=(acc_g, acc_u, xa, wg, wu))
+        if ONE:
+            w = _b_operand(w_bufs.index(s), W_T)
+            acc = warpgroup_mma(xa, w, acc, is_async=True)
+            acc, _, _ = warpgroup_mma_wait(1, deps=(acc, xa, w))
         else:
-            acc_g, _, _ = warpgroup_mma_wait(1, deps=(acc_g, xa, wg))
+            wg = _b_operand(_w_buf(w_bufs, s, 0, NW, ONE_MMA), W_T)
+            acc_g = warpgroup_mma(xa, wg, acc_g, is_async=True)
+            if GATED:
+                wu = _b_operand(_w_buf(w_bufs, s, 1, NW, ONE_MMA), W_T)
+                acc_u = warpgroup_mma(xa, wu, acc_u, is_async=True)
+                acc_g, acc_u, _, _, _ = warpgroup_mma_wait(2, deps=(acc_g, acc_u, xa, wg, wu))
+            else:
+                acc_g, _, _ = warpgroup_mma_wait(1, deps=(acc_g, xa, wg))
         mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), pred=k > 0)  # its wgmmas are done
         step += 1
     if CONSUMERS > 1:
         mbarrier.arrive(turn.index((CONSUMER + 1) % CONSUMERS))
-    acc_g, acc_u = warpgroup_mma_wait(0, deps=(acc_g, acc_u))
+    if ONE:
+        acc_g, acc_u = _halves(warpgroup_mma_wait(0, deps=(acc,)), acc_layout)
+    else:
+        acc_g, acc_u = warpgroup_mma_wait(0, deps=(acc_g, acc_u))
     mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES))
     if GATED:
         out = _gate(acc_g, acc_u, ACT, limit, alpha)
@@ -203,7 +244,7 @@ def _tile_mma(tile_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.co
 @gluon.jit
 def _mma_partition(mma_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
                    GATHER: gl.constexpr, GROUP_M: gl.constexpr, EXPERT_GROUPS: gl.constexpr, HALF_TAIL: gl.constexpr,
-                   CONSUMER: gl.constexpr, CONSUMERS: gl.constexpr, WARPS: gl.constexpr):
+                   CONSUMER: gl.constexpr, CONSUMERS: gl.constexpr, WARPS: gl.constexpr, ONE_MMA: gl.constexpr):
     """Consumer CONSUMER of CONSUMERS, WARPS warps: every CONSUMERS-th real tile (`_tile_mma`; the epilogue
     ACT >= 0: the gating of `fused_moe._gate`, or `_act` without a gate; MUL_WEIGHT: each row times its
     pair's routing weight), its TMA store waited for only before its next tile's. Two consumers (ping-pong)
@@ -228,9 +269,10 @@ def _mma_partition(mma_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: g
                 tile_in = (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_smem, sorted_ptr, rw_ptr, S, limit,
                            alpha, K, real * k_steps, pid_m, pid_n)
                 if HALF_TAIL and _half_full(sorted_ptr, pid_m * BM, S, BM):
-                    _tile_mma(tile_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, BM // 2, WARPS, CONSUMER, CONSUMERS)
+                    _tile_mma(tile_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, BM // 2, WARPS, CONSUMER, CONSUMERS,
+                              ONE_MMA)
                 else:
-                    _tile_mma(tile_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, BM, WARPS, CONSUMER, CONSUMERS)
+                    _tile_mma(tile_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, BM, WARPS, CONSUMER, CONSUMERS, ONE_MMA)
                 mine += 1
             real += 1
     tma.store_wait(0)
@@ -242,18 +284,23 @@ def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, expert_block_pt
                        GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
                        GATHER: gl.constexpr, GROUP_M: gl.constexpr, EXPERT_GROUPS: gl.constexpr, STAGES: gl.constexpr,
                        PINGPONG: gl.constexpr, BLOCK_M: gl.constexpr,
-                       HALF_TAIL: gl.constexpr, num_warps: gl.constexpr):
+                       HALF_TAIL: gl.constexpr, ONE_MMA: gl.constexpr, num_warps: gl.constexpr):
     """c[rows of block b, columns n..] = epilogue(x[rows of b] @ W[expert of b] rows n.. (and up rows)), for
     every real tile. x: (P, K) TMA descriptor, boxes (XB, BK), or (GATHER) the tokens (T, K) at x_ptr, rows
     gathered (`x_desc` then only gives the box); c: (P, columns) descriptor, boxes (XB, BN); XB is BLOCK_M,
     or with HALF_TAIL half of it. One consumer of num_warps warps (two warp groups at 8: cooperative), or
-    (PINGPONG) two of num_warps each."""
+    (PINGPONG) two of num_warps each. ONE_MMA (gated, weights not transposed): gate and up in one buffer per
+    stage, one wgmma per K step."""
     NW: gl.constexpr = 2 if GATED else 1
     CONSUMERS: gl.constexpr = 2 if PINGPONG else 1
     BK: gl.constexpr = x_desc.block_type.shape[1]
     BN: gl.constexpr = c_desc.block_type.shape[1]
     x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_M, BK], x_desc.layout)
-    w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES * NW] + w_desc.block_type.shape, w_desc.layout)
+    if ONE_MMA:
+        w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES, NW * w_desc.block_type.shape[0],
+                                                          w_desc.block_type.shape[1]], w_desc.layout)
+    else:
+        w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES * NW] + w_desc.block_type.shape, w_desc.layout)
     c_bufs = gl.allocate_shared_memory(c_desc.dtype, [CONSUMERS, BLOCK_M, BN], c_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     x_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -275,14 +322,14 @@ def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, expert_block_pt
     if PINGPONG:
         gl.warp_specialize([
             (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, 0, 2,
-                                num_warps)),
+                                num_warps, ONE_MMA)),
             (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, 1, 2,
-                                num_warps)),
-            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL)),
+                                num_warps, ONE_MMA)),
+            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, ONE_MMA)),
         ], [num_warps, GATHER_WARPS], [PINGPONG_REGS, LOADER_REGS])
     else:
         gl.warp_specialize([
             (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, 0, 1,
-                                num_warps)),
-            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL)),
+                                num_warps, ONE_MMA)),
+            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, ONE_MMA)),
         ], [GATHER_WARPS], [LOADER_REGS])
