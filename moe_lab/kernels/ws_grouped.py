@@ -26,6 +26,10 @@ With `ONE_MMA` (gate/up) a stage's gate and up weight tiles land in the two halv
 and a whole-height tile runs one wgmma of 2 BN columns per K step instead of two of BN, so each warp group
 reads its rows from shared memory once per step, not twice; the accumulator's two halves are gate and up
 (every thread holds both halves' values: splitting them moves no data).
+With `L2_AHEAD` = n the producer, before it waits for each stage, asks L2 for the lines that the load n
+stages later will read (the weight tile(s) and, loaded by TMA, the row block; `prefetch.global.L2`, nothing
+waits on it), so that its TMA loads find their data in L2 rather than DRAM: the ring of STAGES buffers hides
+only STAGES - 1 steps of a load's latency.
 What they take (sm90, bf16/fp16, concatenated gate or none, no bias, the top-k sum, contiguous token rows)
 is checked by `ops.ws_refusal`. Legend as in `fused_moe`.
 """
@@ -92,16 +96,44 @@ def _halves(acc, layout: gl.constexpr):
 
 
 @gluon.jit
+def _prefetch_l2(ptrs):
+    """Ask for the 128-byte lines at `ptrs` to be pulled into L2 (PTX `prefetch.global.L2`, one per address;
+    its dummy result is discarded, the asm is impure so it stays). It reads no value: a line never used
+    costs bandwidth, never a wrong result."""
+    gl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs.to(gl.int64)],
+                              dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _prefetch_step(w_ptr, x_ptr, expert, pid_m, pid_n, k, K, n_rows, up_row, BM: gl.constexpr, BN: gl.constexpr,
+                   NW: gl.constexpr, GATHER: gl.constexpr):
+    """The lines of one K step's loads at column k (BK of 2 bytes: one line per row): the weight tile's BN rows
+    (of each of the NW tiles; rows past the expert's last clamped to it) and, unless GATHER, the row block's
+    BM rows of the aligned (P, K) x."""
+    lanes: gl.constexpr = gl.BlockedLayout([1], [32], [GATHER_WARPS], [0])
+    r_N = gl.arange(0, BN, layout=lanes)
+    for j in gl.static_range(NW):
+        row_N = gl.minimum(pid_n * BN + r_N, n_rows // NW - 1) + j * up_row
+        _prefetch_l2(w_ptr + (expert.to(gl.int64) * n_rows + row_N) * K + k)
+    if not GATHER:
+        r_M = gl.arange(0, BM, layout=lanes)
+        _prefetch_l2(x_ptr + (pid_m * BM + r_M).to(gl.int64) * K + k)
+
+
+@gluon.jit
 def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr, GROUP_M: gl.constexpr,
-                    EXPERT_GROUPS: gl.constexpr, HALF_TAIL: gl.constexpr, ONE_MMA: gl.constexpr):
+                    EXPERT_GROUPS: gl.constexpr, HALF_TAIL: gl.constexpr, ONE_MMA: gl.constexpr,
+                    L2_AHEAD: gl.constexpr):
     """Producer: each real tile's K steps, a row block and one (or, gated, a gate and an up) weight tile per
     stage, issued as soon as the consumers hand the stage back. The weight is the (E * n_rows, K) view of
     its storage (W_T: the (E * K, n_rows) view of its transposed storage); up rows start at `up_row`.
     Rows come by TMA from the aligned (P, K) x, in boxes of XB rows (the top one only for a half-height
     tile), or (GATHER) by cp.async straight from the tokens' rows, pair s's token s // TOPK, padding rows
-    zero; then the row block's first column tile also writes pair_row[s] = its row, for the top-k sum."""
+    zero; then the row block's first column tile also writes pair_row[s] = its row, for the top-k sum.
+    L2_AHEAD: before waiting for a stage, the lines of the load L2_AHEAD steps on (`_prefetch_step`; into the
+    program's next tile, not past it) are asked into L2; w_ptr is the weight's (E * n_rows, K) storage."""
     (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, expert_block_ptr, num_blocks, tiles_n,
-     K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt) = load_in
+     K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt, w_ptr) = load_in
     STAGES: gl.constexpr = x_bufs.type.shape[0]
     BM: gl.constexpr = x_bufs.type.shape[1]
     BK: gl.constexpr = x_bufs.type.shape[2]
@@ -118,6 +150,12 @@ def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.
         pid_m, pid_n, expert = _tile(tile, num_blocks, tiles_n, block_expert_ptr, expert_block_ptr, GROUP_M,
                                      EXPERT_GROUPS)
         if expert >= 0:
+            if L2_AHEAD:  # the program's next tile, expert -1 where there is none
+                tiles = num_blocks * tiles_n
+                nxt = tile + gl.num_programs(0)
+                next_m, next_n, next_expert = _tile(gl.minimum(nxt, tiles - 1), num_blocks, tiles_n,
+                                                    block_expert_ptr, expert_block_ptr, GROUP_M, EXPERT_GROUPS)
+                next_expert = gl.where(nxt < tiles, next_expert, -1)
             x_boxes = BM // XB
             if HALF_TAIL and not GATHER:
                 x_boxes = gl.where(_half_full(sorted_ptr, pid_m * BM, S, BM), 1, BM // XB)
@@ -128,6 +166,14 @@ def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.
                     gl.store(pair_row_ptr + pair, pid_m * BM + rows_M, mask=real)
                 x_ptrs = x_ptr + gl.where(real, pair // TOPK, 0).to(gl.int64)[:, None] * stride_xt + cols_K[None, :]
             for k in range(0, K, BK):
+                if L2_AHEAD:
+                    ahead = k + L2_AHEAD * BK
+                    if ahead < K:
+                        _prefetch_step(w_ptr, x_ptr, expert, pid_m, pid_n, ahead, K, n_rows, up_row, BM, BN, NW,
+                                       GATHER)
+                    elif (next_expert >= 0) & (ahead - K < K):
+                        _prefetch_step(w_ptr, x_ptr, next_expert, next_m, next_n, ahead - K, K, n_rows, up_row, BM,
+                                       BN, NW, GATHER)
                 s = step % STAGES
                 mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1
                 bar = ready.index(s)
@@ -280,17 +326,19 @@ def _mma_partition(mma_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: g
 
 @gluon.jit
 def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, expert_block_ptr, sorted_ptr, rw_ptr, x_ptr,
-                       pair_row_ptr, num_blocks, K, n_rows, up_row, S, TOPK, stride_xt, limit, alpha,
+                       pair_row_ptr, w_ptr, num_blocks, K, n_rows, up_row, S, TOPK, stride_xt, limit, alpha,
                        GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
                        GATHER: gl.constexpr, GROUP_M: gl.constexpr, EXPERT_GROUPS: gl.constexpr, STAGES: gl.constexpr,
                        PINGPONG: gl.constexpr, BLOCK_M: gl.constexpr,
-                       HALF_TAIL: gl.constexpr, ONE_MMA: gl.constexpr, num_warps: gl.constexpr):
+                       HALF_TAIL: gl.constexpr, ONE_MMA: gl.constexpr, L2_AHEAD: gl.constexpr,
+                       num_warps: gl.constexpr):
     """c[rows of block b, columns n..] = epilogue(x[rows of b] @ W[expert of b] rows n.. (and up rows)), for
     every real tile. x: (P, K) TMA descriptor, boxes (XB, BK), or (GATHER) the tokens (T, K) at x_ptr, rows
     gathered (`x_desc` then only gives the box); c: (P, columns) descriptor, boxes (XB, BN); XB is BLOCK_M,
     or with HALF_TAIL half of it. One consumer of num_warps warps (two warp groups at 8: cooperative), or
     (PINGPONG) two of num_warps each. ONE_MMA (gated, weights not transposed): gate and up in one buffer per
-    stage, one wgmma per K step."""
+    stage, one wgmma per K step. L2_AHEAD (weights not transposed; w_ptr: their storage, x_ptr: the aligned x
+    unless GATHER): the producer asks L2 for each load's lines that many steps before it issues it."""
     NW: gl.constexpr = 2 if GATED else 1
     CONSUMERS: gl.constexpr = 2 if PINGPONG else 1
     BK: gl.constexpr = x_desc.block_type.shape[1]
@@ -318,18 +366,18 @@ def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, expert_block_pt
     mma_in = (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, expert_block_ptr,
               num_blocks, tiles_n, K, sorted_ptr, rw_ptr, S, limit, alpha)
     load_in = (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, expert_block_ptr, num_blocks,
-               tiles_n, K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt)
+               tiles_n, K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt, w_ptr)
     if PINGPONG:
         gl.warp_specialize([
             (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, 0, 2,
                                 num_warps, ONE_MMA)),
             (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, 1, 2,
                                 num_warps, ONE_MMA)),
-            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, ONE_MMA)),
+            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, ONE_MMA, L2_AHEAD)),
         ], [num_warps, GATHER_WARPS], [PINGPONG_REGS, LOADER_REGS])
     else:
         gl.warp_specialize([
             (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, 0, 1,
                                 num_warps, ONE_MMA)),
-            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, ONE_MMA)),
+            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, ONE_MMA, L2_AHEAD)),
         ], [GATHER_WARPS], [LOADER_REGS])
