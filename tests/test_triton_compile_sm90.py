@@ -223,7 +223,7 @@ def test_warp_specialized_gemms_compile_for_sm90(layout, tile, compiled, monkeyp
         assert ("cp.async.cg.shared.global" in ptx) == gathers, "gate/up gathers its rows, down loads them by TMA"
         assert not k.metadata.launch_pdl
         gemm = ws["down" if k is compiled[2] else "up"]
-        assert ("prefetch.global.L2" in ptx) == bool(gemm.get("L2_AHEAD")), "L2 prefetches where the config asks"
+        assert ("cp.async.bulk.prefetch.L2" in ptx) == bool(gemm.get("L2_AHEAD")), "L2 prefetches as the config asks"
         n = gemm["BLOCK_N"]
 
         def wgmma_n(rows: int) -> int:  # warps side by side along the columns: 16 rows per warp along the rows

@@ -26,10 +26,10 @@ With `ONE_MMA` (gate/up) a stage's gate and up weight tiles land in the two halv
 and a whole-height tile runs one wgmma of 2 BN columns per K step instead of two of BN, so each warp group
 reads its rows from shared memory once per step, not twice; the accumulator's two halves are gate and up
 (every thread holds both halves' values: splitting them moves no data).
-With `L2_AHEAD` = n the producer, before it waits for each stage, asks L2 for the lines that the load n
-stages later will read (the weight tile(s) and, loaded by TMA, the row block; `prefetch.global.L2`, nothing
-waits on it), so that its TMA loads find their data in L2 rather than DRAM: the ring of STAGES buffers hides
-only STAGES - 1 steps of a load's latency.
+With `L2_AHEAD` = n the producer, every n K steps, asks L2 for the rows' bytes of the n steps after the next n
+(the weight tile(s) and, loaded by TMA, the row block; bulk prefetches, nothing waits on them), so that its
+TMA loads find their data in L2 rather than DRAM: the ring of STAGES buffers hides only STAGES - 1 steps of
+a load's latency.
 What they take (sm90, bf16/fp16, concatenated gate or none, no bias, the top-k sum, contiguous token rows)
 is checked by `ops.ws_refusal`. Legend as in `fused_moe`.
 """
@@ -96,28 +96,29 @@ def _halves(acc, layout: gl.constexpr):
 
 
 @gluon.jit
-def _prefetch_l2(ptrs):
-    """Ask for the 128-byte lines at `ptrs` to be pulled into L2 (PTX `prefetch.global.L2`, one per address;
-    its dummy result is discarded, the asm is impure so it stays). It reads no value: a line never used
-    costs bandwidth, never a wrong result."""
-    gl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs.to(gl.int64)],
-                              dtype=gl.int32, is_pure=False, pack=1)
+def _prefetch_l2(ptrs, nbytes):
+    """Ask the copy engine to pull nbytes[i] (a multiple of 16) from each ptrs[i] (16-byte aligned) into L2
+    (PTX `cp.async.bulk.prefetch.L2`; its dummy result is discarded, the asm is impure so it stays). It reads
+    no value into the kernel: a line never used costs bandwidth, never a wrong result."""
+    gl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.u32 $0, 0;", "=r,l,r",
+                              [ptrs.to(gl.int64), nbytes], dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
-def _prefetch_step(w_ptr, x_ptr, expert, pid_m, pid_n, k, K, n_rows, up_row, BM: gl.constexpr, BN: gl.constexpr,
-                   NW: gl.constexpr, GATHER: gl.constexpr):
-    """The lines of one K step's loads at column k (BK of 2 bytes: one line per row): the weight tile's BN rows
-    (of each of the NW tiles; rows past the expert's last clamped to it) and, unless GATHER, the row block's
-    BM rows of the aligned (P, K) x."""
+def _prefetch_span(w_ptr, x_ptr, expert, pid_m, pid_n, k0, k1, K, n_rows, up_row, BM: gl.constexpr,
+                   BN: gl.constexpr, NW: gl.constexpr, GATHER: gl.constexpr):
+    """Columns [k0, k1) of one tile's rows into L2: the weight tile's BN rows (of each of the NW tiles; rows
+    past the expert's last clamped to it) and, unless GATHER, the row block's BM rows of the aligned (P, K) x;
+    one bulk prefetch per row."""
     lanes: gl.constexpr = gl.BlockedLayout([1], [32], [GATHER_WARPS], [0])
+    nbytes = (k1 - k0) * (w_ptr.dtype.element_ty.primitive_bitwidth // 8)
     r_N = gl.arange(0, BN, layout=lanes)
     for j in gl.static_range(NW):
         row_N = gl.minimum(pid_n * BN + r_N, n_rows // NW - 1) + j * up_row
-        _prefetch_l2(w_ptr + (expert.to(gl.int64) * n_rows + row_N) * K + k)
+        _prefetch_l2(w_ptr + (expert.to(gl.int64) * n_rows + row_N) * K + k0, r_N * 0 + nbytes)
     if not GATHER:
         r_M = gl.arange(0, BM, layout=lanes)
-        _prefetch_l2(x_ptr + (pid_m * BM + r_M).to(gl.int64) * K + k)
+        _prefetch_l2(x_ptr + (pid_m * BM + r_M).to(gl.int64) * K + k0, r_M * 0 + nbytes)
 
 
 @gluon.jit
@@ -130,8 +131,8 @@ def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.
     Rows come by TMA from the aligned (P, K) x, in boxes of XB rows (the top one only for a half-height
     tile), or (GATHER) by cp.async straight from the tokens' rows, pair s's token s // TOPK, padding rows
     zero; then the row block's first column tile also writes pair_row[s] = its row, for the top-k sum.
-    L2_AHEAD: before waiting for a stage, the lines of the load L2_AHEAD steps on (`_prefetch_step`; into the
-    program's next tile, not past it) are asked into L2; w_ptr is the weight's (E * n_rows, K) storage."""
+    L2_AHEAD: every L2_AHEAD K steps, after that step's loads, the next L2_AHEAD steps but those are asked
+    into L2 (`_prefetch_span`; into the program's next tile, not past it); w_ptr: the (E * n_rows, K) weight."""
     (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, expert_block_ptr, num_blocks, tiles_n,
      K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt, w_ptr) = load_in
     STAGES: gl.constexpr = x_bufs.type.shape[0]
@@ -166,14 +167,6 @@ def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.
                     gl.store(pair_row_ptr + pair, pid_m * BM + rows_M, mask=real)
                 x_ptrs = x_ptr + gl.where(real, pair // TOPK, 0).to(gl.int64)[:, None] * stride_xt + cols_K[None, :]
             for k in range(0, K, BK):
-                if L2_AHEAD:
-                    ahead = k + L2_AHEAD * BK
-                    if ahead < K:
-                        _prefetch_step(w_ptr, x_ptr, expert, pid_m, pid_n, ahead, K, n_rows, up_row, BM, BN, NW,
-                                       GATHER)
-                    elif (next_expert >= 0) & (ahead - K < K):
-                        _prefetch_step(w_ptr, x_ptr, next_expert, next_m, next_n, ahead - K, K, n_rows, up_row, BM,
-                                       BN, NW, GATHER)
                 s = step % STAGES
                 mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1
                 bar = ready.index(s)
@@ -196,6 +189,15 @@ def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.
                     else:
                         tma.async_copy_global_to_shared(w_desc, [expert * n_rows + col, k], bar,
                                                         _w_buf(w_bufs, s, j, NW, ONE_MMA))
+                if L2_AHEAD:  # every L2_AHEAD steps, the L2_AHEAD steps after the next L2_AHEAD
+                    if (k // BK) % L2_AHEAD == 0:
+                        span = L2_AHEAD * BK
+                        if k + span < K:
+                            _prefetch_span(w_ptr, x_ptr, expert, pid_m, pid_n, k + span, gl.minimum(k + 2 * span, K),
+                                           K, n_rows, up_row, BM, BN, NW, GATHER)
+                        if (k + 2 * span > K) & (next_expert >= 0):  # the rest in the next tile
+                            _prefetch_span(w_ptr, x_ptr, next_expert, next_m, next_n, gl.maximum(k + span, K) - K,
+                                           gl.minimum(k + 2 * span - K, K), K, n_rows, up_row, BM, BN, NW, GATHER)
                 step += 1
 
 
