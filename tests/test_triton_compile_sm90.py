@@ -185,22 +185,19 @@ def test_multi_program_alignment_compiles_for_sm90(pdl_on, compiled, seed):
                                           ("gated_silu", "half_tail"), ("transposed", "half_tail"),
                                           ("gated_silu", "half_tail_pingpong"), ("plain_relu", "half_tail_pingpong"),
                                           ("gated_silu", "expert_groups"), ("gated_silu", "one_mma"),
-                                          ("gated_silu", "one_mma_half_tail"), ("gated_silu", "l2_ahead"),
-                                          ("plain_relu", "l2_ahead")])
+                                          ("gated_silu", "one_mma_half_tail")])
 def test_warp_specialized_gemms_compile_for_sm90(layout, tile, compiled, monkeypatch, seed):
     """A config's "ws" entry (`moe_lab.kernels.ws_grouped`): the two persistent Gluon GEMMs, warp-specialized
     (the producer warps' registers lowered, the consumers' raised), weights by TMA into wgmma, gate/up's token
     rows gathered by cp.async, TMA stores, launched without PDL; the top-k sum through the pairs' rows. With
     HALF_TAIL the cooperative consumers' half-height tiles split the columns between their two warp groups.
     With ONE_MMA gate/up's whole-height tiles run one wgmma of 2 x BLOCK_N columns (its half-height ones two
-    of BLOCK_N / 2, each warp group half of each weight tile's columns). With L2_AHEAD the producer issues L2
-    prefetches, only there."""
-    from test_ws_grouped import PINGPONG, WS, expert_groups, l2_ahead, one_mma
+    of BLOCK_N / 2, each warp group half of each weight tile's columns)."""
+    from test_ws_grouped import PINGPONG, WS, expert_groups, one_mma
 
     ws = {"cooperative": WS, "half_tail": {**WS, "HALF_TAIL": 1},
           "half_tail_pingpong": {**PINGPONG, "HALF_TAIL": 1}, "expert_groups": expert_groups(WS),
-          "one_mma": one_mma(WS), "one_mma_half_tail": one_mma({**WS, "HALF_TAIL": 1}),
-          "l2_ahead": {**l2_ahead(WS, 2), "down": WS["down"]}}[tile]
+          "one_mma": one_mma(WS), "one_mma_half_tail": one_mma({**WS, "HALF_TAIL": 1})}[tile]
 
     from moe_lab.kernels import ops, ws_grouped
 
@@ -223,7 +220,6 @@ def test_warp_specialized_gemms_compile_for_sm90(layout, tile, compiled, monkeyp
         assert ("cp.async.cg.shared.global" in ptx) == gathers, "gate/up gathers its rows, down loads them by TMA"
         assert not k.metadata.launch_pdl
         gemm = ws["down" if k is compiled[2] else "up"]
-        assert ("cp.async.bulk.prefetch.L2" in ptx) == bool(gemm.get("L2_AHEAD")), "L2 prefetches as the config asks"
         n = gemm["BLOCK_N"]
 
         def wgmma_n(rows: int) -> int:  # warps side by side along the columns: 16 rows per warp along the rows

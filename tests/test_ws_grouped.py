@@ -41,11 +41,6 @@ def one_mma(ws: dict) -> dict:
     return {**ws, "up": {**ws["up"], "ONE_MMA": 1}}
 
 
-def l2_ahead(ws: dict, steps: int) -> dict:
-    """`ws` with both GEMMs' producers prefetching into L2 `steps` K steps ahead of their loads."""
-    return {**ws, **{gemm: {**ws[gemm], "L2_AHEAD": steps} for gemm in ("up", "down")}}
-
-
 def refusal(**changes) -> str | None:
     args = dict(ws=WS, sms=132, dtype=torch.bfloat16, spec=SILU_CONCAT, has_bias=False, reduce=True, **CONTIGUOUS,
                 E=E, H=H, I=I)
@@ -72,8 +67,6 @@ def test_ws_applies_to_a_contiguous_concatenated_bf16_layout():
     (dict(ws={**WS, "up": {**WS["up"], "ONE_MMA": 1, "BLOCK_N": 256, "STAGES": 2}}), "at most 256"),
     (dict(ws=one_mma(WS), spec=SILU_NOGATE), "one weight tile"),
     (dict(ws=one_mma(WS), up_strides=(2 * I * H, 1, 2 * I)), "untransposed"),
-    (dict(ws=l2_ahead(WS, 2), down_strides=(H * I, 1, H)), "untransposed"),
-    (dict(ws=l2_ahead(WS, -1)), "at least 0"),
     (dict(ws={**WS, "BLOCK_M": 64, "HALF_TAIL": 1, "up": {**WS["up"], "num_warps": 4},
               "down": {**WS["down"], "num_warps": 4}}), "HALF_TAIL needs BLOCK_M >= 128"),
     (dict(up_strides=(2 * I * H + 8, H, 1)), "contiguous"),
@@ -116,9 +109,7 @@ SIZES = {"h100_tile": (WS, 256, 128), "small_tile": (SMALL_WS, 64, 48), "pingpon
          "small_expert_groups": (expert_groups(SMALL_WS), 64, 48),  # GROUP_M 2: an expert's blocks in groups
          "expert_groups_pingpong": (expert_groups(HALF_TAIL_PINGPONG), 256, 128),
          "one_mma_half_tail": (one_mma(HALF_TAIL), 256, 128),  # half tiles: gate and up as two wgmmas
-         "small_one_mma_pingpong": (one_mma(SMALL_PINGPONG), 64, 48),
-         "l2_ahead_half_tail": (l2_ahead(one_mma(HALF_TAIL), 2), 256, 128),  # 4 and 2 K steps: into the next tile
-         "small_l2_ahead_pingpong": (l2_ahead(SMALL_PINGPONG, 5), 64, 48)}  # the config, and H, I
+         "small_one_mma_pingpong": (one_mma(SMALL_PINGPONG), 64, 48)}  # the config, and H, I
 
 
 @gpu
@@ -251,21 +242,3 @@ def test_one_mma_changes_no_bit(ws, routing, seed):
     two_TH, _ = run(experts, x_TH, ids_TK, w_TK, ws)
     assert torch.equal(one_TH, two_TH)
     assert relative_error(one_TH, reference_experts(experts, x_TH, ids_TK, w_TK)) <= TOL[torch.bfloat16]
-
-
-@gpu
-@pytest.mark.parametrize("ws, steps", [(WS, 2), (HALF_TAIL, 1), (SMALL_PINGPONG, 3)],
-                         ids=["cooperative", "half_tail", "small_pingpong"])
-@pytest.mark.parametrize("routing", ["uniform", "skewed"])
-def test_l2_ahead_changes_no_bit(ws, steps, routing, seed):
-    """L2_AHEAD only asks L2 for lines (the prefetches read nothing into the kernel): the output equals the
-    one without it bit for bit, with prefetches past a tile's last step reaching into the next tile."""
-    c = Case(E=8, H=256, I=128, K=2, T=1000, routing=routing)
-    H_, I_ = (64, 48) if ws is SMALL_PINGPONG else (256, 128)
-    c = type(c)(**{**c.__dict__, "H": H_, "I": I_})
-    experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, "cuda", seed)
-    x_TH, ids_TK, w_TK = make_inputs(c, torch.bfloat16, "cuda", seed)
-    ahead_TH, plan = run(experts, x_TH, ids_TK, w_TK, l2_ahead(ws, steps))
-    assert plan.ws and plan.up.consts["L2_AHEAD"] == plan.down.consts["L2_AHEAD"] == steps
-    plain_TH, _ = run(experts, x_TH, ids_TK, w_TK, ws)
-    assert torch.equal(ahead_TH, plain_TH)

@@ -266,7 +266,7 @@ class Plan:
                                          EXPERT_GROUPS=bool(cfg.get("EXPERT_GROUPS", 0)), STAGES=cfg["STAGES"],
                                          PINGPONG=bool(cfg.get("PINGPONG", 0)), BLOCK_M=self.bm,
                                          HALF_TAIL=self.half_tail, ONE_MMA=bool(cfg.get("ONE_MMA", 0)),
-                                         L2_AHEAD=cfg.get("L2_AHEAD", 0), num_warps=cfg["num_warps"]), {}))
+                                         num_warps=cfg["num_warps"]), {}))
         self.up, self.down = launches
         self.up_scalars = (B, H, N, I, self.S, self.K, self.x_strides[0], spec.limit, spec.alpha)
         self.down_scalars = (B, I, H, 0, self.S, self.K, 0, spec.limit, spec.alpha)
@@ -353,11 +353,11 @@ class Plan:
                                     self._layout([box_rows, cols]))
 
         self.up(stream, rows(x_TH, up["BLOCK_K"]), self._ws_descriptor("up", w_up, self.up_tma),
-                rows(a_PI, up["BLOCK_N"]), block_expert_B, expert_block_E1, sorted_P, rw_S, x_TH, pair_row_S, w_up,
+                rows(a_PI, up["BLOCK_N"]), block_expert_B, expert_block_E1, sorted_P, rw_S, x_TH, pair_row_S,
                 *self.up_scalars)
         self.down(stream, rows(a_PI, down["BLOCK_K"]), self._ws_descriptor("down", w_down, self.down_tma),
                   rows(y_PH, down["BLOCK_N"]), block_expert_B, expert_block_E1, sorted_P, rw_S, a_PI, pair_row_S,
-                  w_down, *self.down_scalars)
+                  *self.down_scalars)
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
         self.sum(stream, y_PH, out_TH, pair_row_S, self.T, H)
         return out_TH
@@ -419,8 +419,7 @@ def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias:
     """Why a config's `"ws"` entry cannot run this call, or None. Its keys: BLOCK_M, optional HALF_TAIL
     (half-height last blocks), and per GEMM ("up", "down") BLOCK_N, BLOCK_K, STAGES, num_warps (per
     consumer), GROUP_M, optional PINGPONG (two consumers), optional EXPERT_GROUPS (the GROUP_M groups start
-    again at each expert's first block), optional L2_AHEAD (the producer's L2 prefetch, that many K steps
-    ahead), and gate/up's optional ONE_MMA (gate and up as one wgmma)."""
+    again at each expert's first block), and gate/up's optional ONE_MMA (gate and up as one wgmma)."""
     if not sms:
         return "they need compiled kernels on an sm90 GPU"
     if dtype not in (torch.bfloat16, torch.float16):
@@ -446,11 +445,6 @@ def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias:
                 return f"{name}: ONE_MMA needs the weights stored untransposed (strides {strides})"
             if 2 * cfg["BLOCK_N"] > 256:
                 return f"{name}: ONE_MMA's wgmma is 2 x BLOCK_N = {2 * cfg['BLOCK_N']} columns wide, at most 256"
-        ahead = cfg.get("L2_AHEAD", 0)
-        if ahead and strides[2] != 1:
-            return f"{name}: L2_AHEAD prefetches weight rows: it needs them stored untransposed (strides {strides})"
-        if ahead < 0:
-            return f"{name}: L2_AHEAD is a number of K steps, at least 0, not {ahead}"
         consumers = 2 if cfg.get("PINGPONG", 0) else 1
         if consumers == 2 and cfg["num_warps"] != 4:
             return f"{name}: PINGPONG takes consumers of one warp group (num_warps 4), not {cfg['num_warps']}"

@@ -26,10 +26,6 @@ With `ONE_MMA` (gate/up) a stage's gate and up weight tiles land in the two halv
 and a whole-height tile runs one wgmma of 2 BN columns per K step instead of two of BN, so each warp group
 reads its rows from shared memory once per step, not twice; the accumulator's two halves are gate and up
 (every thread holds both halves' values: splitting them moves no data).
-With `L2_AHEAD` = n the producer, every n K steps, asks L2 for the rows' bytes of the n steps after the next n
-(the weight tile(s) and, loaded by TMA, the row block; bulk prefetches, nothing waits on them), so that its
-TMA loads find their data in L2 rather than DRAM: the ring of STAGES buffers hides only STAGES - 1 steps of
-a load's latency.
 What they take (sm90, bf16/fp16, concatenated gate or none, no bias, the top-k sum, contiguous token rows)
 is checked by `ops.ws_refusal`. Legend as in `fused_moe`.
 """
@@ -96,45 +92,16 @@ def _halves(acc, layout: gl.constexpr):
 
 
 @gluon.jit
-def _prefetch_l2(ptrs, nbytes):
-    """Ask the copy engine to pull nbytes[i] (a multiple of 16) from each ptrs[i] (16-byte aligned) into L2
-    (PTX `cp.async.bulk.prefetch.L2`; its dummy result is discarded, the asm is impure so it stays). It reads
-    no value into the kernel: a line never used costs bandwidth, never a wrong result."""
-    gl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.u32 $0, 0;", "=r,l,r",
-                              [ptrs.to(gl.int64), nbytes], dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
-def _prefetch_span(w_ptr, x_ptr, expert, pid_m, pid_n, k0, k1, K, n_rows, up_row, BM: gl.constexpr,
-                   BN: gl.constexpr, NW: gl.constexpr, GATHER: gl.constexpr):
-    """Columns [k0, k1) of one tile's rows into L2: the weight tile's BN rows (of each of the NW tiles; rows
-    past the expert's last clamped to it) and, unless GATHER, the row block's BM rows of the aligned (P, K) x;
-    one bulk prefetch per row."""
-    lanes: gl.constexpr = gl.BlockedLayout([1], [32], [GATHER_WARPS], [0])
-    nbytes = (k1 - k0) * (w_ptr.dtype.element_ty.primitive_bitwidth // 8)
-    r_N = gl.arange(0, BN, layout=lanes)
-    for j in gl.static_range(NW):
-        row_N = gl.minimum(pid_n * BN + r_N, n_rows // NW - 1) + j * up_row
-        _prefetch_l2(w_ptr + (expert.to(gl.int64) * n_rows + row_N) * K + k0, r_N * 0 + nbytes)
-    if not GATHER:
-        r_M = gl.arange(0, BM, layout=lanes)
-        _prefetch_l2(x_ptr + (pid_m * BM + r_M).to(gl.int64) * K + k0, r_M * 0 + nbytes)
-
-
-@gluon.jit
 def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr, GROUP_M: gl.constexpr,
-                    EXPERT_GROUPS: gl.constexpr, HALF_TAIL: gl.constexpr, ONE_MMA: gl.constexpr,
-                    L2_AHEAD: gl.constexpr):
+                    EXPERT_GROUPS: gl.constexpr, HALF_TAIL: gl.constexpr, ONE_MMA: gl.constexpr):
     """Producer: each real tile's K steps, a row block and one (or, gated, a gate and an up) weight tile per
     stage, issued as soon as the consumers hand the stage back. The weight is the (E * n_rows, K) view of
     its storage (W_T: the (E * K, n_rows) view of its transposed storage); up rows start at `up_row`.
     Rows come by TMA from the aligned (P, K) x, in boxes of XB rows (the top one only for a half-height
     tile), or (GATHER) by cp.async straight from the tokens' rows, pair s's token s // TOPK, padding rows
-    zero; then the row block's first column tile also writes pair_row[s] = its row, for the top-k sum.
-    L2_AHEAD: every L2_AHEAD K steps, after that step's loads, the next L2_AHEAD steps but those are asked
-    into L2 (`_prefetch_span`; into the program's next tile, not past it); w_ptr: the (E * n_rows, K) weight."""
+    zero; then the row block's first column tile also writes pair_row[s] = its row, for the top-k sum."""
     (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, expert_block_ptr, num_blocks, tiles_n,
-     K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt, w_ptr) = load_in
+     K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt) = load_in
     STAGES: gl.constexpr = x_bufs.type.shape[0]
     BM: gl.constexpr = x_bufs.type.shape[1]
     BK: gl.constexpr = x_bufs.type.shape[2]
@@ -151,12 +118,6 @@ def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.
         pid_m, pid_n, expert = _tile(tile, num_blocks, tiles_n, block_expert_ptr, expert_block_ptr, GROUP_M,
                                      EXPERT_GROUPS)
         if expert >= 0:
-            if L2_AHEAD:  # the program's next tile, expert -1 where there is none
-                tiles = num_blocks * tiles_n
-                nxt = tile + gl.num_programs(0)
-                next_m, next_n, next_expert = _tile(gl.minimum(nxt, tiles - 1), num_blocks, tiles_n,
-                                                    block_expert_ptr, expert_block_ptr, GROUP_M, EXPERT_GROUPS)
-                next_expert = gl.where(nxt < tiles, next_expert, -1)
             x_boxes = BM // XB
             if HALF_TAIL and not GATHER:
                 x_boxes = gl.where(_half_full(sorted_ptr, pid_m * BM, S, BM), 1, BM // XB)
@@ -189,15 +150,6 @@ def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.
                     else:
                         tma.async_copy_global_to_shared(w_desc, [expert * n_rows + col, k], bar,
                                                         _w_buf(w_bufs, s, j, NW, ONE_MMA))
-                if L2_AHEAD:  # every L2_AHEAD steps, the L2_AHEAD steps after the next L2_AHEAD
-                    if (k // BK) % L2_AHEAD == 0:
-                        span = L2_AHEAD * BK
-                        if k + span < K:
-                            _prefetch_span(w_ptr, x_ptr, expert, pid_m, pid_n, k + span, gl.minimum(k + 2 * span, K),
-                                           K, n_rows, up_row, BM, BN, NW, GATHER)
-                        if (k + 2 * span > K) & (next_expert >= 0):  # the rest in the next tile
-                            _prefetch_span(w_ptr, x_ptr, next_expert, next_m, next_n, gl.maximum(k + span, K) - K,
-                                           gl.minimum(k + 2 * span - K, K), K, n_rows, up_row, BM, BN, NW, GATHER)
                 step += 1
 
 
@@ -328,19 +280,17 @@ def _mma_partition(mma_in, GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: g
 
 @gluon.jit
 def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, expert_block_ptr, sorted_ptr, rw_ptr, x_ptr,
-                       pair_row_ptr, w_ptr, num_blocks, K, n_rows, up_row, S, TOPK, stride_xt, limit, alpha,
+                       pair_row_ptr, num_blocks, K, n_rows, up_row, S, TOPK, stride_xt, limit, alpha,
                        GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
                        GATHER: gl.constexpr, GROUP_M: gl.constexpr, EXPERT_GROUPS: gl.constexpr, STAGES: gl.constexpr,
                        PINGPONG: gl.constexpr, BLOCK_M: gl.constexpr,
-                       HALF_TAIL: gl.constexpr, ONE_MMA: gl.constexpr, L2_AHEAD: gl.constexpr,
-                       num_warps: gl.constexpr):
+                       HALF_TAIL: gl.constexpr, ONE_MMA: gl.constexpr, num_warps: gl.constexpr):
     """c[rows of block b, columns n..] = epilogue(x[rows of b] @ W[expert of b] rows n.. (and up rows)), for
     every real tile. x: (P, K) TMA descriptor, boxes (XB, BK), or (GATHER) the tokens (T, K) at x_ptr, rows
     gathered (`x_desc` then only gives the box); c: (P, columns) descriptor, boxes (XB, BN); XB is BLOCK_M,
     or with HALF_TAIL half of it. One consumer of num_warps warps (two warp groups at 8: cooperative), or
     (PINGPONG) two of num_warps each. ONE_MMA (gated, weights not transposed): gate and up in one buffer per
-    stage, one wgmma per K step. L2_AHEAD (weights not transposed; w_ptr: their storage, x_ptr: the aligned x
-    unless GATHER): the producer asks L2 for each load's lines that many steps before it issues it."""
+    stage, one wgmma per K step."""
     NW: gl.constexpr = 2 if GATED else 1
     CONSUMERS: gl.constexpr = 2 if PINGPONG else 1
     BK: gl.constexpr = x_desc.block_type.shape[1]
@@ -368,18 +318,18 @@ def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, expert_block_pt
     mma_in = (x_bufs, w_bufs, ready, x_ready, empty, turn, c_desc, c_bufs, block_expert_ptr, expert_block_ptr,
               num_blocks, tiles_n, K, sorted_ptr, rw_ptr, S, limit, alpha)
     load_in = (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, expert_block_ptr, num_blocks,
-               tiles_n, K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt, w_ptr)
+               tiles_n, K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt)
     if PINGPONG:
         gl.warp_specialize([
             (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, 0, 2,
                                 num_warps, ONE_MMA)),
             (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, 1, 2,
                                 num_warps, ONE_MMA)),
-            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, ONE_MMA, L2_AHEAD)),
+            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, ONE_MMA)),
         ], [num_warps, GATHER_WARPS], [PINGPONG_REGS, LOADER_REGS])
     else:
         gl.warp_specialize([
             (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, 0, 1,
                                 num_warps, ONE_MMA)),
-            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, ONE_MMA, L2_AHEAD)),
+            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, ONE_MMA)),
         ], [GATHER_WARPS], [LOADER_REGS])
