@@ -4,13 +4,13 @@
     PYTHONPATH=. python benchmarks/config_ab.py --name WS --patch '{"HALF_TAIL": 0, "down": {"WARP_SPEC": 1}}' ...
 
 Per (model, T): the tuned config with `key` = a and with `key` = b (e.g. PDL, programmatic dependent launch,
-`moe_lab.kernels.pdl`; HALF_TAIL, half-height last row blocks; PREFETCH, the decode down kernel's L2
-prefetch; both in `moe_lab.kernels.fused_moe`), bf16, uniform routing, timed as the bench times
+`moe_lab.kernels.pdl`; HALF_TAIL, half-height last row blocks; EVICT_FIRST, the decode path's evict-first
+weight loads; both in `moe_lab.kernels.fused_moe`), bf16, uniform routing, timed as the bench times
 (`moe_lab.tune.median_ms`: CUDA events, L2 flushed before each call) and as one CUDA-graph replay
 (`moe_lab.kernels.search.gpu_ms`). The two are timed in alternating order over `--rounds` rounds (a/b, then
 b/a, ...), since whichever of two runs of the same kernels is timed second can come out slower; each
 reported time is the median over rounds. Token counts whose tuned config has no use for the key are left
-out with `--grouped-only` (HALF_TAIL: the decode points) or `--decode-only` (PREFETCH: the grouped ones), or
+out with `--grouped-only` (HALF_TAIL: the decode points) or `--decode-only` (EVICT_FIRST: the grouped ones), or
 `--needs KEY`: those whose tuned config has no KEY (`--needs ws --patch '{"ws": {"HALF_TAIL": 1}}'`).
 The outputs of both are compared first: `same_bits` records whether they are equal bit for bit, `rel_err`
 their relative difference. `--patch` (JSON) is merged into variant b, a dict into the config's dict of the

@@ -11,7 +11,8 @@ list as a table.
 - `roofline_fraction`: floor_ms / median_ms per backend (1 = at the roofline floor).
 
 `write_figures` splits results by (device, level, model, dtype, routing), draws every figure of each
-group and writes PNG + SVG named after the group, e.g. `h100-80gb-hbm3_layer_qwen1.5-moe-a2.7b_bfloat16_uniform_latency.png`.
+group and writes PNG + SVG named after the group, e.g.
+`h100-80gb-hbm3_layer_qwen1.5-moe-a2.7b_bfloat16_uniform_latency.png`.
 """
 
 from __future__ import annotations

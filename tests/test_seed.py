@@ -16,7 +16,8 @@ def as_our_results(published: pd.DataFrame, *, family: str = "transformers", dev
     """The published rows turned into harness rows of another device (latencies x `scale`)."""
     prefix = "transformers:" if family == "transformers" else ""
     return pd.DataFrame(dict(
-        level="model", model=seed.SEED_MODEL, backend=prefix + published["backend"], compile_mode=published["compile_mode"],
+        level="model", model=seed.SEED_MODEL, backend=prefix + published["backend"],
+        compile_mode=published["compile_mode"],
         dtype="bfloat16", device="cuda", device_name=device_name, batch_size=published["batch_size"],
         seq_len=published["seq_len"], tokens=published["tokens"], routing="uniform",
         mean_ms=published["mean_ms"] * scale, median_ms=published["median_ms"] * scale,

@@ -18,8 +18,9 @@
   the key: evict-first at T = 1 only, see `decode_evicts_first`); `"ws": {BLOCK_M, HALF_TAIL, "up": {BLOCK_N,
   BLOCK_K, STAGES, num_warps, GROUP_M, PINGPONG, EXPERT_GROUPS, ONE_MMA}, "down": {...}}` runs the
   warp-specialized Gluon GEMMs (`ws_grouped`; EXPERT_GROUPS starts the groups of GROUP_M row blocks at each
-  expert's first block; gate/up's ONE_MMA runs its gate and up tiles as one wgmma) instead of the entry's own tiles where they apply (an sm90 GPU, bf16 / fp16, a
-  concatenated gate or none, no bias, the top-k sum: `ops.ws_refusal`), else the tiles, with a log line.
+  expert's first block; gate/up's ONE_MMA runs its gate and up tiles as one wgmma) instead of the entry's
+  own tiles where they apply (an sm90 GPU, bf16 / fp16, a concatenated gate or none, no bias, the top-k sum:
+  `ops.ws_refusal`), else the tiles, with a log line.
 
 The file is written ahead of time by `moe-lab tune-kernels` (`moe_lab.kernels.search`) on the device;
 users pay no autotuning. `MOE_LAB_KERNEL_CONFIGS` names another file (a user's own tuning). A call
