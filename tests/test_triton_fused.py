@@ -287,8 +287,9 @@ def test_tune_kernels_merges_configs_that_run(tmp_path, monkeypatch, seed):
 def test_tune_kernels_ws_only_times_the_entries_on_the_config_in_force(seed):
     """`--ws-only`: the config in force, then it with each warp-specialized entry, whole-height and with
     half-height last blocks, then the fastest of those with expert-aligned groups in gate/up, down and both,
-    then the fastest with gate and up as one wgmma (they run where they apply, else the config's own tiles:
-    under the interpreter, and here I = 96 is no multiple of their K tile)."""
+    then the fastest with gate and up as one wgmma, then the fastest with the token rows kept in L2 (they run
+    where they apply, else the config's own tiles: under the interpreter, and here I = 96 is no multiple of
+    their K tile)."""
     from moe_lab.kernels import search
     from moe_lab.shapes import build_experts
 
@@ -298,6 +299,11 @@ def test_tune_kernels_ws_only_times_the_entries_on_the_config_in_force(seed):
     results = search.search_bucket(experts, (x_TH, ids_TK, w_TK), CONFIGS["grouped16"], False, 1, lambda m: None,
                                    ws=True, ws_only=True)
     ws_of = [(ms, json.loads(k).get("ws")) for ms, k in results]
+    x_l2_last = [ws for _, ws in ws_of if ws and ws["up"].get("X_L2_LAST")]
+    ws_of = [(ms, ws) for ms, ws in ws_of if not (ws and ws["up"].get("X_L2_LAST"))]
+    fastest = min((ms, json.dumps(ws, sort_keys=True)) for ms, ws in ws_of if ws)[1]
+    assert len(x_l2_last) == 1 and x_l2_last[0]["up"].pop("X_L2_LAST") == search.x_l2_eighths(24 * 128 * 2) == 8
+    assert json.dumps(x_l2_last[0], sort_keys=True) == fastest, "the fastest entry so far, token rows kept in L2"
     one_mma = [ws for _, ws in ws_of if ws and ws["up"].get("ONE_MMA")]
     ws_of = [(ms, ws) for ms, ws in ws_of if not (ws and ws["up"].get("ONE_MMA"))]
     fastest = min((ms, json.dumps(ws, sort_keys=True)) for ms, ws in ws_of if ws)[1]

@@ -66,6 +66,8 @@ def test_ws_applies_to_a_contiguous_concatenated_bf16_layout():
     (dict(ws={**WS, "down": {**WS["down"], "ONE_MMA": 1}}), "one weight tile"),
     (dict(ws={**WS, "up": {**WS["up"], "ONE_MMA": 1, "BLOCK_N": 256, "STAGES": 2}}), "at most 256"),
     (dict(ws=one_mma(WS), spec=SILU_NOGATE), "one weight tile"),
+    (dict(ws={**WS, "down": {**WS["down"], "X_L2_LAST": 1}}), "down reads no token rows"),
+    (dict(ws={**WS, "up": {**WS["up"], "X_L2_LAST": 9}}), "0 to 8"),
     (dict(ws=one_mma(WS), up_strides=(2 * I * H, 1, 2 * I)), "untransposed"),
     (dict(ws={**WS, "BLOCK_M": 64, "HALF_TAIL": 1, "up": {**WS["up"], "num_warps": 4},
               "down": {**WS["down"], "num_warps": 4}}), "HALF_TAIL needs BLOCK_M >= 128"),
@@ -242,3 +244,24 @@ def test_one_mma_changes_no_bit(ws, routing, seed):
     two_TH, _ = run(experts, x_TH, ids_TK, w_TK, ws)
     assert torch.equal(one_TH, two_TH)
     assert relative_error(one_TH, reference_experts(experts, x_TH, ids_TK, w_TK)) <= TOL[torch.bfloat16]
+
+
+@gpu
+@pytest.mark.parametrize("ws", [WS, one_mma(HALF_TAIL)], ids=["cooperative", "one_mma_half_tail"])
+@pytest.mark.parametrize("routing", ["uniform", "skewed"])
+@pytest.mark.parametrize("rows", ["contiguous", "row_slice"])
+@pytest.mark.parametrize("eighths", [8, 3])
+def test_x_l2_last_changes_no_bit(ws, routing, rows, eighths, seed):
+    """X_L2_LAST only gives L2 hints about the token rows (evict-last, then normal again): the output equals
+    the one without bit for bit, for all of them or some eighths, also where the rows are a slice of wider
+    ones (the lines marked end at the last row's last element)."""
+    c = Case(E=8, H=256, I=128, K=2, T=1000, routing=routing)
+    experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, "cuda", seed)
+    x_TH, ids_TK, w_TK = make_inputs(c, torch.bfloat16, "cuda", seed)
+    if rows == "row_slice":
+        x_TH = torch.cat([x_TH, x_TH[:, :64]], dim=1)[:, :c.H]
+    marked_TH, plan = run(experts, x_TH, ids_TK, w_TK, {**ws, "up": {**ws["up"], "X_L2_LAST": eighths}})
+    assert plan.ws and plan.up.consts["X_L2_LAST"] == eighths and not plan.down.consts["X_L2_LAST"]
+    plain_TH, _ = run(experts, x_TH, ids_TK, w_TK, ws)
+    assert torch.equal(marked_TH, plain_TH)
+    assert relative_error(marked_TH, reference_experts(experts, x_TH, ids_TK, w_TK)) <= TOL[torch.bfloat16]

@@ -266,6 +266,7 @@ class Plan:
                                          EXPERT_GROUPS=bool(cfg.get("EXPERT_GROUPS", 0)), STAGES=cfg["STAGES"],
                                          PINGPONG=bool(cfg.get("PINGPONG", 0)), BLOCK_M=self.bm,
                                          HALF_TAIL=self.half_tail, ONE_MMA=bool(cfg.get("ONE_MMA", 0)),
+                                         X_L2_LAST=cfg.get("X_L2_LAST", 0),
                                          num_warps=cfg["num_warps"]), {}))
         self.up, self.down = launches
         self.up_scalars = (B, H, N, I, self.S, self.K, self.x_strides[0], spec.limit, spec.alpha)
@@ -419,7 +420,9 @@ def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias:
     """Why a config's `"ws"` entry cannot run this call, or None. Its keys: BLOCK_M, optional HALF_TAIL
     (half-height last blocks), and per GEMM ("up", "down") BLOCK_N, BLOCK_K, STAGES, num_warps (per
     consumer), GROUP_M, optional PINGPONG (two consumers), optional EXPERT_GROUPS (the GROUP_M groups start
-    again at each expert's first block), and gate/up's optional ONE_MMA (gate and up as one wgmma)."""
+    again at each expert's first block), and gate/up's optional ONE_MMA (gate and up as one wgmma) and
+    X_L2_LAST (1 to 8: that many eighths of the token rows it gathers kept in L2 with the evict-last
+    priority while it runs)."""
     if not sms:
         return "they need compiled kernels on an sm90 GPU"
     if dtype not in (torch.bfloat16, torch.float16):
@@ -445,6 +448,10 @@ def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias:
                 return f"{name}: ONE_MMA needs the weights stored untransposed (strides {strides})"
             if 2 * cfg["BLOCK_N"] > 256:
                 return f"{name}: ONE_MMA's wgmma is 2 x BLOCK_N = {2 * cfg['BLOCK_N']} columns wide, at most 256"
+        if name == "down" and cfg.get("X_L2_LAST", 0):
+            return "down: X_L2_LAST keeps gate/up's gathered token rows in L2; down reads no token rows"
+        if cfg.get("X_L2_LAST", 0) not in range(9):
+            return f"{name}: X_L2_LAST is a number of eighths of the token rows, 0 to 8, not {cfg['X_L2_LAST']}"
         consumers = 2 if cfg.get("PINGPONG", 0) else 1
         if consumers == 2 and cfg["num_warps"] != 4:
             return f"{name}: PINGPONG takes consumers of one warp group (num_warps 4), not {cfg['num_warps']}"

@@ -13,7 +13,8 @@ on) with its experts' last row blocks run as half-height tiles where they fit (`
 decode config with its weights' other L2 policy (`EVICT_FIRST`, `configs.decode_evicts_first`); on an sm90 GPU,
 the best grouped config with each of `WS_SPACE` as its `"ws"` entry, whole-height and with half-height last
 blocks, then the best of those with expert-aligned groups of row blocks (`EXPERT_GROUPS`) in one GEMM or both,
-then the best with gate/up's two weight tiles as one wgmma (`ONE_MMA`, a concatenated gate)
+then the best with gate/up's two weight tiles as one wgmma (`ONE_MMA`, a concatenated gate), then the best with
+up to 8 MiB of the token rows kept in L2 by gate/up (`X_L2_LAST`)
 (the warp-specialized GEMMs, `ws_grouped`; `ws_only` times just those on top of the config in force).
 Before it is timed, each candidate's output is checked against moe_lab's grouped_mm backend on the same
 inputs; one that differs by more than the dtype's tolerance is logged and never chosen. Every candidate is
@@ -194,7 +195,7 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
     time_it(incumbent)
     gated = bool(experts.has_gate and experts.is_concatenated)
     if ws_only:
-        _time_ws_entries(time_it, timed, gated)
+        _time_ws_entries(time_it, timed, gated, x_TH.numel() * x_TH.element_size())
         return sorted((ms, key) for key, ms in timed.items())
     if S <= DECODE_MAX_PAIRS:
         best_up = min(DECODE_UP, key=lambda u: time_it(decode_config(u, DECODE_DOWN[1])))
@@ -230,7 +231,7 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
         if math.isfinite(best_ms):
             time_it({**json.loads(best_key), "HALF_TAIL": 1})
     if ws:
-        _time_ws_entries(time_it, timed, gated)
+        _time_ws_entries(time_it, timed, gated, x_TH.numel() * x_TH.element_size())
     return sorted((ms, key) for key, ms in timed.items())
 
 
@@ -245,11 +246,22 @@ WS_SPACE = [  # "ws" entries (ws_grouped's tiles), the fastest of eight on qwen3
 ]
 
 
-def _time_ws_entries(time_it, timed: dict, gated: bool) -> None:
+X_L2_PIN_BYTES = 8 * 2**20  # token rows kept in L2 by X_L2_LAST up to this much (run 18's A/Bs: more lost)
+
+
+def x_l2_eighths(token_bytes: int) -> int:
+    """gate/up's X_L2_LAST for token rows of `token_bytes`: the eighths of them that fit in X_L2_PIN_BYTES,
+    at least one."""
+    return max(1, min(8, X_L2_PIN_BYTES * 8 // token_bytes))
+
+
+def _time_ws_entries(time_it, timed: dict, gated: bool, token_bytes: int) -> None:
     """The fastest grouped config so far, without a "ws" entry and with each of WS_SPACE, whole-height and
     with half-height last blocks (HALF_TAIL); then the fastest with a "ws" entry again with its groups of
     row blocks started at each expert's first block (EXPERT_GROUPS) in gate/up, in down and in both; then
-    (`gated`: a concatenated gate) the fastest again with gate/up's gate and up as one wgmma (ONE_MMA)."""
+    (`gated`: a concatenated gate) the fastest again with gate/up's gate and up as one wgmma (ONE_MMA); last,
+    the fastest again with up to X_L2_PIN_BYTES of the token rows (`token_bytes` in all) kept in L2 by
+    gate/up (X_L2_LAST)."""
     grouped = [(ms, k) for k, ms in timed.items() if json.loads(k).get("path") == "grouped"]
     best_ms, best_key = min(grouped, default=(math.inf, None))
     if not math.isfinite(best_ms):
@@ -270,6 +282,10 @@ def _time_ws_entries(time_it, timed: dict, gated: bool) -> None:
         best = json.loads(best_key)
         if 2 * best["ws"]["up"]["BLOCK_N"] <= 256:
             time_it({**best, "ws": {**best["ws"], "up": {**best["ws"]["up"], "ONE_MMA": 1}}})
+    best_ms, best_key = min((ms, k) for k, ms in timed.items() if "ws" in json.loads(k))
+    if math.isfinite(best_ms):
+        best = json.loads(best_key)
+        time_it({**best, "ws": {**best["ws"], "up": {**best["ws"]["up"], "X_L2_LAST": x_l2_eighths(token_bytes)}}})
 
 
 def search(models: list[str], tokens: list[int], dtype: torch.dtype = torch.bfloat16, device: str = "cuda",

@@ -92,14 +92,35 @@ def _halves(acc, layout: gl.constexpr):
 
 
 @gluon.jit
+def _each_l2_line(ptr, nbytes, ASM: gl.constexpr):
+    """The PTX `ASM` (its address operand $1) once for each 128-byte line of this program's share of the
+    nbytes at ptr, the lines split evenly over the programs: a hint to L2 that reads and writes nothing."""
+    LINES: gl.constexpr = 32 * GATHER_WARPS
+    layout: gl.constexpr = gl.BlockedLayout([1], [32], [GATHER_WARPS], [0])
+    start = ptr.to(gl.int64) // 128 * 128
+    n_lines = (ptr.to(gl.int64) + nbytes - start + 127) // 128
+    per = gl.cdiv(n_lines, gl.num_programs(0))
+    first = gl.program_id(0) * per
+    for line0 in range(first, gl.minimum(first + per, n_lines), LINES):
+        line = gl.minimum(line0 + gl.arange(0, LINES, layout=layout), n_lines - 1)
+        gl.inline_asm_elementwise(ASM + "\n\tmov.u32 $0, 0;", "=r,l", [start + line * 128], dtype=gl.int32,
+                                  is_pure=False, pack=1)
+
+
+@gluon.jit
 def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.constexpr, GROUP_M: gl.constexpr,
-                    EXPERT_GROUPS: gl.constexpr, HALF_TAIL: gl.constexpr, ONE_MMA: gl.constexpr):
+                    EXPERT_GROUPS: gl.constexpr, HALF_TAIL: gl.constexpr, ONE_MMA: gl.constexpr,
+                    X_L2_LAST: gl.constexpr):
     """Producer: each real tile's K steps, a row block and one (or, gated, a gate and an up) weight tile per
     stage, issued as soon as the consumers hand the stage back. The weight is the (E * n_rows, K) view of
     its storage (W_T: the (E * K, n_rows) view of its transposed storage); up rows start at `up_row`.
     Rows come by TMA from the aligned (P, K) x, in boxes of XB rows (the top one only for a half-height
     tile), or (GATHER) by cp.async straight from the tokens' rows, pair s's token s // TOPK, padding rows
-    zero; then the row block's first column tile also writes pair_row[s] = its row, for the top-k sum."""
+    zero; then the row block's first column tile also writes pair_row[s] = its row, for the top-k sum.
+    X_L2_LAST (GATHER; 1 to 8): the leading X_L2_LAST eighths of the tokens' rows (bytes) are first asked into
+    L2 with the evict-last priority, so that the weights streaming past do not push them out between the K
+    experts that read each row, and handed back to the normal priority once this program's loads are issued
+    (no mark outlives the kernel)."""
     (x_desc, w_desc, x_bufs, w_bufs, ready, x_ready, empty, block_expert_ptr, expert_block_ptr, num_blocks, tiles_n,
      K, n_rows, up_row, x_ptr, sorted_ptr, pair_row_ptr, S, TOPK, stride_xt) = load_in
     STAGES: gl.constexpr = x_bufs.type.shape[0]
@@ -113,6 +134,10 @@ def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.
     rows_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TPW_K, TPW_K], [GATHER_WARPS, 1], [1, 0])
     rows_M = gl.arange(0, BM, layout=gl.SliceLayout(1, rows_layout))
     cols_K = gl.arange(0, BK, layout=gl.SliceLayout(0, rows_layout))
+    x_bytes = ((S // TOPK - 1).to(gl.int64) * stride_xt + K) * x_bufs.type.element_ty.primitive_bitwidth // 8
+    x_bytes = x_bytes * X_L2_LAST // 8  # the leading X_L2_LAST eighths of them
+    if X_L2_LAST:
+        _each_l2_line(x_ptr, x_bytes, "prefetch.global.L2::evict_last [$1];")
     step = 0
     for tile in range(gl.program_id(0), num_blocks * tiles_n, gl.num_programs(0)):
         pid_m, pid_n, expert = _tile(tile, num_blocks, tiles_n, block_expert_ptr, expert_block_ptr, GROUP_M,
@@ -151,6 +176,8 @@ def _load_partition(load_in, GATED: gl.constexpr, W_T: gl.constexpr, GATHER: gl.
                         tma.async_copy_global_to_shared(w_desc, [expert * n_rows + col, k], bar,
                                                         _w_buf(w_bufs, s, j, NW, ONE_MMA))
                 step += 1
+    if X_L2_LAST:
+        _each_l2_line(x_ptr, x_bytes, "applypriority.global.L2::evict_normal [$1], 128;")
 
 
 @gluon.jit
@@ -284,13 +311,14 @@ def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, expert_block_pt
                        GATED: gl.constexpr, ACT: gl.constexpr, MUL_WEIGHT: gl.constexpr, W_T: gl.constexpr,
                        GATHER: gl.constexpr, GROUP_M: gl.constexpr, EXPERT_GROUPS: gl.constexpr, STAGES: gl.constexpr,
                        PINGPONG: gl.constexpr, BLOCK_M: gl.constexpr,
-                       HALF_TAIL: gl.constexpr, ONE_MMA: gl.constexpr, num_warps: gl.constexpr):
+                       HALF_TAIL: gl.constexpr, ONE_MMA: gl.constexpr, X_L2_LAST: gl.constexpr,
+                       num_warps: gl.constexpr):
     """c[rows of block b, columns n..] = epilogue(x[rows of b] @ W[expert of b] rows n.. (and up rows)), for
     every real tile. x: (P, K) TMA descriptor, boxes (XB, BK), or (GATHER) the tokens (T, K) at x_ptr, rows
     gathered (`x_desc` then only gives the box); c: (P, columns) descriptor, boxes (XB, BN); XB is BLOCK_M,
     or with HALF_TAIL half of it. One consumer of num_warps warps (two warp groups at 8: cooperative), or
     (PINGPONG) two of num_warps each. ONE_MMA (gated, weights not transposed): gate and up in one buffer per
-    stage, one wgmma per K step."""
+    stage, one wgmma per K step. X_L2_LAST (GATHER): the token rows kept in L2 (`_load_partition`)."""
     NW: gl.constexpr = 2 if GATED else 1
     CONSUMERS: gl.constexpr = 2 if PINGPONG else 1
     BK: gl.constexpr = x_desc.block_type.shape[1]
@@ -325,11 +353,13 @@ def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, expert_block_pt
                                 num_warps, ONE_MMA)),
             (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, 1, 2,
                                 num_warps, ONE_MMA)),
-            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, ONE_MMA)),
+            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, ONE_MMA,
+                                 X_L2_LAST)),
         ], [num_warps, GATHER_WARPS], [PINGPONG_REGS, LOADER_REGS])
     else:
         gl.warp_specialize([
             (_mma_partition, (mma_in, GATED, ACT, MUL_WEIGHT, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, 0, 1,
                                 num_warps, ONE_MMA)),
-            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, ONE_MMA)),
+            (_load_partition, (load_in, GATED, W_T, GATHER, GROUP_M, EXPERT_GROUPS, HALF_TAIL, ONE_MMA,
+                                 X_L2_LAST)),
         ], [GATHER_WARPS], [LOADER_REGS])
