@@ -52,8 +52,8 @@ def main(argv=None) -> int:
 
 
 def markdown(t: pd.DataFrame) -> str:
-    """A markdown table: ms to 4 decimals, frac to 2, numbers right-aligned."""
-    digits = {"frac": 2}
+    """A markdown table: ms to 4 decimals, frac to 3 (so that 0.697 does not read as 70%), numbers right-aligned."""
+    digits = {"frac": 3}
     cells = [[f"{v:.{digits.get(c, 4)}f}" if isinstance(v, float) else str(v) for c, v in row.items()]
              for _, row in t.iterrows()]
     align = ["---:" if pd.api.types.is_numeric_dtype(t[c]) else "---" for c in t.columns]

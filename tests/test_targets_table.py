@@ -42,5 +42,5 @@ def test_best_transformers_is_the_fastest_row_of_every_file_and_auto_is_compared
     assert t.loc[1, "best transformers ms"] == 0.045 and t.loc[1, "auto <= best"] == "no"
     assert list(t.index) == [1, 16]
     lines = targets_table.markdown(t.reset_index()).splitlines()
-    assert lines[2] == ("| 1 | m | 0.0200 | 0.0400 | 0.50 | 0.0500 | 0.0450 | batched_mm/max-autotune-no-cudagraphs"
+    assert lines[2] == ("| 1 | m | 0.0200 | 0.0400 | 0.500 | 0.0500 | 0.0450 | batched_mm/max-autotune-no-cudagraphs"
                         " | no |")
