@@ -246,3 +246,24 @@ def test_decode_weights_evict_first_as_the_config_says(T, evict_first, compiled,
     x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, "cpu", seed)
     extra = {} if evict_first is None else {"EVICT_FIRST": evict_first}
     compile_call(experts, x_TH, ids_TK, weights_TK, {**CONFIGS["decode"], **extra}, compiled, KERNELS["decode"])
+
+
+@pytest.mark.parametrize("what", ["prefetch", "evict_last", "evict_normal"])
+def test_l2_residency_probe_marks_every_line_with_its_instruction(what, compiled):
+    """benchmarks/l2_residency.py: its mark kernel emits the PTX of each mode (one per 128-byte line) and its
+    read kernel loads with the L2 evict-last policy only where asked."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "l2_residency.py"
+    spec = importlib.util.spec_from_file_location("l2_residency", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    buf_W, out = torch.ones(4096, dtype=torch.int32), torch.empty(4, dtype=torch.int32)
+    probe.mark(buf_W, what)
+    probe.read(buf_W, out, evict_last=True)
+    probe.read(buf_W, out)
+    mark_ptx, last_ptx, plain_ptx = (k.asm["ptx"] for k in compiled)
+    assert probe.ASM[what].split(" [")[0] in mark_ptx
+    assert "L2::evict_last" in last_ptx and "L2::cache_hint" in last_ptx
+    assert "L2::evict_last" not in plain_ptx
