@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +88,7 @@ def tune(models: list[str], tokens: list[int] = list(DEFAULT_TOKENS), dtype: tor
                 fn = CANDIDATES[name]
                 try:
                     with torch.no_grad():
-                        ms = median_ms(lambda: fn(experts, x_TH, ids_TK, w_TK), dev, reps=reps)
+                        ms = median_ms(partial(fn, experts, x_TH, ids_TK, w_TK), dev, reps=reps)
                 except (RuntimeError, NotImplementedError) as err:  # out of memory, unsupported layout
                     log(f"tune: {model} T={T} {name}: skipped ({str(err).splitlines()[0][:120]})")
                     continue
