@@ -267,3 +267,21 @@ def test_l2_residency_probe_marks_every_line_with_its_instruction(what, compiled
     assert probe.ASM[what].split(" [")[0] in mark_ptx
     assert "L2::evict_last" in last_ptx and "L2::cache_hint" in last_ptx
     assert "L2::evict_last" not in plain_ptx
+
+
+@pytest.mark.parametrize("temps", [1, 0], ids=["temps_l2", "without"])
+def test_temps_l2_marks_the_gemm_outputs_and_the_sum_discards_them(temps, compiled, monkeypatch, seed):
+    """`"TEMPS_L2": 1` (`moe_lab.kernels.l2_temps`): both GEMMs store evict-last, the top-k sum discards L2 lines
+    (y's and the intermediate's) and nothing else does; without the key no kernel carries either."""
+    from moe_lab.kernels import l2_temps
+
+    monkeypatch.setattr(l2_temps, "l2_hints_available", lambda device: True)  # as on an H100
+    c = Case(E=6, H=128, I=96, K=2, T=21, routing="skewed")
+    experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, "cpu", seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, "cpu", seed)
+    compile_call(experts, x_TH, ids_TK, weights_TK, {**CONFIGS["grouped16"], "TEMPS_L2": temps}, compiled,
+                 KERNELS["grouped16"])
+    for k in compiled:
+        ptx = k.asm["ptx"]
+        assert ("st.global.L1::evict_last.L2::cache_hint" in ptx) == bool(temps and k.name in GEMMS), k.name
+        assert ("discard.global.L2" in ptx) == bool(temps and k.name == "_topk_sum_kernel"), k.name

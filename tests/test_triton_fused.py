@@ -476,3 +476,63 @@ def test_dependent_launch_gives_the_same_bits_as_serial_launch(T, seed):
     assert [p.pdl for p in _PLANS[experts].values()] == [True, False]
     for i, (on_TH, off_TH) in enumerate(zip(outs[1], outs[0])):
         assert torch.equal(on_TH, off_TH), f"call {i}"
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="L2 hints and discards: compiled kernels on the GPU")
+@pytest.mark.parametrize("model,T", [("olmoe-1b-7b", 512), ("qwen1.5-moe-a2.7b", 300), ("qwen3-30b-a3b", 1000)])
+def test_temps_l2_changes_no_bit(model, T, seed):
+    """`"TEMPS_L2": 1` (moe_lab.kernels.l2_temps) only hints L2 and drops the call's dead lines: calls on fresh
+    routing queued back to back without a sync (a discard reaching a live line of the next call, whose buffers
+    reuse the same memory, would show) equal the same calls without it bit for bit, and the reference."""
+    from moe_lab.backends.triton_fused import _PLANS
+    from moe_lab.kernels.configs import get_config
+    from moe_lab.shapes import build_hf_experts, get_shape
+
+    shape = get_shape(model)
+    experts = build_hf_experts(model, device=DEVICE, dtype=torch.bfloat16, seed=seed)
+    calls = []
+    for i in range(4):
+        ids_TK, weights_TK = synthetic_routing("skewed" if i % 2 else "uniform", T, shape.experts, shape.top_k,
+                                               seed=seed + i, device=DEVICE)
+        x_TH = torch.randn(T, shape.hidden, generator=torch.Generator().manual_seed(seed + i)).to(DEVICE,
+                                                                                                 torch.bfloat16)
+        calls.append((x_TH, ids_TK, weights_TK))
+    tuned = get_config("h100", "bfloat16", T, shape.experts, shape.hidden, shape.intermediate, shape.top_k)
+    assert tuned["path"] == "grouped" and "ws" not in tuned, "a Triton-tile bucket"
+    outs = {}
+    with torch.no_grad():
+        for temps in (1, 0):
+            outs[temps] = [triton_fused_experts(experts, *call, config={**tuned, "TEMPS_L2": temps})
+                           for call in calls]
+            torch.cuda.synchronize()
+    assert [p.temps_l2 for p in _PLANS[experts].values()] == [True, False]
+    for i, (on_TH, off_TH) in enumerate(zip(outs[1], outs[0])):
+        assert torch.equal(on_TH, off_TH), f"call {i}"
+    want_TH = reference_experts(experts, *calls[0])
+    assert relative_error(outs[1][0], want_TH) <= TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("H,l2_hints,reduce,why", [
+    (128, True, True, None), (128, False, True, "takes no L2 hints"), (128, True, False, "no top-k sum"),
+    (72, True, True, "not whole 128-byte lines")])
+def test_temps_l2_applies_only_where_its_marks_end(H, l2_hints, reduce, why, caplog, monkeypatch):
+    """TEMPS_L2 needs the hints (a compiled sm80+ kernel), the top-k sum to end its marks, and y's rows in whole
+    128-byte lines; elsewhere the plan runs without it and a log line says why (no launch here)."""
+    from moe_lab.backends import common
+    from moe_lab.kernels.ops import GateSpec, Plan
+
+    monkeypatch.setattr(common, "_logged", set())
+
+    E, I, K, T = 4, 64, 2, 9
+    config = {**CONFIGS["grouped16"], "TEMPS_L2": 1}
+    with caplog.at_level("WARNING", logger="moe_lab"):
+        plan = Plan(T, K, E, H, I, torch.bfloat16, GateSpec(1, 0), config, (2 * I * H, H, 1), (H * I, I, 1), None,
+                    (H, 1), reduce, l2_hints=l2_hints)
+    assert plan.temps_l2 == (why is None)
+    assert plan.up.consts["OUT_EVICT"] == plan.down.consts["OUT_EVICT"] == ("evict_last" if why is None else "")
+    if reduce:
+        assert plan.sum.consts["DISCARD"] == (why is None)
+    if why:
+        assert why in caplog.text
+    else:
+        assert "TEMPS_L2" not in caplog.text

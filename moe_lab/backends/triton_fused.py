@@ -187,6 +187,7 @@ def _build_plan(experts, x_TH, topk_ids_TK, topk_weights_TK, config, up_strides,
     _check(experts, x_TH, topk_ids_TK, topk_weights_TK)
     spec = gate_spec(experts)
     from moe_lab.kernels.configs import get_config
+    from moe_lab.kernels.l2_temps import l2_hints_available
     from moe_lab.kernels.ops import Plan, ws_available
     from moe_lab.kernels.pdl import pdl_available
 
@@ -198,7 +199,7 @@ def _build_plan(experts, x_TH, topk_ids_TK, topk_weights_TK, config, up_strides,
     norm = bool(getattr(experts, "has_post_expert_norm", False))
     return Plan(T, K, E, H, I, x_TH.dtype, spec, config, up_strides, down_strides, bias_strides,
                 tuple(x_TH.stride()), reduce=not norm, pdl=pdl_available(x_TH.device),
-                ws_sms=ws_available(x_TH.device))
+                ws_sms=ws_available(x_TH.device), l2_hints=l2_hints_available(x_TH.device))
 
 
 triton_fused_experts.device_types = ("cuda",)

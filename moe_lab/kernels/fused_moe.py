@@ -129,7 +129,7 @@ def _gate_up_one_dot(
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap, limit, alpha,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
+    W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr, OUT_EVICT: tl.constexpr,
 ):
     """Gate and up in one (BLOCK_M, 2*BLOCK_N) dot: weight-tile column 2j is gate row n_j, column 2j+1 up row n_j
     (contiguous rows for an interleaved layout, so W_TMA loads them as one box); the epilogue splits the
@@ -168,7 +168,7 @@ def _gate_up_one_dot(
     out = _gate(g, u, ACT, limit, alpha)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     a_ptrs = a_ptr + offs_p.to(tl.int64)[:, None] * stride_ap + offs_n[None, :]
-    tl.store(a_ptrs, out.to(a_ptr.dtype.element_ty), mask=(offs_n < I)[None, :])
+    tl.store(a_ptrs, out.to(a_ptr.dtype.element_ty), mask=(offs_n < I)[None, :], eviction_policy=OUT_EVICT)
 
 
 @triton.jit
@@ -177,7 +177,7 @@ def _gate_up_two_dots(
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap, limit, alpha,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
+    W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr, OUT_EVICT: tl.constexpr,
 ):
     """Gate and up as two (BLOCK_M, BLOCK_N) dots (one without a gate): weight rows n.. and their up rows."""
     offs_p, pair, row_ok, token = _block_pairs(row0, sorted_ptr, S, TOPK, BLOCK_M)
@@ -233,7 +233,7 @@ def _gate_up_two_dots(
     else:
         out = _act(acc_g, ACT, alpha)
     a_ptrs = a_ptr + offs_p.to(tl.int64)[:, None] * stride_ap + offs_n[None, :]
-    tl.store(a_ptrs, out.to(a_ptr.dtype.element_ty), mask=n_ok[None, :])
+    tl.store(a_ptrs, out.to(a_ptr.dtype.element_ty), mask=n_ok[None, :], eviction_policy=OUT_EVICT)
 
 
 @triton.jit
@@ -242,19 +242,20 @@ def _gate_up_tile(
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap, limit, alpha,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    ONE_DOT: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
+    ONE_DOT: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr, OUT_EVICT: tl.constexpr,
 ):
-    """The (BLOCK_M rows from row0, column tile pid_n) output tile of `expert`, one dot or two."""
+    """The (BLOCK_M rows from row0, column tile pid_n) output tile of `expert`, one dot or two, stored with the
+    L2 eviction policy OUT_EVICT (`l2_temps`)."""
     if ONE_DOT and GATE_MODE != 0:
         _gate_up_one_dot(x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, row0, pid_n, expert, S, TOPK, H, I,
                          stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
                          limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
-                         W_TMA, W_T, A_TMA)
+                         W_TMA, W_T, A_TMA, OUT_EVICT)
     else:
         _gate_up_two_dots(x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, row0, pid_n, expert, S, TOPK, H, I,
                           stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
                           limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
-                          W_TMA, W_T, A_TMA)
+                          W_TMA, W_T, A_TMA, OUT_EVICT)
 
 
 @triton.jit
@@ -283,7 +284,7 @@ def _gate_up_grouped_kernel(
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, ONE_DOT: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
-    HALF_TAIL: tl.constexpr, PDL: tl.constexpr = False,
+    HALF_TAIL: tl.constexpr, PDL: tl.constexpr = False, OUT_EVICT: tl.constexpr = "",
 ):
     """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
     A_TMA: `x_ptr` is a TMA descriptor of the tokens already gathered in the aligned order, (P, H) (see
@@ -299,12 +300,12 @@ def _gate_up_grouped_kernel(
         _gate_up_tile(x_half_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, row0, pid_n, expert, S, TOPK, H, I,
                       stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
                       limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M // 2, BLOCK_N, BLOCK_K, EVEN_K,
-                      ONE_DOT, W_TMA, W_T, A_TMA)
+                      ONE_DOT, W_TMA, W_T, A_TMA, OUT_EVICT)
     else:
         _gate_up_tile(x_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, row0, pid_n, expert, S, TOPK, H, I,
                       stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
                       limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
-                      ONE_DOT, W_TMA, W_T, A_TMA)
+                      ONE_DOT, W_TMA, W_T, A_TMA, OUT_EVICT)
 
 
 @triton.jit
@@ -313,9 +314,10 @@ def _down_tile(
     stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys,
     MUL_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    EVEN_K: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
+    EVEN_K: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr, OUT_EVICT: tl.constexpr,
 ):
-    """y[pair] for the BLOCK_M rows from row0 and column tile pid_n of `expert`, routing weight applied."""
+    """y[pair] for the BLOCK_M rows from row0 and column tile pid_n of `expert`, routing weight applied, stored
+    with the L2 eviction policy OUT_EVICT."""
     offs_p, pair, row_ok, _ = _block_pairs(row0, sorted_ptr, S, 1, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < H
@@ -352,7 +354,7 @@ def _down_tile(
         rw = tl.load(topk_w_ptr + pair, mask=row_ok, other=0.0).to(tl.float32)
         acc = acc * rw[:, None]
     y_ptrs = y_ptr + tl.where(row_ok, pair, 0).to(tl.int64)[:, None] * stride_ys + offs_n[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :], eviction_policy=OUT_EVICT)
 
 
 @triton.jit
@@ -363,7 +365,7 @@ def _down_grouped_kernel(
     MUL_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
-    HALF_TAIL: tl.constexpr, PDL: tl.constexpr = False,
+    HALF_TAIL: tl.constexpr, PDL: tl.constexpr = False, OUT_EVICT: tl.constexpr = "",
 ):
     """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
     A_TMA: `a_ptr` is a TMA descriptor of the (P, I) intermediate. HALF_TAIL as in the gate/up kernel
@@ -374,11 +376,12 @@ def _down_grouped_kernel(
     if HALF_TAIL and _half_full(sorted_ptr, row0, S, BLOCK_M):
         _down_tile(a_half_ptr, w_ptr, b_ptr, y_ptr, topk_w_ptr, sorted_ptr, row0, pid_n, expert, S, H, I,
                    stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys,
-                   MUL_WEIGHT, HAS_BIAS, DOT_MODE, BLOCK_M // 2, BLOCK_N, BLOCK_K, EVEN_K, W_TMA, W_T, A_TMA)
+                   MUL_WEIGHT, HAS_BIAS, DOT_MODE, BLOCK_M // 2, BLOCK_N, BLOCK_K, EVEN_K, W_TMA, W_T, A_TMA,
+                   OUT_EVICT)
     else:
         _down_tile(a_ptr, w_ptr, b_ptr, y_ptr, topk_w_ptr, sorted_ptr, row0, pid_n, expert, S, H, I,
                    stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys,
-                   MUL_WEIGHT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, W_TMA, W_T, A_TMA)
+                   MUL_WEIGHT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, W_TMA, W_T, A_TMA, OUT_EVICT)
 
 
 @triton.jit

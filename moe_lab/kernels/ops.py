@@ -23,6 +23,7 @@ from moe_lab.kernels.align import (CHUNK, LABEL_BLOCKS, SCAN_ROWS, SINGLE_MAX_PA
 from moe_lab.kernels.configs import decode_evicts_first
 from moe_lab.kernels.fused_moe import (_down_decode_kernel, _down_grouped_kernel, _gate_up_decode_kernel,
                                        _gate_up_grouped_kernel)
+from moe_lab.kernels.l2_temps import LINE, l2_hints_available
 from moe_lab.kernels.pdl import pdl_available
 from moe_lab.kernels.topk_sum import TILE as SUM_TILE
 from moe_lab.kernels.topk_sum import _topk_sum_kernel
@@ -120,11 +121,12 @@ class Plan:
     def __init__(self, T: int, K: int, E: int, H: int, I: int, dtype: torch.dtype, spec: GateSpec, config: dict,
                  up_strides: tuple[int, int, int], down_strides: tuple[int, int, int],
                  bias_strides: tuple[int, int, int, int] | None, x_strides: tuple[int, int], reduce: bool,
-                 pdl: bool = False, ws_sms: int = 0):
+                 pdl: bool = False, ws_sms: int = 0, l2_hints: bool = False):
         """pdl: launch with programmatic dependent launch (`moe_lab.kernels.pdl`) where the device has it;
         a config's `"PDL": 0` turns it off. ws_sms: the device's SM count where it runs the warp-specialized
         GEMMs (`ws_available`), else 0; a config's `"ws"` entry takes them where they apply (`ws_refusal`),
-        else its Triton tiles run, with a log line saying why."""
+        else its Triton tiles run, with a log line saying why. l2_hints: the device takes `l2_temps`' hints
+        (`l2_hints_available`), which a config's `"TEMPS_L2": 1` asks for on the Triton-tile path."""
         self.T, self.K, self.E, self.H, self.I, self.dtype, self.reduce = T, K, E, H, I, dtype, reduce
         self.x_strides = x_strides
         self.S = S = T * K
@@ -133,6 +135,7 @@ class Plan:
         self.out_rows = T if reduce else S
         self.decode = config["path"] == "decode"
         self.pdl = pdl = bool(pdl and config.get("PDL", 1))
+        self.temps_l2 = False
         common = dict(HAS_BIAS=self.has_bias, PDL=pdl)
         if S == 0:
             return
@@ -194,6 +197,8 @@ class Plan:
         if self.half_tail and bm < 32:
             raise ValueError(f"triton_fused: HALF_TAIL needs BLOCK_M >= 32 (half blocks of at least 16 rows), "
                              f"not {bm}")
+        self.temps_l2 = bool(config.get("TEMPS_L2", 0)) and self._temps_l2_fit(l2_hints)
+        common["OUT_EVICT"] = "evict_last" if self.temps_l2 else ""
         self.a_boxes = ([bm, up["BLOCK_K"]], [bm, down["BLOCK_K"]])
         self.a_half_boxes = ([bm // 2, up["BLOCK_K"]], [bm // 2, down["BLOCK_K"]])
         self.up = _Launch(_gate_up_grouped_kernel, (B * triton.cdiv(I, up["BLOCK_N"]),),
@@ -211,7 +216,7 @@ class Plan:
                                  A_TMA=self.a_tma_down, HALF_TAIL=self.half_tail, **common), _opts(down, pdl))
         self.down_scalars = (S, H, I, B, I, *down_strides, bd0, bd1, H)
         if reduce and K > 1:
-            self.sum = self._sum_launch(indirect=False)
+            self.sum = self._sum_launch(indirect=False, discard=self.temps_l2)
 
     def _init_align(self, bm: int) -> int:
         """The alignment launches for row blocks of bm: one program up to SINGLE_MAX_PAIRS pairs, else two
@@ -234,12 +239,29 @@ class Plan:
             ]
         return B
 
-    def _sum_launch(self, indirect: bool) -> _Launch:
-        """The top-k sum over y in (t, k) order, or (indirect) over y in the aligned order through pair_row."""
-        block_h = min(SUM_TILE["BLOCK_H"], triton.next_power_of_2(self.H))
+    def _sum_block_h(self) -> int:
+        return min(SUM_TILE["BLOCK_H"], triton.next_power_of_2(self.H))
+
+    def _temps_l2_fit(self, l2_hints: bool) -> bool:
+        """Whether `l2_temps` applies to this call (a config asked for it); a log line where it does not."""
+        item = self.dtype.itemsize
+        why_not = ("this device or the interpreter takes no L2 hints" if not l2_hints else
+                   "there is no top-k sum to end the marks" if not (self.reduce and self.K > 1) else
+                   f"the hidden rows ({self.H} x {item} bytes) or the sum's column tiles are not whole 128-byte "
+                   "lines" if (self.H * item) % LINE or (self._sum_block_h() * item) % LINE else None)
+        if why_not:
+            log_once(f"moe_lab triton_fused: the config's TEMPS_L2 does not apply here ({why_not}); running "
+                     "without it")
+        return why_not is None
+
+    def _sum_launch(self, indirect: bool, discard: bool = False) -> _Launch:
+        """The top-k sum over y in (t, k) order, or (indirect) over y in the aligned order through pair_row;
+        discard: then drops y's and the intermediate's L2 lines (`l2_temps`)."""
+        block_h = self._sum_block_h()
         return _Launch(_topk_sum_kernel, (triton.cdiv(self.T, SUM_TILE["BLOCK_T"]), triton.cdiv(self.H, block_h)),
                        dict(TOPK=self.K, BLOCK_T=SUM_TILE["BLOCK_T"], BLOCK_H=block_h, INDIRECT=indirect,
-                            PDL=self.pdl), _opts({"num_warps": SUM_TILE["num_warps"], "num_stages": 1}, self.pdl))
+                            DISCARD=discard, TOPK_P2=triton.next_power_of_2(self.K), PDL=self.pdl),
+                       _opts({"num_warps": SUM_TILE["num_warps"], "num_stages": 1}, self.pdl))
 
     def _init_ws(self, ws: dict, sms: int, spec: GateSpec, up_strides, down_strides) -> None:
         """The warp-specialized path (`ws_grouped`): alignment, the two persistent GEMMs (one program per SM
@@ -301,7 +323,8 @@ class Plan:
         a_PI = torch.empty(B * bm, I, dtype=self.dtype, device=dev)
         w_up_arg = self._descriptor("up", w_up, self.up_tma) if self.up_tma else w_up
         self.up(stream, x_arg, x_half, w_up_arg, b_up, a_PI, sorted_P, block_expert_B, *self.up_scalars)
-        y_SH = torch.empty(S, H, dtype=self.dtype, device=dev)
+        y_SH = _line_aligned_empty(S, H, self.dtype, dev) if self.temps_l2 else torch.empty(S, H, dtype=self.dtype,
+                                                                                              device=dev)
         w_down_arg = self._descriptor("down", w_down, self.down_tma) if self.down_tma else w_down
         a_arg = a_half = a_PI
         if self.a_tma_down:
@@ -312,7 +335,7 @@ class Plan:
         if not self.reduce or self.K == 1:
             return y_SH
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
-        self.sum(stream, y_SH, out_TH, y_SH, self.T, H)
+        self.sum(stream, y_SH, out_TH, y_SH, a_PI, a_PI.nbytes if self.temps_l2 else 0, self.T, H)
         return out_TH
 
     def _align(self, stream: int, ids_S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -360,7 +383,7 @@ class Plan:
                   rows(y_PH, down["BLOCK_N"]), block_expert_B, expert_block_E1, sorted_P, rw_S, a_PI, pair_row_S,
                   *self.down_scalars)
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
-        self.sum(stream, y_PH, out_TH, pair_row_S, self.T, H)
+        self.sum(stream, y_PH, out_TH, pair_row_S, y_PH, 0, self.T, H)
         return out_TH
 
     def _layout(self, box: list[int]):
@@ -471,6 +494,14 @@ def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias:
     return None
 
 
+def _line_aligned_empty(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An empty (rows, cols) tensor whose storage starts on a 128-byte L2 line (`l2_temps` discards its lines
+    whole; CUDA's caching allocator starts every block on one anyway)."""
+    flat = torch.empty(rows * cols + LINE // dtype.itemsize, dtype=dtype, device=device)
+    skip = -flat.data_ptr() % LINE // dtype.itemsize
+    return flat[skip:skip + rows * cols].view(rows, cols)
+
+
 def _row_blocks(t_PC: torch.Tensor, box: list[int]):
     """A TMA descriptor of a contiguous (P, C) activation, loaded in (BLOCK_M, BLOCK_K) boxes."""
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -496,6 +527,7 @@ def fused_experts(
     has_bias = b_up_EN is not None
     plan = Plan(T, K, E, H, I, x_TH.dtype, spec, config, tuple(w_up_ENH.stride()), tuple(w_down_EHI.stride()),
                 (*b_up_EN.stride(), *b_down_EH.stride()) if has_bias else None, tuple(x_TH.stride()), reduce,
-                pdl=pdl_available(x_TH.device), ws_sms=ws_available(x_TH.device))
+                pdl=pdl_available(x_TH.device), ws_sms=ws_available(x_TH.device),
+                l2_hints=l2_hints_available(x_TH.device))
     return plan(x_TH, topk_ids_TK.reshape(-1).contiguous(), topk_weights_TK.reshape(-1).contiguous(),
                 w_up_ENH, w_down_EHI, b_up_EN, b_down_EH)
