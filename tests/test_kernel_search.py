@@ -85,7 +85,8 @@ def test_search_finds_the_cheapest_config_of_its_space(fake_kernels):
     def cost(cfg):  # separable: the gate/up tile and the down tile each cost something, the target least
         if cfg.get("BLOCK_M") != 64:
             return 5.0
-        return 1.0 + (cfg["up"] != up_target) + (cfg["down"] != down_target) + 0.5 * cfg.get("HALF_TAIL", 0)
+        return (1.0 + (cfg["up"] != up_target) + (cfg["down"] != down_target) + 0.5 * cfg.get("HALF_TAIL", 0)
+                + 0.25 * cfg.get("TEMPS_L2", 0))
 
     state["cost"] = cost
     incumbent = configs.heuristic_config(200, 8, 128, 96, 2)
@@ -98,16 +99,33 @@ def test_search_finds_the_cheapest_config_of_its_space(fake_kernels):
 def test_search_tries_half_tail_on_each_block_m_best(fake_kernels):
     seen, state = fake_kernels
     experts, inputs = tiny_inputs(T=200)  # S=400 over 8 experts: grouped BLOCK_M 16 to 128
-    state["cost"] = lambda cfg: (2.0 - cfg.get("HALF_TAIL", 0)) * (1 + (cfg.get("BLOCK_M") != 64))
+    state["cost"] = lambda cfg: ((2.0 - cfg.get("HALF_TAIL", 0) + cfg.get("TEMPS_L2", 0))
+                                 * (1 + (cfg.get("BLOCK_M") != 64)))
     incumbent = configs.heuristic_config(200, 8, 128, 96, 2)
     results = search.search_bucket(experts, inputs, incumbent, wide=False, reps=1, log=print)
     cfgs = [json.loads(k) for _, k in results]
-    halves = [c for c in cfgs if c.get("HALF_TAIL")]
+    halves = [c for c in cfgs if c.get("HALF_TAIL") and not c.get("TEMPS_L2")]
     # one half-tail variant per BLOCK_M from 32 on (16-row blocks have no 8-row half), each of that BLOCK_M's best
     assert sorted(c["BLOCK_M"] for c in halves) == [32, 64, 128]
     for half in halves:
         assert {k: v for k, v in half.items() if k != "HALF_TAIL"} in cfgs
     assert cfgs[0]["BLOCK_M"] == 64 and cfgs[0]["HALF_TAIL"] == 1 and results[0][0] == 1.0
+
+
+@pytest.mark.parametrize("gain", [0.25, -0.25], ids=["faster", "slower"])
+def test_search_tries_temps_l2_on_the_best_grouped_config(fake_kernels, gain):
+    """The best grouped config timed once more with `"TEMPS_L2": 1` (`l2_temps`), kept only where faster."""
+    seen, state = fake_kernels
+    experts, inputs = tiny_inputs(T=200)
+    state["cost"] = lambda cfg: (2.0 - cfg.get("HALF_TAIL", 0) - gain * cfg.get("TEMPS_L2", 0)) * (
+        1 + (cfg.get("BLOCK_M") != 64))
+    results = search.search_bucket(experts, inputs, configs.heuristic_config(200, 8, 128, 96, 2), wide=False, reps=1,
+                                   log=print)
+    cfgs = [json.loads(k) for _, k in results]
+    marked = [c for c in cfgs if "TEMPS_L2" in c]
+    best_plain = min((ms, k) for ms, k in results if "TEMPS_L2" not in k)
+    assert marked == [{**json.loads(best_plain[1]), "TEMPS_L2": 1}]  # once, on the best grouped config only
+    assert ("TEMPS_L2" in cfgs[0]) == (gain > 0)
 
 
 @pytest.mark.parametrize("T,other", [(1, 0), (3, 1)])

@@ -230,6 +230,9 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
                                 default=(math.inf, None))
         if math.isfinite(best_ms):
             time_it({**json.loads(best_key), "HALF_TAIL": 1})
+    best_ms, best_key = min(((ms, k) for k, ms in timed.items() if '"grouped"' in k), default=(math.inf, None))
+    if math.isfinite(best_ms):  # the best grouped config again with its temporaries kept in L2 (`l2_temps`)
+        time_it({**json.loads(best_key), "TEMPS_L2": 1})
     if ws:
         _time_ws_entries(time_it, timed, gated, x_TH.numel() * x_TH.element_size())
     return sorted((ms, key) for key, ms in timed.items())
