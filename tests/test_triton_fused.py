@@ -443,24 +443,16 @@ def test_output_is_the_same_bit_for_bit_every_call(T, seed):
             assert torch.equal(triton_fused_experts(experts, x_TH, ids_TK, weights_TK), first_TH)
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason="programmatic dependent launch: real launches on the GPU")
-@pytest.mark.parametrize("T", [1, 300, 2000, 8192], ids=["decode", "one_alignment_program", "two_alignment_launches",
-                                                        "large"])
-def test_dependent_launch_gives_the_same_bits_as_serial_launch(T, seed):
-    """With PDL each kernel may start before the one it reads from has finished (moe_lab.kernels.pdl). Calls on
-    fresh routing each, queued back to back without a sync (so a read of the previous call's alignment or a
-    half-written intermediate would show), must equal the same calls with PDL off, bit for bit."""
-    from moe_lab.backends.triton_fused import _PLANS
+def _back_to_back_both_ways(model: str, T: int, n: int, key: str, seed: int):
+    """`n` calls of `model`'s tuned config on fresh routing each (uniform and skewed in turn), queued back to back
+    without a sync, once with the config's `key` 1 and once 0: (experts, calls, {1: outputs, 0: outputs})."""
     from moe_lab.kernels.configs import get_config
-    from moe_lab.kernels.pdl import pdl_available
     from moe_lab.shapes import build_hf_experts, get_shape
 
-    if not pdl_available(torch.device(DEVICE)):
-        pytest.skip("this GPU has no programmatic dependent launch (compute capability < 9)")
-    shape = get_shape("qwen3-30b-a3b")
-    experts = build_hf_experts("qwen3-30b-a3b", device=DEVICE, dtype=torch.bfloat16, seed=seed)
+    shape = get_shape(model)
+    experts = build_hf_experts(model, device=DEVICE, dtype=torch.bfloat16, seed=seed)
     calls = []
-    for i in range(6):
+    for i in range(n):
         ids_TK, weights_TK = synthetic_routing("skewed" if i % 2 else "uniform", T, shape.experts, shape.top_k,
                                                seed=seed + i, device=DEVICE)
         x_TH = torch.randn(T, shape.hidden, generator=torch.Generator().manual_seed(seed + i)).to(DEVICE,
@@ -469,10 +461,25 @@ def test_dependent_launch_gives_the_same_bits_as_serial_launch(T, seed):
     tuned = get_config("h100", "bfloat16", T, shape.experts, shape.hidden, shape.intermediate, shape.top_k)
     outs = {}
     with torch.no_grad():
-        for pdl_on in (1, 0):
-            config = {**tuned, "PDL": pdl_on}
-            outs[pdl_on] = [triton_fused_experts(experts, *call, config=config) for call in calls]
+        for value in (1, 0):
+            outs[value] = [triton_fused_experts(experts, *call, config={**tuned, key: value}) for call in calls]
             torch.cuda.synchronize()
+    return experts, calls, outs
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="programmatic dependent launch: real launches on the GPU")
+@pytest.mark.parametrize("T", [1, 300, 2000, 8192], ids=["decode", "one_alignment_program", "two_alignment_launches",
+                                                        "large"])
+def test_dependent_launch_gives_the_same_bits_as_serial_launch(T, seed):
+    """With PDL each kernel may start before the one it reads from has finished (moe_lab.kernels.pdl). Calls on
+    fresh routing each, queued back to back without a sync (so a read of the previous call's alignment or a
+    half-written intermediate would show), must equal the same calls with PDL off, bit for bit."""
+    from moe_lab.backends.triton_fused import _PLANS
+    from moe_lab.kernels.pdl import pdl_available
+
+    if not pdl_available(torch.device(DEVICE)):
+        pytest.skip("this GPU has no programmatic dependent launch (compute capability < 9)")
+    experts, _, outs = _back_to_back_both_ways("qwen3-30b-a3b", T, 6, "PDL", seed)
     assert [p.pdl for p in _PLANS[experts].values()] == [True, False]
     for i, (on_TH, off_TH) in enumerate(zip(outs[1], outs[0])):
         assert torch.equal(on_TH, off_TH), f"call {i}"
@@ -485,26 +492,8 @@ def test_temps_l2_changes_no_bit(model, T, seed):
     routing queued back to back without a sync (a discard reaching a live line of the next call, whose buffers
     reuse the same memory, would show) equal the same calls without it bit for bit, and the reference."""
     from moe_lab.backends.triton_fused import _PLANS
-    from moe_lab.kernels.configs import get_config
-    from moe_lab.shapes import build_hf_experts, get_shape
 
-    shape = get_shape(model)
-    experts = build_hf_experts(model, device=DEVICE, dtype=torch.bfloat16, seed=seed)
-    calls = []
-    for i in range(4):
-        ids_TK, weights_TK = synthetic_routing("skewed" if i % 2 else "uniform", T, shape.experts, shape.top_k,
-                                               seed=seed + i, device=DEVICE)
-        x_TH = torch.randn(T, shape.hidden, generator=torch.Generator().manual_seed(seed + i)).to(DEVICE,
-                                                                                                 torch.bfloat16)
-        calls.append((x_TH, ids_TK, weights_TK))
-    tuned = get_config("h100", "bfloat16", T, shape.experts, shape.hidden, shape.intermediate, shape.top_k)
-    assert tuned["path"] == "grouped" and "ws" not in tuned, "a Triton-tile bucket"
-    outs = {}
-    with torch.no_grad():
-        for temps in (1, 0):
-            outs[temps] = [triton_fused_experts(experts, *call, config={**tuned, "TEMPS_L2": temps})
-                           for call in calls]
-            torch.cuda.synchronize()
+    experts, calls, outs = _back_to_back_both_ways(model, T, 4, "TEMPS_L2", seed)
     assert [p.temps_l2 for p in _PLANS[experts].values()] == [True, False]
     for i, (on_TH, off_TH) in enumerate(zip(outs[1], outs[0])):
         assert torch.equal(on_TH, off_TH), f"call {i}"
@@ -522,7 +511,6 @@ def test_temps_l2_applies_only_where_its_marks_end(H, l2_hints, reduce, why, cap
     from moe_lab.kernels.ops import GateSpec, Plan
 
     monkeypatch.setattr(common, "_logged", set())
-
     E, I, K, T = 4, 64, 2, 9
     config = {**CONFIGS["grouped16"], "TEMPS_L2": 1}
     with caplog.at_level("WARNING", logger="moe_lab"):
