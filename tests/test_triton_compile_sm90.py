@@ -185,25 +185,21 @@ def test_multi_program_alignment_compiles_for_sm90(pdl_on, compiled, seed):
                                           ("gated_silu", "half_tail"), ("transposed", "half_tail"),
                                           ("gated_silu", "half_tail_pingpong"), ("plain_relu", "half_tail_pingpong"),
                                           ("gated_silu", "expert_groups"), ("gated_silu", "one_mma"),
-                                          ("gated_silu", "one_mma_half_tail"), ("gated_silu", "x_l2_last"),
-                                          ("gated_silu", "no_pdl"), ("gated_silu", "ws_no_pdl")])
+                                          ("gated_silu", "one_mma_half_tail"), ("gated_silu", "x_l2_last")])
 def test_warp_specialized_gemms_compile_for_sm90(layout, tile, compiled, monkeypatch, seed):
     """A config's "ws" entry (`moe_lab.kernels.ws_grouped`): the two persistent Gluon GEMMs, warp-specialized
     (the producer warps' registers lowered, the consumers' raised), weights by TMA into wgmma, gate/up's token
-    rows gathered by cp.async, TMA stores; the top-k sum through the pairs' rows. With
+    rows gathered by cp.async, TMA stores, launched without PDL; the top-k sum through the pairs' rows. With
     HALF_TAIL the cooperative consumers' half-height tiles split the columns between their two warp groups.
     With ONE_MMA gate/up's whole-height tiles run one wgmma of 2 x BLOCK_N columns (its half-height ones two
     of BLOCK_N / 2, each warp group half of each weight tile's columns). With X_L2_LAST gate/up marks the token
-    rows evict-last in L2 first and normal again after its loads; down reads no token rows and marks nothing.
-    Both are launched with PDL and wait on the kernel before, unless the config's `"PDL": 0` or the ws entry's
-    says not to (the ws entry's leaves the alignment and the sum dependent launches)."""
+    rows evict-last in L2 first and normal again after its loads; down reads no token rows and marks nothing."""
     from test_ws_grouped import PINGPONG, WS, expert_groups, one_mma
 
     ws = {"cooperative": WS, "half_tail": {**WS, "HALF_TAIL": 1},
           "half_tail_pingpong": {**PINGPONG, "HALF_TAIL": 1}, "expert_groups": expert_groups(WS),
           "one_mma": one_mma(WS), "one_mma_half_tail": one_mma({**WS, "HALF_TAIL": 1}),
-          "x_l2_last": {**WS, "up": {**WS["up"], "X_L2_LAST": 1}}, "no_pdl": WS, "ws_no_pdl": {**WS, "PDL": 0}}[tile]
-    pdl_on = tile != "no_pdl"
+          "x_l2_last": {**WS, "up": {**WS["up"], "X_L2_LAST": 1}}}[tile]
 
     from moe_lab.kernels import ops, ws_grouped
 
@@ -215,11 +211,10 @@ def test_warp_specialized_gemms_compile_for_sm90(layout, tile, compiled, monkeyp
     x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, "cpu", seed)
     with torch.no_grad():
         out_TH = triton_fused.triton_fused_experts(experts, x_TH, ids_TK, weights_TK,
-                                                   config={**CONFIGS["grouped64"], "ws": ws, "PDL": int(pdl_on)})
+                                                   config={**CONFIGS["grouped64"], "ws": ws})
     assert out_TH.shape == x_TH.shape
     assert [k.name for k in compiled] == ["_align_single_kernel", "_ws_grouped_kernel", "_ws_grouped_kernel",
                                           "_topk_sum_kernel"]
-    assert compiled[0].metadata.launch_pdl == compiled[3].metadata.launch_pdl == pdl_on
     for k, gathers in zip(compiled[1:3], (True, False)):
         ptx = k.asm["ptx"]
         assert "setmaxnreg.dec" in ptx and "setmaxnreg.inc" in ptx, "not warp-specialized"
@@ -228,8 +223,7 @@ def test_warp_specialized_gemms_compile_for_sm90(layout, tile, compiled, monkeyp
         marks = gathers and bool(ws["up"].get("X_L2_LAST"))
         assert ("prefetch.global.L2::evict_last" in ptx) == marks
         assert ("applypriority.global.L2::evict_normal" in ptx) == marks
-        ws_pdl = pdl_on and tile != "ws_no_pdl"
-        assert k.metadata.launch_pdl == ws_pdl and ("griddepcontrol.wait" in ptx) == ws_pdl
+        assert not k.metadata.launch_pdl
         gemm = ws["down" if k is compiled[2] else "up"]
         n = gemm["BLOCK_N"]
 

@@ -17,11 +17,11 @@
   path `"EVICT_FIRST"` 1 or 0 loads the weights with an evict-first L2 policy or the default one (without
   the key: evict-first at T = 1 only, see `decode_evicts_first`); `"TEMPS_L2": 1` has the tiles' GEMMs store
   the intermediate and y evict-last and the top-k sum drop their L2 lines once read (`l2_temps`);
-  `"ws": {BLOCK_M, HALF_TAIL, PDL, "up": {BLOCK_N, BLOCK_K, STAGES, num_warps, GROUP_M, PINGPONG, EXPERT_GROUPS,
+  `"ws": {BLOCK_M, HALF_TAIL, "up": {BLOCK_N, BLOCK_K, STAGES, num_warps, GROUP_M, PINGPONG, EXPERT_GROUPS,
   ONE_MMA, X_L2_LAST}, "down": {...}}` runs the
   warp-specialized Gluon GEMMs (`ws_grouped`; EXPERT_GROUPS starts the groups of GROUP_M row blocks at each
   expert's first block; gate/up's ONE_MMA runs its gate and up tiles as one wgmma, its X_L2_LAST keeps that
-  many eighths of the token rows in L2 while it runs; PDL 0 launches these two without PDL) instead of the entry's
+  many eighths of the token rows in L2 while it runs) instead of the entry's
   own tiles where they apply (an sm90 GPU, bf16 / fp16, a concatenated gate or none, no bias, the top-k sum:
   `ops.ws_refusal`), else the tiles, with a log line.
 

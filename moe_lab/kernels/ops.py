@@ -265,9 +265,8 @@ class Plan:
 
     def _init_ws(self, ws: dict, sms: int, spec: GateSpec, up_strides, down_strides) -> None:
         """The warp-specialized path (`ws_grouped`): alignment, the two persistent GEMMs (one program per SM
-        at most; with PDL each program lands as the kernel before leaves its SM and waits there for it to end;
-        gate/up gathers the token rows itself and records each pair's row), the top-k sum through the pairs'
-        rows."""
+        at most, launched without PDL: they start once the kernel before has ended; gate/up gathers the
+        token rows itself and records each pair's row), the top-k sum through the pairs' rows."""
         from moe_lab.kernels.ws_grouped import _ws_grouped_kernel
 
         E, H, I = self.E, self.H, self.I
@@ -279,7 +278,6 @@ class Plan:
         self._descriptors, self._layouts = {}, {}
         self.ws_cfg = ws
         self.half_tail = bool(ws.get("HALF_TAIL", 0))
-        pdl = self.pdl and bool(ws.get("PDL", 1))
         launches = []
         for cfg, view, cols, consts in (
                 (up, self.up_tma, I, dict(GATED=spec.gate_mode == 1, ACT=spec.act, MUL_WEIGHT=False, GATHER=True)),
@@ -290,8 +288,8 @@ class Plan:
                                          EXPERT_GROUPS=bool(cfg.get("EXPERT_GROUPS", 0)), STAGES=cfg["STAGES"],
                                          PINGPONG=bool(cfg.get("PINGPONG", 0)), BLOCK_M=self.bm,
                                          HALF_TAIL=self.half_tail, ONE_MMA=bool(cfg.get("ONE_MMA", 0)),
-                                         X_L2_LAST=cfg.get("X_L2_LAST", 0), PDL=pdl,
-                                         num_warps=cfg["num_warps"]), {"launch_pdl": True} if pdl else {}))
+                                         X_L2_LAST=cfg.get("X_L2_LAST", 0),
+                                         num_warps=cfg["num_warps"]), {}))
         self.up, self.down = launches
         self.up_scalars = (B, H, N, I, self.S, self.K, self.x_strides[0], spec.limit, spec.alpha)
         self.down_scalars = (B, I, H, 0, self.S, self.K, 0, spec.limit, spec.alpha)
@@ -443,11 +441,10 @@ def ws_available(device: torch.device) -> int:
 def ws_refusal(ws: dict, sms: int, dtype: torch.dtype, spec: GateSpec, has_bias: bool, reduce: bool,
                up_strides: tuple, down_strides: tuple, x_strides: tuple, E: int, H: int, I: int) -> str | None:
     """Why a config's `"ws"` entry cannot run this call, or None. Its keys: BLOCK_M, optional HALF_TAIL
-    (half-height last blocks), optional PDL (0: the two GEMMs launched plainly, with the rest of the call still
-    dependent launches where the top-level PDL is on), and per GEMM ("up", "down") BLOCK_N, BLOCK_K, STAGES,
-    num_warps (per consumer), GROUP_M, optional PINGPONG (two consumers), optional EXPERT_GROUPS (the GROUP_M
-    groups start again at each expert's first block), and gate/up's optional ONE_MMA (gate and up as one wgmma)
-    and X_L2_LAST (1 to 8: that many eighths of the token rows it gathers kept in L2 with the evict-last
+    (half-height last blocks), and per GEMM ("up", "down") BLOCK_N, BLOCK_K, STAGES, num_warps (per
+    consumer), GROUP_M, optional PINGPONG (two consumers), optional EXPERT_GROUPS (the GROUP_M groups start
+    again at each expert's first block), and gate/up's optional ONE_MMA (gate and up as one wgmma) and
+    X_L2_LAST (1 to 8: that many eighths of the token rows it gathers kept in L2 with the evict-last
     priority while it runs)."""
     if not sms:
         return "they need compiled kernels on an sm90 GPU"
