@@ -37,6 +37,17 @@ def test_prune_by_backend_keeps_the_rest(results):
     assert list(load_results(results).columns[:len(COLUMNS)]) == COLUMNS
 
 
+def test_a_folder_holding_a_cell_twice_is_refused_untouched(results):
+    """Pruning a folder with a superseded copy of a file below it would drop rows from both: refused first."""
+    (results.parent / "archive").mkdir()
+    copy = results.parent / "archive" / "r.csv"
+    copy.write_text(results.read_text())
+    with pytest.raises(ValueError, match="more than one file"):
+        prune(results.parent, backend=["triton_fused"])
+    assert kept(results) == kept(copy) == ROWS
+    assert prune(results, backend=["triton_fused"]) == [(results, 2, 5)]
+
+
 def test_every_filter_must_match(results):
     prune(results, backend=["batched_mm", "eager"], status=["oom", "error"])
     assert kept(results) == [ROWS[0], ROWS[1], ROWS[2], ROWS[4]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 
 import pytest
 import torch
@@ -108,6 +109,17 @@ def test_load_results_types_and_sources(tmp_path):
     assert len(load_results(tmp_path)) == 4
     with pytest.raises(ValueError, match="not a results CSV"):
         load_results(tmp_path / "batch_log.csv")
+
+
+def test_a_cell_in_two_files_is_an_error_not_an_average(tmp_path):
+    """A superseded copy of a results file below the folder read (an archived first pass) would be averaged
+    into every figure: reading both is refused, naming the files; a glob of the current one reads it."""
+    run_sweep(SweepGrid(backend="eager", **SMALL), tmp_path / "a.csv", progress=False)
+    (tmp_path / "old").mkdir()
+    shutil.copy(tmp_path / "a.csv", tmp_path / "old" / "a.csv")
+    with pytest.raises(ValueError, match=r"2 cell\(s\) have rows in more than one file.*old/a\.csv"):
+        load_results(tmp_path)
+    assert len(load_results(str(tmp_path / "*.csv"))) == 2
 
 
 def test_other_columns_are_not_appended_to(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from moe_lab.harness.sweep import RESULTS_MARKER, expand_paths, read_rows, rewrite_rows
+from moe_lab.harness.sweep import RESULTS_MARKER, expand_paths, load_results, read_rows, rewrite_rows
 
 FILTER_FIELDS = ("level", "model", "backend", "compile_mode", "dtype", "device", "routing", "status")
 
@@ -43,7 +43,8 @@ def row_matches(row: dict, filters: dict[str, list[str]], before: pd.Timestamp |
 def prune(paths, *, before: str | None = None, dry_run: bool = False,
           **filters: list[str]) -> list[tuple[Path, int, int]]:
     """Drop the matching rows of every results CSV under `paths` (files, directories, globs); returns
-    (file, rows dropped, rows before) per file. At least one filter or `before` is required."""
+    (file, rows dropped, rows before) per file. At least one filter or `before` is required; files that hold
+    the same cell twice (a superseded copy beside the current one) are refused before anything changes."""
     unknown = sorted(set(filters) - set(FILTER_FIELDS))
     if unknown:
         raise ValueError(f"unknown filter(s) {unknown}; valid: {', '.join(FILTER_FIELDS)}")
@@ -51,14 +52,18 @@ def prune(paths, *, before: str | None = None, dry_run: bool = False,
     if not filters and before is None:
         raise ValueError("give at least one filter or --before: pruning would drop every row")
     cutoff = _utc(before) if before is not None else None
-    out = []
+    files = []
     for path, explicit in expand_paths(paths):
         with open(path, newline="") as f:
             header = set(f.readline().strip().split(","))
-        if not RESULTS_MARKER <= header:
-            if explicit:
-                raise ValueError(f"{path} is not a results CSV (it lacks {', '.join(sorted(RESULTS_MARKER))})")
-            continue  # a batch log or another CSV beside the results
+        if RESULTS_MARKER <= header:
+            files.append(path)
+        elif explicit:
+            raise ValueError(f"{path} is not a results CSV (it lacks {', '.join(sorted(RESULTS_MARKER))})")
+    if files:
+        load_results(files)  # one row per cell across them, or a ValueError naming the files
+    out = []
+    for path in files:
         rows = read_rows(path)
         keep = [r for r in rows if not row_matches(r, filters, cutoff)]
         dropped = len(rows) - len(keep)

@@ -377,7 +377,7 @@ def load_results(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     Columns are `COLUMNS` with numbers typed, plus `source` (the file each row came from); rows with a
     latency have status `ok` or `fallback:...`. CSVs found in a directory or by a glob that are not
     results (no level/model/backend/status columns, e.g. a batch log) are passed over; a file named
-    explicitly must be results.
+    explicitly must be results. A cell with rows in two of the files read (`one_row_per_cell`) is an error.
     """
     frames = []
     for path, explicit in expand_paths(paths):
@@ -390,8 +390,22 @@ def load_results(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
         frames.append(df)
     if not frames:
         return _typed(pd.DataFrame(columns=COLUMNS + ["source"]))
-    df = pd.concat(frames, ignore_index=True)
+    df = pd.concat(frames, ignore_index=True).fillna("")
+    one_row_per_cell(df)
     return _typed(df)[COLUMNS + ["source"] + [c for c in df.columns if c not in COLUMNS + ["source"]]]
+
+
+def one_row_per_cell(df: pd.DataFrame) -> None:
+    """ValueError if a cell (its `KEY_FIELDS` and the device's name) has rows from more than one file in `df`'s
+    `source`: figures and tables would average a superseded measurement into the current one."""
+    keys = [k for k in (*KEY_FIELDS, "device_name") if k in df]
+    files = df.groupby(keys, sort=False)["source"].unique()
+    repeated = files[files.map(len) > 1]
+    if len(repeated):
+        cell = dict(zip(keys, repeated.index[0]))
+        raise ValueError(f"{len(repeated)} cell(s) have rows in more than one file, e.g. {cell} in "
+                         f"{', '.join(sorted(repeated.iloc[0]))}: name the files to read (a glob such as "
+                         f"data/results/h100/*.csv), not a folder that holds superseded copies")
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
