@@ -412,7 +412,7 @@ def test_cuda_graph_capture_replays_new_inputs(T, seed):
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="the family modules at full size on the GPU")
-@pytest.mark.parametrize("model", ["qwen1.5-moe-a2.7b", "qwen3-30b-a3b", "olmoe-1b-7b"])
+@pytest.mark.parametrize("model", ["qwen1.5-moe-a2.7b", "qwen3-30b-a3b", "olmoe-1b-7b", "gpt-oss-20b"])
 @pytest.mark.parametrize("T", [1, 4, 64])
 def test_transformers_family_module(model, T, seed):
     from moe_lab import synthetic_routing
@@ -486,7 +486,8 @@ def test_dependent_launch_gives_the_same_bits_as_serial_launch(T, seed):
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="L2 hints and discards: compiled kernels on the GPU")
-@pytest.mark.parametrize("model,T", [("olmoe-1b-7b", 512), ("qwen1.5-moe-a2.7b", 300), ("qwen3-30b-a3b", 1000)])
+@pytest.mark.parametrize("model,T", [("olmoe-1b-7b", 512), ("qwen1.5-moe-a2.7b", 300), ("qwen3-30b-a3b", 1000),
+                                     ("gpt-oss-20b", 200)])
 def test_temps_l2_changes_no_bit(model, T, seed):
     """`"TEMPS_L2": 1` (moe_lab.kernels.l2_temps) only hints L2 and drops the call's dead lines: calls on fresh
     routing queued back to back without a sync (a discard reaching a live line of the next call, whose buffers
