@@ -288,9 +288,8 @@ class Plan:
                                          EXPERT_GROUPS=bool(cfg.get("EXPERT_GROUPS", 0)), STAGES=cfg["STAGES"],
                                          PINGPONG=bool(cfg.get("PINGPONG", 0)), BLOCK_M=self.bm,
                                          HALF_TAIL=self.half_tail, ONE_MMA=bool(cfg.get("ONE_MMA", 0)),
-                                         X_L2_LAST=cfg.get("X_L2_LAST", 0), PDL=self.pdl and bool(cfg.get("PDL", 0)),
-                                         num_warps=cfg["num_warps"]),
-                                    {"launch_pdl": True} if self.pdl and cfg.get("PDL", 0) else {}))
+                                         X_L2_LAST=cfg.get("X_L2_LAST", 0),
+                                         num_warps=cfg["num_warps"]), {}))
         self.up, self.down = launches
         self.up_scalars = (B, H, N, I, self.S, self.K, self.x_strides[0], spec.limit, spec.alpha)
         self.down_scalars = (B, I, H, 0, self.S, self.K, 0, spec.limit, spec.alpha)

@@ -37,14 +37,13 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (async_copy, fence_async_shared, mbarrier, tma,
                                                               warpgroup_mma, warpgroup_mma_wait)
 
-from moe_lab.kernels import fused_moe, pdl
+from moe_lab.kernels import fused_moe
 
 # fused_moe's tile order and epilogue math, compiled as Gluon (the same source; Gluon runs Triton's builtins)
 _tile_ids = gluon.jit(fused_moe._tile_ids.fn)
 _act = gluon.jit(fused_moe._act.fn)
 _gate = gluon.jit(fused_moe._gate.fn)
 _half_full = gluon.jit(fused_moe._half_full.fn)
-_pdl_enter = gluon.jit(pdl.pdl_enter.fn)
 
 GATHER_WARPS = gl.constexpr(4)  # producer warps: cp.async row gathers are issued per thread
 LOADER_REGS = gl.constexpr(80)  # registers per producer thread (setmaxnreg); the consumers get the rest
@@ -313,14 +312,13 @@ def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, expert_block_pt
                        GATHER: gl.constexpr, GROUP_M: gl.constexpr, EXPERT_GROUPS: gl.constexpr, STAGES: gl.constexpr,
                        PINGPONG: gl.constexpr, BLOCK_M: gl.constexpr,
                        HALF_TAIL: gl.constexpr, ONE_MMA: gl.constexpr, X_L2_LAST: gl.constexpr,
-                       num_warps: gl.constexpr, PDL: gl.constexpr = False):
+                       num_warps: gl.constexpr):
     """c[rows of block b, columns n..] = epilogue(x[rows of b] @ W[expert of b] rows n.. (and up rows)), for
     every real tile. x: (P, K) TMA descriptor, boxes (XB, BK), or (GATHER) the tokens (T, K) at x_ptr, rows
     gathered (`x_desc` then only gives the box); c: (P, columns) descriptor, boxes (XB, BN); XB is BLOCK_M,
     or with HALF_TAIL half of it. One consumer of num_warps warps (two warp groups at 8: cooperative), or
     (PINGPONG) two of num_warps each. ONE_MMA (gated, weights not transposed): gate and up in one buffer per
-    stage, one wgmma per K step. X_L2_LAST (GATHER): the token rows kept in L2 (`_load_partition`). PDL: launched
-    as a dependent (`moe_lab.kernels.pdl`): the program sets up its barriers, then waits for the kernel before."""
+    stage, one wgmma per K step. X_L2_LAST (GATHER): the token rows kept in L2 (`_load_partition`)."""
     NW: gl.constexpr = 2 if GATED else 1
     CONSUMERS: gl.constexpr = 2 if PINGPONG else 1
     BK: gl.constexpr = x_desc.block_type.shape[1]
@@ -342,7 +340,6 @@ def _ws_grouped_kernel(x_desc, w_desc, c_desc, block_expert_ptr, expert_block_pt
         mbarrier.init(empty.index(i), count=1)
     for i in gl.static_range(2):
         mbarrier.init(turn.index(i), count=1)
-    _pdl_enter(PDL)  # nothing above reads or writes global memory
     tiles_n = gl.cdiv(c_desc.shape[1], BN)
     # runtime values travel as one tuple each; the constexprs are written in every partition's own tuple (a
     # tuple built first would not keep them constexpr)
