@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
-import pandas as pd
 import torch
+from bench_rows import versions, write_rows
 
 from moe_lab.kernels import align
 from moe_lab.kernels.search import gpu_ms
@@ -40,10 +39,9 @@ def main(argv=None) -> int:
                     align.SINGLE_MAX_PAIRS = limit
                     us = gpu_ms(lambda: align.align_by_expert(ids_S, E, bm), dev) * 1e3
                     rows.append(dict(model=model, E=E, K=K, pairs=S, BLOCK_M=bm, mode=mode, us=round(us, 2),
-                                     device=torch.cuda.get_device_name(), torch=torch.__version__))
+                                     **versions()))
                     print(rows[-1], flush=True)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(Path(args.out) / "align_threshold.csv", index=False)
+    write_rows(rows, args.out, "align_threshold.csv")
     return 0
 
 

@@ -25,13 +25,10 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-import transformers
-import triton
+from bench_rows import versions, write_rows
 
 from moe_lab import synthetic_routing
 from moe_lab.backends.triton_fused import triton_fused_experts
@@ -77,8 +74,6 @@ def main(argv=None) -> int:
     if not (args.key or args.patch) or not (args.key or args.name):
         p.error("give --key, or --patch with --name")
     t0, dev, rows = time.time(), torch.device("cuda"), []
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     for model in args.models.split(","):
         shape = get_shape(model)
         experts = build_hf_experts(model, device=dev, dtype=torch.bfloat16)
@@ -121,12 +116,10 @@ def main(argv=None) -> int:
                                  a_us=round(us[("a", how)], 2), b_us=round(us[("b", how)], 2),
                                  speedup_a=round(us[("b", how)] / us[("a", how)], 4), same_bits=same,
                                  rel_err=round(rel_err, 6), block_m=cfgs["a"].get("BLOCK_M"), rounds=args.rounds,
-                                 flush=args.flush,
-                                 device=torch.cuda.get_device_name(), torch=torch.__version__,
-                                 triton=triton.__version__, transformers=transformers.__version__))
+                                 flush=args.flush, **versions()))
                 print(rows[-1], flush=True)
             name = (args.name or args.key) + ("_read.csv" if args.flush == "read" else ".csv")
-            pd.DataFrame(rows).to_csv(out / name, index=False)  # every point: a timeout keeps the rest
+            write_rows(rows, args.out, name)  # every point: a timeout keeps the rest
         del experts
         torch.cuda.empty_cache()
     return 0

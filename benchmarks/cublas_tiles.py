@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from pathlib import Path
 
 import pandas as pd
 import torch
+from bench_rows import versions, write_rows
 from triton_profile import balanced_gemms, kernel_times_us, sorted_problem
 
 from moe_lab.backends.common import down_weight_EIH, up_weight_EHN
@@ -63,7 +63,7 @@ def product_rows(model: str, T: int, reps: int) -> list[dict]:
                 rows.append(dict(model=model, T=T, library=library, product=what, rows_per_group=rows_per_group,
                                  padded_to_128=-(-rows_per_group // 128) * 128 if rows_per_group else None,
                                  kernel=kernel, us=round(us, 2), tflops=round(flops / us / 1e6, 1),
-                                 **name_fields(kernel), device=torch.cuda.get_device_name(), torch=torch.__version__))
+                                 **name_fields(kernel), **versions()))
                 print({k: rows[-1][k] for k in ("model", "T", "library", "product", "us", "tflops", "tile",
                                                  "cluster")}, flush=True)
     return rows
@@ -83,11 +83,9 @@ def main(argv=None) -> int:
         df = df.drop(columns=[c for c in ("tile", "cluster", "warpgroups", "stages", "k_step") if c in df])
         pd.concat([df, fields], axis=1).to_csv(args.reparse, index=False)
         return 0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     rows = [r for model in args.models.split(",") for T in map(int, args.tokens.split(","))
             for r in product_rows(model, T, args.reps)]
-    pd.DataFrame(rows).to_csv(out / "cublas_tiles.csv", index=False)
+    write_rows(rows, args.out, "cublas_tiles.csv")
     return 0
 
 

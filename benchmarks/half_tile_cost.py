@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
-import pandas as pd
 import torch
+from bench_rows import versions, write_rows
 from triton_profile import kernel_times_us
 
 from moe_lab.backends.triton_fused import triton_fused_experts
@@ -67,16 +66,14 @@ def main(argv=None) -> int:
                 times[R, half_tail] = us
                 rows.append(dict(model=model, bucket_T=args.tokens, T=ids_TK.shape[0], pairs_per_expert=R,
                                  block_m=bm, half_tail=half_tail, gemms_us=round(us, 2),
-                                 ws=str(config["ws"]), device=torch.cuda.get_device_name(),
-                                 torch=torch.__version__, triton=__import__("triton").__version__))
+                                 ws=str(config["ws"]), **versions()))
                 print(rows[-1], flush=True)
         lo, mid, hi = n * bm, n * bm + bm // 2, (n + 1) * bm
         for half_tail in (0, 1):
             cost = (times[mid, half_tail] - times[lo, half_tail]) / (times[hi, half_tail] - times[lo, half_tail])
             print(f"{model}: HALF_TAIL={half_tail}: a last block of {bm // 2} rows costs {cost:.2f} of a whole one",
                   flush=True)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(Path(args.out) / "half_tile_cost.csv", index=False)
+    write_rows(rows, args.out, "half_tile_cost.csv")
     return 0
 
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 import pandas as pd
 import torch
 import triton
 import triton.language as tl
+from bench_rows import versions, write_rows
 
 FLUSH_BYTES = 256 * 2**20
 LINE = 128  # bytes per L2 line
@@ -118,12 +118,9 @@ def main(argv=None) -> int:
             us = [round_us(mode, a_W, stream_W, flush, out) for _ in range(args.rounds)]
             s = pd.Series(us)
             rows.append(dict(mib=mib, stream_mib=args.stream_mib, mode=mode, median_us=round(s.median(), 2),
-                             min_us=round(s.min(), 2), gbps=round(mib * 2**20 / s.median() / 1e3, 1),
-                             device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__))
+                             min_us=round(s.min(), 2), gbps=round(mib * 2**20 / s.median() / 1e3, 1), **versions()))
             print(rows[-1], flush=True)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(out_dir / "l2_residency.csv", index=False)
+    write_rows(rows, args.out, "l2_residency.csv")
     return 0
 
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
-import pandas as pd
 import torch
 import triton
+from bench_rows import versions, write_rows
 
 from moe_lab.kernels.search import gpu_ms
 from moe_lab.kernels.topk_sum import _topk_sum_kernel
@@ -40,8 +39,7 @@ def main(argv=None) -> int:
 
             def record(impl, tile, us):
                 rows.append(dict(model=model, T=T, K=K, H=H, impl=impl, tile=tile, us=round(us, 2),
-                                 gbps=round(gb / us * 1e6, 1), device=torch.cuda.get_device_name(),
-                                 torch=torch.__version__, triton=triton.__version__))
+                                 gbps=round(gb / us * 1e6, 1), **versions()))
                 print(rows[-1], flush=True)
 
             record("torch sum(dim=1)", "", gpu_ms(lambda: y_SH.view(T, K, H).sum(dim=1), dev) * 1e3)
@@ -54,8 +52,7 @@ def main(argv=None) -> int:
                 call()
                 torch.testing.assert_close(out, want, rtol=1e-2, atol=1e-2)
                 record("triton", f"BLOCK_T={bt} BLOCK_H={bh} num_warps={w}", gpu_ms(call, dev) * 1e3)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(Path(args.out) / "topk_sum.csv", index=False)
+    write_rows(rows, args.out, "topk_sum.csv")
     return 0
 
 

@@ -23,7 +23,6 @@ Writes under --out: triton_gpu.log, triton_gpu_check.csv, triton_gpu_bench.csv (
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import shutil
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_rows import versions, write_rows
 
 from moe_lab import Experts, ExpertsLayout, reference_experts, relative_error, synthetic_routing
 from moe_lab.harness.roofline import Roofline, experts_cost, measure_roofline
@@ -187,7 +187,6 @@ def check(budget: float) -> list[dict]:
 # ----------------------------------------------------------------------------------------------- bench
 def bench(budget: float, roof: Roofline, compile_modes: bool, autotune_tokens: tuple[int, ...],
           cheap_compile: bool = True, auto_first: bool = False) -> list[dict]:
-    import transformers
     from transformers.integrations.moe import batched_mm_experts_forward, grouped_mm_experts_forward
 
     from moe_lab.backends.auto import choose_backend
@@ -200,9 +199,7 @@ def bench(budget: float, roof: Roofline, compile_modes: bool, autotune_tokens: t
     def add(model, T, backend, mode, ms, floor, note=""):
         rows.append(dict(model=model, T=T, backend=backend, compile_mode=mode, routing="uniform", dtype="bfloat16",
                          ms=None if ms is None else round(ms, 5), floor_ms=round(floor, 5),
-                         frac=None if not ms else round(floor / ms, 4), note=note, flush=FLUSH,
-                         device=torch.cuda.get_device_name(), torch=torch.__version__,
-                         transformers=transformers.__version__))
+                         frac=None if not ms else round(floor / ms, 4), note=note, flush=FLUSH, **versions()))
 
     modules = {}
     for model in MODELS:
@@ -362,7 +359,7 @@ def main(argv=None) -> int:
         log(f"roofline: copy {roof.bandwidth_gbps:.0f} GB/s, bf16 matmul {roof.peak_tflops:.0f} TFLOP/s")
         if not args.no_check:
             check_rows = check(budget * (0.12 if args.tune else 0.3))
-            _write_csv(out / "triton_gpu_check.csv", check_rows)
+            write_rows(check_rows, out, "triton_gpu_check.csv")
             if not all(r["ok"] for r in check_rows):
                 status = 1
         if args.tune:
@@ -371,7 +368,7 @@ def main(argv=None) -> int:
             autotune = tuple(sorted((int(t) for t in args.autotune_tokens.split(",") if t), reverse=True))
             rows = bench(budget, roof, compile_modes=not args.no_compile, autotune_tokens=autotune,
                          cheap_compile=args.cheap_compile, auto_first=args.auto_first)
-            _write_csv(out / "triton_gpu_bench.csv", rows)
+            write_rows(rows, out, "triton_gpu_bench.csv")
             _summary(rows)
     except Exception:  # noqa: BLE001
         log("ERROR\n" + traceback.format_exc())
@@ -379,15 +376,6 @@ def main(argv=None) -> int:
     finally:
         (out / "triton_gpu.log").write_text("\n".join(LOG) + "\n")
     return status
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
 
 
 def _summary(rows: list[dict]) -> None:

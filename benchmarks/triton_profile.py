@@ -27,7 +27,6 @@ Legend as in `moe_lab.kernels.fused_moe`.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -35,6 +34,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from bench_rows import versions, write_rows
 
 from moe_lab.backends.common import down_weight_EIH, up_weight_EHN
 from moe_lab.backends.grouped_gemm import grouped_mm
@@ -108,7 +108,7 @@ def profile_point(model: str, T: int, reps: int, compare: bool, roof, log) -> li
     gemm_work["_ws_grouped"] = tuple(a + b for a, b in zip(gemm_work["_gate_up"], gemm_work["_down"]))
     base = dict(model=model, T=T, shape=shape_key(E, H, I, K), path=config["path"], config=str(config),
                 floor_us=round(floor_us, 2), floor_balanced_us=round(floor_balanced_us, 2),
-                device=torch.cuda.get_device_name(), torch=torch.__version__, triton=__import__("triton").__version__)
+                **versions())
     rows = []
 
     def add(kernel: str, us: float, flops: float | None = None, nbytes: float | None = None):
@@ -219,13 +219,6 @@ def _by_point(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
     return out
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT", "out"))
@@ -253,9 +246,9 @@ def main(argv=None) -> int:
         for T in map(int, args.tokens.split(",")):
             rows += profile_point(model, T, args.reps, T >= args.compare_tokens, roof, log)
             torch.cuda.empty_cache()  # the point's tensors are gone with its frame
-    _write_csv(out / "triton_profile.csv", rows)
+    write_rows(rows, out, "triton_profile.csv")
     ceiling = ceiling_rows(rows)
-    _write_csv(out / "gemm_ceiling.csv", ceiling)
+    write_rows(ceiling, out, "gemm_ceiling.csv")
     for c in ceiling:
         log(f"{c['model']} T={c['T']}: floor {c['floor_us']:.1f} us; fraction of it: whole call "
             f"{c['whole_call_frac']}, balanced {c['whole_call_balanced_frac']}; GEMMs alone: ours "

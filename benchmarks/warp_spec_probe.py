@@ -23,12 +23,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import pandas as pd
 import torch
 import triton
 import triton.language as tl
+from bench_rows import versions, write_rows
 
 SIZE, BLOCK_M, BLOCK_N, BLOCK_K, WARPS, STAGES = 4096, 128, 128, 64, 4, 3
 VARIANTS = {  # name -> (persistent tile loop?, warp-specialized?)
@@ -124,13 +123,10 @@ def main(argv=None) -> int:
     rows = []
     for variant in VARIANTS:
         rows.append({**probe(variant, args.timeout_s), "size": SIZE, "tile": f"{BLOCK_M}x{BLOCK_N}x{BLOCK_K}",
-                     "num_warps": WARPS, "num_stages": STAGES, "device": torch.cuda.get_device_name(),
-                     "capability": "sm%d%d" % torch.cuda.get_device_capability(), "torch": torch.__version__,
-                     "triton": triton.__version__})
+                     "num_warps": WARPS, "num_stages": STAGES,
+                     "capability": "sm%d%d" % torch.cuda.get_device_capability(), **versions()})
         print(rows[-1], flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(out / "warp_spec_probe.csv", index=False)
+    write_rows(rows, args.out, "warp_spec_probe.csv")
     return 0
 
 

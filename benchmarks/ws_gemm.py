@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import triton
+from bench_rows import versions, write_rows
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
@@ -160,15 +161,13 @@ def probe_one(product: str, tile: tuple) -> dict:
     flops = 2 * E * M * N * K
     return dict(product=product, tile="{}x{}x{} s{} w{}".format(*tile), rel_err=f"{rel_err:.2e}",
                 ws_us=round(ws_us, 1), cublas_us=round(cublas_us, 1), ws_tflops=round(flops / ws_us / 1e6, 1),
-                cublas_tflops=round(flops / cublas_us / 1e6, 1), device=torch.cuda.get_device_name(),
-                torch=torch.__version__, triton=triton.__version__)
+                cublas_tflops=round(flops / cublas_us / 1e6, 1), **versions())
 
 
 def main(argv=None) -> int:
     """Every tile on every product, each in its own process under a time limit (a kernel that deadlocks is
     recorded as a timeout, and the others still run); rows to --out/ws_gemm.csv."""
     import argparse
-    import csv
     import json
     import subprocess
 
@@ -182,8 +181,6 @@ def main(argv=None) -> int:
     if args.one:
         print(json.dumps(probe_one(args.one[0], tuple(map(int, args.one[1].split(","))))))
         return 0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for product in args.products.split(","):
         for tile in args.tiles.split(";"):
@@ -196,11 +193,7 @@ def main(argv=None) -> int:
                 row = dict(product=product, tile=tile, status=f"timeout after {args.limit_s} s")
             print(row, flush=True)
             rows.append(row)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out / "ws_gemm.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(rows, args.out, "ws_gemm.csv")
     return 0
 
 

@@ -9,11 +9,10 @@ a CUDA-graph replay ("whole call" rows).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-from pathlib import Path
 
 import torch
+from bench_rows import versions, write_rows
 from triton_profile import kernel_times_us
 
 from moe_lab.backends.triton_fused import triton_fused_experts
@@ -50,15 +49,9 @@ def main(argv=None) -> int:
                     times["whole call"] = gpu_ms(call, x_TH.device) * 1e3
                 for kernel, us in sorted(times.items(), key=lambda kv: -kv[1]):
                     rows.append(dict(model=model, T=T, variant=variant, ws=json.dumps(config.get("ws", "")),
-                                     kernel=kernel, us=round(us, 2),
-                                     device=torch.cuda.get_device_name(), torch=torch.__version__,
-                                     triton=__import__("triton").__version__))
+                                     kernel=kernel, us=round(us, 2), **versions()))
                     print(rows[-1], flush=True)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    with open(Path(args.out) / "ws_kernels.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(rows, args.out, "ws_kernels.csv")
     return 0
 
 
