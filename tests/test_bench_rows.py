@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pandas as pd
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the scripts import it as a sibling
-
-from bench_rows import versions, write_rows  # noqa: E402
+from bench_rows import versions, write_rows
 
 
 def test_rows_become_one_csv_with_every_key_in_first_seen_order(tmp_path):

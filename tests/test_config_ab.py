@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
+import config_ab
 import pytest
-
-_spec = importlib.util.spec_from_file_location(
-    "config_ab", Path(__file__).resolve().parent.parent / "benchmarks" / "config_ab.py")
-config_ab = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(config_ab)
 
 TUNED = {"path": "grouped", "BLOCK_M": 128, "HALF_TAIL": 1,
          "up": {"BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8}, "down": {"BLOCK_N": 256, "TMA": 1}}
@@ -36,8 +29,10 @@ def test_a_patch_adds_keys_the_config_lacks():
         {"path": "decode", "EVICT_FIRST": 1, "up": {"BLOCK_N": 4}}
 
 
-@pytest.mark.parametrize("argv", [[], ["--name", "x"], ["--patch", '{"PDL": 0}']],
-                         ids=["nothing", "name_only", "patch_without_name"])
+@pytest.mark.parametrize("argv", [[], ["--name", "x"], ["--patch", '{"PDL": 0}'], ["--b-heuristic"],
+                                  ["--name", "x", "--dtype", "float32", "--b-heuristic"]],
+                         ids=["nothing", "name_only", "patch_without_name", "heuristic_without_name",
+                              "a_dtype_with_no_tuned_tiles"])
 def test_refuses_a_run_with_no_variant_or_no_name(argv, tmp_path):
     with pytest.raises(SystemExit) as err:
         config_ab.main(["--out", str(tmp_path), *argv])

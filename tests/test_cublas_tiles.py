@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
+import cublas_tiles
 import pandas as pd
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))  # it imports triton_profile as its sibling
-_spec = importlib.util.spec_from_file_location("cublas_tiles", BENCHMARKS / "cublas_tiles.py")
-cublas_tiles = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cublas_tiles)
 
 NVJET = "nvjet_sm90_tst_128x184_64x5_2x1_v_bz_coopA_TNT"
 CUTLASS = "_ZN7cutlass13device_kernelIN2at4cuda6detail25enable_3x_kernel_for_sm9x"

@@ -45,7 +45,6 @@ def test_dense_bmm_equals_torch_bmm_on_ragged_edges():
 
 
 def test_dense_bmm_refuses_weights_not_stored_k_contiguous():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from dense_tma_gemm import dense_bmm
 
     a_EMK, w_EKN = torch.randn(2, 8, 16), torch.randn(2, 16, 32)  # stored (E, K, N): N contiguous

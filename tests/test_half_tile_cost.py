@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
+import half_tile_cost
 import pytest
 import torch
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))  # it imports triton_profile as its sibling
-_spec = importlib.util.spec_from_file_location("half_tile_cost", BENCHMARKS / "half_tile_cost.py")
-half_tile_cost = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(half_tile_cost)
 
 
 @pytest.mark.parametrize("R, E, K", [(576, 128, 8), (192, 60, 4), (1088, 64, 8), (5, 3, 3)])

@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
+import ncu_stalls
 import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("ncu_stalls", ROOT / "benchmarks" / "ncu_stalls.py")
-ncu_stalls = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ncu_stalls)
 
 PAGE = ROOT / "data" / "results" / "h100" / "triton_gpu_run17" / "ncu_source" / "qwen3-30b-a3b_8192_source.csv.gz"
 HEADER = ('"Address","Source","Warp Stall Sampling (All Samples)","Instructions Executed",'

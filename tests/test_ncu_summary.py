@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
+import ncu_summary
 import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("ncu_summary", ROOT / "benchmarks" / "ncu_summary.py")
-ncu_summary = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ncu_summary)
 
 NCU = ROOT / "data" / "results" / "h100" / "triton_gpu_run15" / "ncu"
 

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
-
-_spec = importlib.util.spec_from_file_location(
-    "targets_table", Path(__file__).resolve().parent.parent / "benchmarks" / "targets_table.py")
-targets_table = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(targets_table)
+import targets_table
 
 
 def bench(rows):

@@ -3,15 +3,7 @@ round (CPU: perf_counter timings, no GPU needed)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCH))
-_spec = importlib.util.spec_from_file_location("triton_gpu", BENCH / "triton_gpu.py")
-triton_gpu = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(triton_gpu)
+import triton_gpu
 
 
 def test_alternating_rounds_flip_the_order_and_pool_every_sample(monkeypatch):

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+import triton_profile
 
 from moe_lab.backends.common import down_weight_EIH, up_weight_EHN
 from moe_lab.shapes import build_experts
-
-_spec = importlib.util.spec_from_file_location(
-    "triton_profile", Path(__file__).resolve().parent.parent / "benchmarks" / "triton_profile.py")
-triton_profile = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(triton_profile)
 
 
 @pytest.mark.parametrize("S", [3, 8, 13], ids=["fewer_pairs_than_experts", "one_row_each", "unaligned"])
