@@ -2,10 +2,11 @@
 
     PYTHONPATH=. python benchmarks/config_ab.py --key PDL --a 1 --b 0 --out $OUT [--models ...] [--tokens ...]
     PYTHONPATH=. python benchmarks/config_ab.py --name WS --patch '{"HALF_TAIL": 0, "down": {"WARP_SPEC": 1}}' ...
+    PYTHONPATH=. python benchmarks/config_ab.py --dtype float16 --b-heuristic --name fp16_tiles ...
 
 Per (model, T): the tuned config with `key` = a and with `key` = b (e.g. PDL, programmatic dependent launch,
 `moe_lab.kernels.pdl`; HALF_TAIL, half-height last row blocks; EVICT_FIRST, the decode path's evict-first
-weight loads; both in `moe_lab.kernels.fused_moe`), bf16, uniform routing, timed as the bench times
+weight loads; both in `moe_lab.kernels.fused_moe`), bf16 (or --dtype), uniform routing, timed as the bench times
 (`moe_lab.tune.median_ms`: CUDA events, L2 flushed before each call) and as one CUDA-graph replay
 (`moe_lab.kernels.search.gpu_ms`). The two are timed in alternating order over `--rounds` rounds (a/b, then
 b/a, ...), since whichever of two runs of the same kernels is timed second can come out slower; each
@@ -15,7 +16,8 @@ out with `--grouped-only` (HALF_TAIL: the decode points) or `--decode-only` (EVI
 The outputs of both are compared first: `same_bits` records whether they are equal bit for bit, `rel_err`
 their relative difference. `--patch` (JSON) is merged into variant b, a dict into the config's dict of the
 same name at every depth (so `{"down": {"num_warps": 4}}` changes one tile field, `{"ws": {"up": {"STAGES":
-3}}}` one field of the warp-specialized entry): any change, not only one top-level key.
+3}}}` one field of the warp-specialized entry): any change, not only one top-level key. With `--b-heuristic`
+variant b is `configs.heuristic_config` instead, what a call runs where the table has nothing for it.
 Writes `<name>.csv` under --out (name: --name, else the key).
 """
 
@@ -32,7 +34,7 @@ from bench_rows import versions, write_rows
 
 from moe_lab import synthetic_routing
 from moe_lab.backends.triton_fused import triton_fused_experts
-from moe_lab.kernels.configs import get_config
+from moe_lab.kernels.configs import get_config, heuristic_config
 from moe_lab.kernels.search import gpu_ms, precompile
 from moe_lab.shapes import build_hf_experts, get_shape
 from moe_lab.tune import median_ms
@@ -65,27 +67,32 @@ def main(argv=None) -> int:
     p.add_argument("--needs", default="", help="only token counts whose tuned config has this key (e.g. ws)")
     p.add_argument("--patch", type=json.loads, default={}, help="JSON merged into variant b (see above)")
     p.add_argument("--name", help="the CSV's name (default: the key)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    p.add_argument("--b-heuristic", action="store_true", help="variant b: the heuristic config, not the tuned one")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--flush", default="write", choices=["write", "read"],
                    help="how L2 is flushed before each timed call (moe_lab.tune.median_ms): write, as every "
                         "timer in moe_lab (L2 left dirty), or read (L2 left clean)")
     p.add_argument("--budget-s", type=float, default=500.0, help="stop starting new points after this many seconds")
     args = p.parse_args(argv)
-    if not (args.key or args.patch) or not (args.key or args.name):
-        p.error("give --key, or --patch with --name")
+    if not (args.key or args.patch or args.b_heuristic) or not (args.key or args.name):
+        p.error("give --key, or --patch or --b-heuristic with --name")
+    dtype = getattr(torch, args.dtype)
     t0, dev, rows = time.time(), torch.device("cuda"), []
     for model in args.models.split(","):
         shape = get_shape(model)
-        experts = build_hf_experts(model, device=dev, dtype=torch.bfloat16)
+        experts = build_hf_experts(model, device=dev, dtype=dtype)
         tokens = [int(t) for t in args.tokens.split(",")]
         points = []
         for T in tokens:
             ids_TK, w_TK = synthetic_routing("uniform", T, shape.experts, shape.top_k, seed=T, device=dev)
-            x_TH = torch.randn(T, shape.hidden, generator=torch.Generator().manual_seed(T)).to(dev, torch.bfloat16)
-            tuned = get_config("h100", "bfloat16", T, shape.experts, shape.hidden, shape.intermediate, shape.top_k)
+            x_TH = torch.randn(T, shape.hidden, generator=torch.Generator().manual_seed(T)).to(dev, dtype)
+            tuned = get_config("h100", args.dtype, T, shape.experts, shape.hidden, shape.intermediate, shape.top_k)
             if (args.grouped_only and tuned["path"] != "grouped") or (args.decode_only and tuned["path"] != "decode"):
                 continue
             a, b = ({**tuned, args.key: args.a}, {**tuned, args.key: args.b}) if args.key else (tuned, tuned)
+            if args.b_heuristic:
+                b = heuristic_config(T, shape.experts, shape.hidden, shape.intermediate, shape.top_k)
             if args.needs and args.needs not in tuned:
                 continue
             points.append((T, (x_TH, ids_TK, w_TK), {"a": a, "b": patched(b, args.patch)}))
@@ -113,6 +120,7 @@ def main(argv=None) -> int:
                 rows.append(dict(model=model, T=T, timing=how, key=args.key or "", a=args.a if args.key else "",
                                  b=args.b if args.key else "",
                                  patch=json.dumps(args.patch) if args.patch else "",
+                                 b_config="heuristic" if args.b_heuristic else "tuned", dtype=args.dtype,
                                  a_us=round(us[("a", how)], 2), b_us=round(us[("b", how)], 2),
                                  speedup_a=round(us[("b", how)] / us[("a", how)], 4), same_bits=same,
                                  rel_err=round(rel_err, 6), block_m=cfgs["a"].get("BLOCK_M"), rounds=args.rounds,

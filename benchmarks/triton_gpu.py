@@ -3,7 +3,7 @@
     PYTHONPATH=. python benchmarks/triton_gpu.py --out $OUT [--tune] [--budget-s 450]
 
 Stages, each guarded by the time budget (what is left undone is logged, never silently dropped):
-1. roofline: a 1 GiB device copy and an 8192^3 bf16 matmul (the floor's two ceilings);
+1. roofline: a 1 GiB device copy and an 8192^3 matmul in the bench's dtype (the floor's two ceilings);
 2. check: triton_fused against the float64 reference (relative Frobenius error, bf16 3e-2, fp16 5e-3,
    fp32 1e-4) on unaligned sizes, experts without tokens, a hot expert, T=1, top-k=1, every layout,
    both kernel paths, the real model shapes, and once inside a CUDA graph; output poisoned first;
@@ -17,6 +17,7 @@ Stages, each guarded by the time budget (what is left undone is logged, never si
    median by CUDA events with the L2 flushed before each call (by a write, or with --flush read by a read);
    floor = max(hit-expert bytes / copy
    bandwidth, flops / matmul peak); then one CUDA-graph decode step at T=1 per model.
+The real shapes of stage 2, and stages 3 and 4, run in --dtype (bfloat16, or float16).
 Writes under --out: triton_gpu.log, triton_gpu_check.csv, triton_gpu_bench.csv (+ the tuned files).
 """
 
@@ -50,6 +51,7 @@ T0 = time.time()
 LOG: list[str] = []
 DEV = "cuda"  # --dry-run: "cpu" under Triton's interpreter, tiny shapes, to check this script without a GPU
 FLUSH = "write"  # how L2 is flushed before each timed call (--flush; moe_lab.tune.median_ms)
+DTYPE = torch.bfloat16  # what the tune and bench stages run in (--dtype)
 
 
 def log(msg: str) -> None:
@@ -80,14 +82,18 @@ def alternating_median_ms(fns: dict, rounds: int = 4, reps: int = 5, warmup: int
 
 
 def floor_ms(shape, ids_TK: torch.Tensor, roof: Roofline) -> float:
-    """The roofline floor of one bf16 call on this routing (`moe_lab.harness.roofline`)."""
+    """The roofline floor of one 16-bit call on this routing (`moe_lab.harness.roofline`)."""
     return roofline_floor_ms(experts_cost(shape, ids_TK, 2), roof)
 
 
-def inputs(shape, T: int, dtype=torch.bfloat16, routing: str = "uniform", seed: int = 0):
+def inputs(shape, T: int, routing: str = "uniform", seed: int = 0):
     ids_TK, w_TK = synthetic_routing(routing, T, shape.experts, shape.top_k, seed=seed + T, device=DEV)
-    x_TH = torch.randn(T, shape.hidden, generator=torch.Generator().manual_seed(seed + T)).to(DEV, dtype)
+    x_TH = torch.randn(T, shape.hidden, generator=torch.Generator().manual_seed(seed + T)).to(DEV, DTYPE)
     return x_TH, ids_TK, w_TK
+
+
+def dtype_name() -> str:
+    return str(DTYPE).removeprefix("torch.")
 
 
 # ----------------------------------------------------------------------------------------------- check
@@ -148,10 +154,11 @@ def check(budget: float) -> list[dict]:
                          dtype=str(dtype).removeprefix("torch."), rel_err=max(errs), ok=ok))
         if not ok:
             log(f"check FAIL {name}/{cfg_name}: errors {errs}")
-    # the real shapes, every bucket path, and one CUDA-graph capture
+    # the real shapes (in --dtype), every bucket path, and one CUDA-graph capture
+    tol = TOLERANCE[DTYPE]
     for model in MODELS:
         shape = get_shape(model)
-        ex = build_experts(model, device=DEV, dtype=torch.bfloat16)
+        ex = build_experts(model, device=DEV, dtype=DTYPE)
         for T in ((1, 3, 16, 200, 600) if model == MODELS[0] else (1, 16, 200)):
             if left(budget) < 0:
                 break
@@ -159,8 +166,8 @@ def check(budget: float) -> list[dict]:
             ref = reference_experts(ex, x, ids, w)
             err = relative_error(triton_fused_experts(ex, x, ids, w), ref)
             rows.append(dict(case=f"{model}", config="tuned", E=shape.experts, H=shape.hidden, I=shape.intermediate,
-                             K=shape.top_k, T=T, routing="hot" if T == 200 else "uniform", dtype="bfloat16",
-                             rel_err=err, ok=err <= 3e-2))
+                             K=shape.top_k, T=T, routing="hot" if T == 200 else "uniform", dtype=dtype_name(),
+                             rel_err=err, ok=err <= tol))
         if DEV == "cpu":
             continue
         x, ids, w = inputs(shape, 1)
@@ -176,11 +183,11 @@ def check(budget: float) -> list[dict]:
         err = relative_error(out_g, reference_experts(ex, x, ids, w))
         rows.append(dict(case=f"{model} cuda-graph replay, new inputs", config="tuned", E=shape.experts,
                          H=shape.hidden, I=shape.intermediate, K=shape.top_k, T=1, routing="uniform",
-                         dtype="bfloat16", rel_err=err, ok=err <= 3e-2))
+                         dtype=dtype_name(), rel_err=err, ok=err <= tol))
         del ex
     npass = sum(r["ok"] for r in rows)
-    log(f"check: {npass}/{len(rows)} passed; worst bf16 error "
-        f"{max((r['rel_err'] for r in rows if r['dtype'] == 'bfloat16'), default=0):.2e}")
+    log(f"check: {npass}/{len(rows)} passed; worst {dtype_name()} error "
+        f"{max((r['rel_err'] for r in rows if r['dtype'] == dtype_name()), default=0):.2e}")
     return rows
 
 
@@ -197,14 +204,14 @@ def bench(budget: float, roof: Roofline, compile_modes: bool, autotune_tokens: t
     rows = []
 
     def add(model, T, backend, mode, ms, floor, note=""):
-        rows.append(dict(model=model, T=T, backend=backend, compile_mode=mode, routing="uniform", dtype="bfloat16",
+        rows.append(dict(model=model, T=T, backend=backend, compile_mode=mode, routing="uniform", dtype=dtype_name(),
                          ms=None if ms is None else round(ms, 5), floor_ms=round(floor, 5),
                          frac=None if not ms else round(floor / ms, 4), note=note, flush=FLUSH, **versions()))
 
     modules = {}
     for model in MODELS:
         shape = get_shape(model)
-        ex = modules[model] = build_hf_experts(model, device="cuda", dtype=torch.bfloat16)  # the family's own module
+        ex = modules[model] = build_hf_experts(model, device="cuda", dtype=DTYPE)  # the family's own module
         N, H, I = 2 * shape.intermediate, shape.hidden, shape.intermediate
         for T in TOKENS:
             if left(budget) < 20:
@@ -299,18 +306,18 @@ def tune(args, out: Path, budget: float) -> None:
     tuned = out / "triton_fused.json"
     shutil.copyfile(configs.config_path(), tuned)
     os.environ[configs.CONFIG_ENV] = str(tuned)
-    table, rows = search.search(args.tune_models.split(","), list(TOKENS), torch.bfloat16, DEV, wide=args.wide,
+    table, rows = search.search(args.tune_models.split(","), list(TOKENS), DTYPE, DEV, wide=args.wide,
                                 budget_s=budget * args.tune_share - (time.time() - T0), log=log)
     search.merge_table(tuned, table)
     search.write_rows(out / "tune_candidates.csv", rows)
     os.environ["MOE_LAB_DISPATCH_TABLE"] = str(out / "auto_dispatch.csv")
     if left(budget * (args.tune_share + 0.12)) > 0:
-        auto_tune.tune(list(MODELS), list(TOKENS), torch.bfloat16, DEV, out=out / "auto_dispatch.csv", reps=10, log=log)
+        auto_tune.tune(list(MODELS), list(TOKENS), DTYPE, DEV, out=out / "auto_dispatch.csv", reps=10, log=log)
 
 
 # ------------------------------------------------------------------------------------------------ main
 def main(argv=None) -> int:
-    global DEV, MODELS, TOKENS, FLUSH
+    global DEV, MODELS, TOKENS, FLUSH, DTYPE
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT", "out"))
     p.add_argument("--tune", action="store_true", help="tune tile configs and auto's table first")
@@ -334,9 +341,12 @@ def main(argv=None) -> int:
     p.add_argument("--no-check", action="store_true", help="skip the correctness stage (the pytest file covers it)")
     p.add_argument("--wide", action="store_true",
                    help="with --tune: also the wide space where pairs per expert are many")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"],
+                   help="what the tune and bench stages run in")
     p.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny shapes: checks the script")
     args = p.parse_args(argv)
     MODELS, TOKENS, FLUSH = tuple(args.models.split(",")), tuple(int(t) for t in args.tokens.split(",")), args.flush
+    DTYPE = getattr(torch, args.dtype)
     if args.dry_run:
         DEV, MODELS, TOKENS = "cpu", ("tiny",), (1, 8, 64)
         args.tune_models, args.no_bench = "tiny", True
@@ -355,8 +365,8 @@ def main(argv=None) -> int:
         f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     status = 0
     try:
-        roof = measure_roofline(DEV, torch.bfloat16, timer=lambda fn: median_ms(fn, reps=10))
-        log(f"roofline: copy {roof.bandwidth_gbps:.0f} GB/s, bf16 matmul {roof.peak_tflops:.0f} TFLOP/s")
+        roof = measure_roofline(DEV, DTYPE, timer=lambda fn: median_ms(fn, reps=10))
+        log(f"roofline: copy {roof.bandwidth_gbps:.0f} GB/s, {dtype_name()} matmul {roof.peak_tflops:.0f} TFLOP/s")
         if not args.no_check:
             check_rows = check(budget * (0.12 if args.tune else 0.3))
             write_rows(check_rows, out, "triton_gpu_check.csv")

@@ -273,6 +273,26 @@ def test_config_file_follows_the_environment(tmp_path, monkeypatch):
     assert configs.get_config("h100", "bfloat16", 3, 8, 128, 96, 2) != cfg  # the package's table again
 
 
+def test_a_16_bit_float_without_entries_of_its_own_runs_the_other_ones_tiles():
+    bf16_cfg, fp16_cfg, default_cfg = {"x": "bf16"}, {"x": "fp16"}, {"x": "default"}
+    table = {"h100": {"bfloat16": {"E8_H128_I96_K2": {"1": bf16_cfg}, "default": {"1": default_cfg}}}}
+    get = configs.get_config
+    assert get("h100", "float16", 3, 8, 128, 96, 2, table=table) == bf16_cfg
+    assert get("h100", "float16", 3, 8, 128, 64, 2, table=table) == default_cfg  # no tuned shape: the default
+    assert get("h100", "float32", 3, 8, 128, 96, 2, table=table) == configs.heuristic_config(3, 8, 128, 96, 2)
+    table["h100"]["float16"] = {"E8_H128_I96_K2": {"1": fp16_cfg}}
+    assert get("h100", "float16", 3, 8, 128, 96, 2, table=table) == fp16_cfg  # its own entry first
+    assert get("h100", "bfloat16", 3, 8, 128, 96, 2, table=table) == bf16_cfg
+
+
+def test_the_package_table_gives_float16_the_bfloat16_tiles_of_every_tuned_shape():
+    by_shape = configs.load_table(configs.CONFIG_FILE)["h100"]["bfloat16"]
+    for key, by_bucket in by_shape.items():
+        E, H, I, K = (int(part[1:]) for part in key.split("_"))
+        for bucket, cfg in by_bucket.items():
+            assert configs.get_config("h100", "float16", int(bucket), E, H, I, K) == cfg
+
+
 def test_cli_refuses_where_the_kernels_cannot_run(monkeypatch, capsys):
     from moe_lab.cli import main
 

@@ -10,6 +10,7 @@ benchmarks/triton_gpu.py. Legend: T tokens, H hidden, I expert intermediate, E e
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import math
@@ -423,6 +424,39 @@ def test_transformers_family_module(model, T, seed):
     ids_TK, weights_TK = synthetic_routing("uniform", T, shape.experts, shape.top_k, seed=seed, device=DEVICE)
     x_TH = torch.randn(T, shape.hidden, generator=torch.Generator().manual_seed(seed)).to(DEVICE, torch.bfloat16)
     check(experts, x_TH, ids_TK, weights_TK, None, TOL[torch.bfloat16], f"{model} T={T}")
+
+
+FAMILIES = ["qwen1.5-moe-a2.7b", "qwen3-30b-a3b", "olmoe-1b-7b", "gpt-oss-20b"]
+BUCKETS = [2**i for i in range(15)]  # every token bucket the package's table holds, 1 to 16384
+
+
+@functools.cache
+def _family_experts(model: str, dtype: torch.dtype):
+    from moe_lab.shapes import build_hf_experts
+
+    return build_hf_experts(model, device=DEVICE, dtype=dtype, seed=0)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="the package's tuned configs at full size on the GPU")
+@pytest.mark.parametrize("bucket", BUCKETS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("model", FAMILIES)
+def test_every_tuned_config_matches_reference(model, dtype, bucket, seed):
+    """Each bucket's config of the package's table (float16 runs bfloat16's: `configs.SAME_TILES`), no config
+    passed, at an unaligned token count inside the bucket, on skewed routing (a hot expert, idle ones)."""
+    from moe_lab.devices import device_kind
+    from moe_lab.kernels import configs
+    from moe_lab.shapes import get_shape
+
+    shape = get_shape(model)
+    key = configs.shape_key(shape.experts, shape.hidden, shape.intermediate, shape.top_k)
+    kind = device_kind(torch.device(DEVICE))
+    if key not in configs.load_table(configs.CONFIG_FILE).get(kind, {}).get("bfloat16", {}):
+        pytest.skip(f"the package's table has no {key} entry for {kind}")
+    T = bucket + bucket // 3
+    ids_TK, weights_TK = synthetic_routing("skewed", T, shape.experts, shape.top_k, seed=seed + T, device=DEVICE)
+    x_TH = torch.randn(T, shape.hidden, generator=torch.Generator().manual_seed(seed + T)).to(DEVICE, dtype)
+    check(_family_experts(model, dtype), x_TH, ids_TK, weights_TK, None, TOL[dtype], f"{model} {dtype} T={T}")
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="real-size shapes and real atomics: the GPU")

@@ -27,8 +27,11 @@
 
 The file is written ahead of time by `moe-lab tune-kernels` (`moe_lab.kernels.search`) on the device;
 users pay no autotuning. `MOE_LAB_KERNEL_CONFIGS` names another file (a user's own tuning). A call
-picks the largest bucket <= T (the smallest bucket if T is below all of them). Shapes or devices the
-file does not name get `heuristic_config`. Importing this needs no triton.
+picks the largest bucket <= T (the smallest bucket if T is below all of them). A 16-bit float with no
+entry of its own for the shape takes the other 16-bit float's (`SAME_TILES`: float16 runs the tiles tuned
+for bfloat16): the kernels' tiles depend on the element size, not on its format, and the tensor cores of
+the GPUs tuned here run both at one rate. Shapes or devices the file does not name get `heuristic_config`.
+Importing this needs no triton.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from pathlib import Path
 CONFIG_FILE = Path(__file__).resolve().parent / "configs" / "triton_fused.json"
 CONFIG_ENV = "MOE_LAB_KERNEL_CONFIGS"
 DECODE_MAX_PAIRS = 64  # heuristic: the decode path up to this many (token, expert) pairs
+SAME_TILES = {"float16": "bfloat16", "bfloat16": "float16"}  # a dtype's stand-in where it has no entry of its own
 
 
 def shape_key(E: int, H: int, I: int, K: int) -> str:
@@ -96,11 +100,13 @@ def bucket_of(T: int, buckets: list[int]) -> int:
 
 def get_config(device_kind: str, dtype: str, T: int, E: int, H: int, I: int, K: int,
                table: dict | None = None) -> dict:
-    """The tuned config for this call, else the device's `default` shape entry, else the heuristic."""
+    """The tuned config for this call (the dtype's own entry for the shape, else its `SAME_TILES` stand-in's),
+    else the device's `default` shape entry (in the same order), else the heuristic."""
     table = load_table(config_path()) if table is None else table
-    by_dtype = table.get(device_kind, {}).get(dtype, {})
+    by_device = table.get(device_kind, {})
     for key in (shape_key(E, H, I, K), "default"):
-        by_bucket = by_dtype.get(key)
-        if by_bucket:
-            return by_bucket[str(bucket_of(T, [int(b) for b in by_bucket]))]
+        for dt in (dtype, SAME_TILES.get(dtype)):
+            by_bucket = by_device.get(dt, {}).get(key)
+            if by_bucket:
+                return by_bucket[str(bucket_of(T, [int(b) for b in by_bucket]))]
     return heuristic_config(T, E, H, I, K)
