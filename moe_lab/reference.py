@@ -11,18 +11,31 @@ import copy
 import torch
 
 
-def reference_experts(
-    experts: torch.nn.Module, x_TH: torch.Tensor, topk_ids_TK: torch.Tensor, topk_weights_TK: torch.Tensor
-) -> torch.Tensor:
-    """out[t] = sum_e R[t,e] * expert_e(x[t]) in float64 on the CPU, R the dense routing matrix."""
-    ref = copy.deepcopy(experts).to(device="cpu", dtype=torch.float64)
-    x_TH = x_TH.detach().to("cpu", torch.float64)
-    ids_TK = topk_ids_TK.to("cpu", torch.int64)
-    E = ref.down_proj.shape[0]
-    routing_TE = torch.zeros(x_TH.shape[0], E, dtype=torch.float64).scatter_add_(
-        1, ids_TK, topk_weights_TK.detach().to("cpu", torch.float64))
+CHUNK_BYTES = 2**30  # the (tokens, E, N) float64 intermediate is computed a chunk of tokens at a time, about this big
 
+
+def reference_experts(
+    experts: torch.nn.Module, x_TH: torch.Tensor, topk_ids_TK: torch.Tensor, topk_weights_TK: torch.Tensor,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """out[t] = sum_e R[t,e] * expert_e(x[t]) in float64 on `device` (the CPU; a GPU where T*E is large), R the
+    dense routing matrix; tokens taken in chunks, so that memory stays bounded whatever T."""
+    ref = copy.deepcopy(experts).to(device=device, dtype=torch.float64)
+    x_TH = x_TH.detach().to(device, torch.float64)
+    ids_TK = topk_ids_TK.to(device, torch.int64)
+    E = ref.down_proj.shape[0]
+    routing_TE = torch.zeros(x_TH.shape[0], E, dtype=torch.float64, device=device).scatter_add_(
+        1, ids_TK, topk_weights_TK.detach().to(device, torch.float64))
     w_up = ref.gate_up_proj if ref.has_gate else ref.up_proj
+    chunk = max(1, CHUNK_BYTES // (8 * E * max(w_up.shape[1:])))
+    out_TH = torch.zeros_like(x_TH)
+    for t0 in range(0, x_TH.shape[0], chunk):
+        out_TH[t0:t0 + chunk] = _dense_chunk(ref, w_up, x_TH[t0:t0 + chunk], routing_TE[t0:t0 + chunk])
+    return out_TH
+
+
+def _dense_chunk(ref: torch.nn.Module, w_up: torch.Tensor, x_TH: torch.Tensor, routing_TE: torch.Tensor):
+    """Every token of the chunk through every expert, combined by the routing matrix."""
     eq_up = "th,ehn->ten" if ref.is_transposed else "th,enh->ten"
     h_TEN = torch.einsum(eq_up, x_TH, w_up)
     if ref.has_bias:

@@ -223,3 +223,22 @@ def test_float64_stays_float64(backend, device, layout, dtype, seed):
     x_TH, ids_TK, weights_TK = make_inputs(case, dtype, device, seed)
     out_TH = run(backend, experts, x_TH, ids_TK, weights_TK)
     assert_close_to_reference(out_TH, experts, x_TH, ids_TK, weights_TK, FP64_RTOL, f"{backend} float64")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUTS.keys())
+def test_the_reference_in_token_chunks_equals_it_in_one(layout, monkeypatch, seed):
+    """reference_experts bounds its memory by taking the tokens a chunk at a time; chunks of 1 to 3 tokens (an
+    unaligned last chunk) give what one chunk of all of them gives."""
+    import moe_lab.reference
+
+    c = CASES["unaligned_odd"]
+    experts = make_experts(c, LAYOUTS[layout], torch.float32, "cpu", seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, torch.float32, "cpu", seed)
+    whole_TH = reference_experts(experts, x_TH, ids_TK, weights_TK)
+    w_up = experts.gate_up_proj if experts.has_gate else experts.up_proj
+    per_token = 8 * c.E * max(w_up.shape[1:])  # float64 bytes of a token's widest (E, N) intermediate
+    assert c.T % 3 and c.T > 3
+    for tokens in (1, 3):
+        monkeypatch.setattr(moe_lab.reference, "CHUNK_BYTES", tokens * per_token)
+        chunked_TH = reference_experts(experts, x_TH, ids_TK, weights_TK)
+        assert torch.allclose(chunked_TH, whole_TH, rtol=1e-12, atol=1e-12), tokens
