@@ -430,7 +430,7 @@ FAMILIES = ["qwen1.5-moe-a2.7b", "qwen3-30b-a3b", "olmoe-1b-7b", "gpt-oss-20b"]
 BUCKETS = [2**i for i in range(15)]  # every token bucket the package's table holds, 1 to 16384
 
 
-@functools.cache
+@functools.lru_cache(maxsize=1)  # the tests run model by model, dtype by dtype: one full-size module at a time
 def _family_experts(model: str, dtype: torch.dtype):
     from moe_lab.shapes import build_hf_experts
 
