@@ -14,6 +14,7 @@ import torch
 CHUNK_BYTES = 2**30  # the (tokens, E, N) float64 intermediate is computed a chunk of tokens at a time, about this big
 
 
+@torch.no_grad()  # no autograd graph: it would keep every chunk's intermediates alive to the end
 def reference_experts(
     experts: torch.nn.Module, x_TH: torch.Tensor, topk_ids_TK: torch.Tensor, topk_weights_TK: torch.Tensor,
     device: str | torch.device = "cpu",

@@ -236,6 +236,7 @@ def test_the_reference_in_token_chunks_equals_it_in_one(layout, monkeypatch, see
     x_TH, ids_TK, weights_TK = make_inputs(c, torch.float32, "cpu", seed)
     whole_TH = reference_experts(experts, x_TH, ids_TK, weights_TK)
     w_up = experts.gate_up_proj if experts.has_gate else experts.up_proj
+    assert w_up.requires_grad and not whole_TH.requires_grad  # no graph holding the chunks' intermediates
     per_token = 8 * c.E * max(w_up.shape[1:])  # float64 bytes of a token's widest (E, N) intermediate
     assert c.T % 3 and c.T > 3
     for tokens in (1, 3):
