@@ -44,8 +44,9 @@ def roofline_figure(df: pd.DataFrame) -> plt.Figure:
     axes[0][0].set_ylabel("fraction of the roofline floor (floor / time)")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     device = df["device"].iloc[0] if "device" in df else ""
-    fig.suptitle(f"experts layer, bf16, uniform routing, {device}: floor = max(hit-expert bytes / copy bandwidth, "
-                 "flops / matmul peak)", fontsize=9)
+    dtypes = ", ".join(dict.fromkeys(df["dtype"])) if "dtype" in df else "bfloat16"
+    fig.suptitle(f"experts layer, {dtypes}, uniform routing, {device}: floor = max(hit-expert bytes / copy "
+                 "bandwidth, flops / matmul peak)", fontsize=9)
     fig.tight_layout()
     return fig
 
