@@ -77,6 +77,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not (args.key or args.patch or args.b_heuristic) or not (args.key or args.name):
         p.error("give --key, or --patch or --b-heuristic with --name")
+    if args.key and args.b_heuristic:
+        p.error("--b-heuristic replaces variant b: it takes no --key")
     dtype = getattr(torch, args.dtype)
     t0, dev, rows = time.time(), torch.device("cuda"), []
     for model in args.models.split(","):

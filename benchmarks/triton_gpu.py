@@ -51,7 +51,7 @@ T0 = time.time()
 LOG: list[str] = []
 DEV = "cuda"  # --dry-run: "cpu" under Triton's interpreter, tiny shapes, to check this script without a GPU
 FLUSH = "write"  # how L2 is flushed before each timed call (--flush; moe_lab.tune.median_ms)
-DTYPE = torch.bfloat16  # what the tune and bench stages run in (--dtype)
+DTYPE = torch.bfloat16  # what the real-shape checks, the tune and the bench run in (--dtype)
 
 
 def log(msg: str) -> None:

@@ -30,9 +30,10 @@ def test_a_patch_adds_keys_the_config_lacks():
 
 
 @pytest.mark.parametrize("argv", [[], ["--name", "x"], ["--patch", '{"PDL": 0}'], ["--b-heuristic"],
-                                  ["--name", "x", "--dtype", "float32", "--b-heuristic"]],
+                                  ["--name", "x", "--dtype", "float32", "--b-heuristic"],
+                                  ["--key", "PDL", "--b-heuristic"]],
                          ids=["nothing", "name_only", "patch_without_name", "heuristic_without_name",
-                              "a_dtype_with_no_tuned_tiles"])
+                              "a_dtype_with_no_tuned_tiles", "heuristic_with_a_key"])
 def test_refuses_a_run_with_no_variant_or_no_name(argv, tmp_path):
     with pytest.raises(SystemExit) as err:
         config_ab.main(["--out", str(tmp_path), *argv])
