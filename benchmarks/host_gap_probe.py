@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 import triton_gpu as bench
 from bench_rows import versions, write_rows
+from transformers.integrations.moe import batched_mm_experts_forward, grouped_mm_experts_forward
 
 from moe_lab.backends.auto import auto_experts
 from moe_lab.backends.triton_fused import triton_fused_experts
 from moe_lab.shapes import build_hf_experts, get_shape
-
-FLUSH_BYTES = 256 * 2**20  # as moe_lab.tune.sample_ms
+from moe_lab.tune import FLUSH_BYTES
 
 
 def timed_calls(fn, reps: int, warmup: int = 2) -> list[dict]:
@@ -55,8 +55,6 @@ def timed_calls(fn, reps: int, warmup: int = 2) -> list[dict]:
 def probe_pass(p: int, model: str, tokens: list[int]) -> list[dict]:
     shape = get_shape(model)
     ex = build_hf_experts(model, device="cuda", dtype=bench.DTYPE)
-    from transformers.integrations.moe import batched_mm_experts_forward, grouped_mm_experts_forward
-
     N, H, I = 2 * shape.intermediate, shape.hidden, shape.intermediate
     rows = []
     for T in tokens:

@@ -28,7 +28,8 @@ import triton
 import triton.language as tl
 from bench_rows import versions, write_rows
 
-FLUSH_BYTES = 256 * 2**20
+from moe_lab.tune import FLUSH_BYTES
+
 LINE = 128  # bytes per L2 line
 BLOCK = 1024
 

@@ -45,9 +45,7 @@ from moe_lab.kernels.configs import get_config, shape_key
 from moe_lab.kernels.search import gpu_ms
 from moe_lab.routing import synthetic_routing
 from moe_lab.shapes import build_experts, get_shape
-from moe_lab.tune import median_ms
-
-FLUSH_BYTES = 256 * 2**20  # more than the H100's 50 MB L2
+from moe_lab.tune import FLUSH_BYTES, median_ms
 
 
 def kernel_times_us(fn, reps: int) -> dict[str, float]:

@@ -25,6 +25,7 @@ COLUMNS = ["device", "dtype", "E", "H", "I", "K", "layout", "tokens", "backend",
 DEFAULT_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 DEFAULT_BACKENDS = ("triton_fused", "grouped_mm", "batched_mm")
 BATCHED_MM_MAX_BYTES = 8 * 2**30  # batched_mm gathers S full weight matrices: skip it beyond this
+FLUSH_BYTES = 256 * 2**20  # the buffer a timer writes (or reads) before each call: 5x the H100's 50 MB L2
 
 
 def median_ms(fn, device: torch.device, reps: int = 20, warmup: int = 3, flush: str = "write") -> float:
@@ -47,7 +48,7 @@ def sample_ms(fn, device: torch.device, reps: int = 20, warmup: int = 3, flush: 
             fn()
             samples.append((time.perf_counter() - t0) * 1e3)
         return samples
-    buf = torch.empty(256 * 2**20, dtype=torch.int8, device=device)
+    buf = torch.empty(FLUSH_BYTES, dtype=torch.int8, device=device)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     for i in range(reps):
