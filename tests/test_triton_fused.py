@@ -412,6 +412,35 @@ def test_cuda_graph_capture_replays_new_inputs(T, seed):
     assert err <= TOL[torch.bfloat16]
 
 
+@pytest.mark.skipif(not HAS_CUDA, reason="streams are CUDA's")
+@pytest.mark.parametrize("T", [1, 300])
+def test_a_call_runs_on_the_callers_current_stream(T, seed):
+    """Inputs written on a side stream behind a long GPU sleep: a call made on that stream sees them, which
+    kernels launched on any other stream would not (they would run before the sleep ends)."""
+    from test_backends import Case
+
+    from moe_lab.kernels.ops import current_stream
+
+    c = Case(E=16, H=128, I=96, K=4, T=T)
+    experts = make_experts(c, ExpertsLayout(), torch.bfloat16, DEVICE, seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, DEVICE, seed)
+    x2, ids2, w2 = make_inputs(c, torch.bfloat16, DEVICE, seed + 1)
+    side = torch.cuda.Stream()
+    with torch.no_grad():
+        triton_fused_experts(experts, x_TH, ids_TK, weights_TK)  # plan and kernels built before the timing matters
+        torch.cuda.synchronize()
+        with torch.cuda.stream(side):
+            assert current_stream(x_TH.device) == side.cuda_stream
+            torch.cuda._sleep(100_000_000)  # cycles: tens of milliseconds
+            x_TH.copy_(x2), ids_TK.copy_(ids2), weights_TK.copy_(w2)
+            out_TH = triton_fused_experts(experts, x_TH, ids_TK, weights_TK)
+        side.synchronize()
+    assert current_stream(x_TH.device) == torch.cuda.current_stream().cuda_stream
+    assert current_stream(torch.device("cpu")) == 0
+    err = relative_error(out_TH, reference_experts(experts, x2, ids2, w2))
+    assert err <= TOL[torch.bfloat16]
+
+
 @pytest.mark.skipif(not HAS_CUDA, reason="the family modules at full size on the GPU")
 @pytest.mark.parametrize("model", ["qwen1.5-moe-a2.7b", "qwen3-30b-a3b", "olmoe-1b-7b", "gpt-oss-20b"])
 @pytest.mark.parametrize("T", [1, 4, 64])
