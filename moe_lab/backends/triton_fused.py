@@ -137,7 +137,7 @@ def _stored_weights(experts: torch.nn.Module):
 
 
 def _aligned(*ts) -> tuple[bool, ...]:
-    return tuple([t is None or not t.data_ptr() % 16 for t in ts])
+    return tuple([t is None or t.data_ptr() % 16 == 0 for t in ts])  # a list: faster than a generator here
 
 
 def triton_fused_experts(
@@ -175,16 +175,11 @@ def triton_fused_experts(
     return y_SH.view(T, K, -1).sum(dim=1).to(x_TH.dtype)
 
 
-_config_env: list[str] = []  # the variable's name, imported on the first call
-
-
 def _config_file() -> str | None:
     """The tuned-config file named by the environment (part of the plan key: set it, and plans follow)."""
-    if not _config_env:
-        from moe_lab.kernels.configs import CONFIG_ENV  # lazily: moe_lab.kernels decides on the interpreter
+    from moe_lab.kernels.configs import CONFIG_ENV  # lazily: moe_lab.kernels decides on the interpreter
 
-        _config_env.append(CONFIG_ENV)
-    return os.environ.get(_config_env[0])
+    return os.environ.get(CONFIG_ENV)
 
 
 def _build_plan(experts, x_TH, topk_ids_TK, topk_weights_TK, config, up_strides, down_strides, bias_strides):
