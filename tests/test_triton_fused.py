@@ -221,6 +221,27 @@ def test_half_tail_blocks_match_reference(layout, a_tma, seed):
           f"{layout}/half_tail")
 
 
+@pytest.mark.parametrize("config", ["grouped16", "half_tail_rows_tma"])
+@pytest.mark.parametrize("routing", ["uniform", "skewed"])
+def test_split_parts_equal_the_whole_call(config, routing, seed):
+    """`"SPLIT": 1` runs the row blocks in two parts (the second on a side stream on CUDA, after the first
+    elsewhere): the same bits as the whole launches, on routing that leaves one part nearly without rows too."""
+    from test_backends import Case
+
+    from moe_lab.backends.triton_fused import _PLANS
+
+    c = Case(E=6, H=80, I=48, K=2, T=45, routing=routing)
+    cfg = CONFIGS["grouped16"] if config == "grouped16" else half_tail_config(LAYOUTS["gated_silu"], True)
+    experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, DEVICE, seed)
+    x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, DEVICE, seed)
+    with torch.no_grad():
+        whole_TH = triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config={**cfg, "SPLIT": 0})
+        split_TH = triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config={**cfg, "SPLIT": 1})
+    assert [len(p.parts) for p in _PLANS[experts].values()] == [1, 2]
+    assert torch.equal(split_TH, whole_TH)
+    assert relative_error(split_TH, reference_experts(experts, x_TH, ids_TK, weights_TK)) <= TOL[torch.bfloat16]
+
+
 def test_half_tail_refused_below_32_rows(seed):
     c = CASES["small"]
     experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, DEVICE, seed)
@@ -391,19 +412,21 @@ def test_unsupported_dtype_is_refused():
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need CUDA")
-@pytest.mark.parametrize("T", [1, 300])
-def test_cuda_graph_capture_replays_new_inputs(T, seed):
+@pytest.mark.parametrize("T,config", [(1, None), (300, None), (300, "split")])
+def test_cuda_graph_capture_replays_new_inputs(T, config, seed):
+    """A captured call replays on new inputs; with SPLIT its second part's side stream is captured too."""
     from test_backends import Case
 
     c = Case(E=16, H=128, I=96, K=4, T=T)
+    cfg = {**CONFIGS["grouped16"], "SPLIT": 1} if config == "split" else None
     experts = make_experts(c, ExpertsLayout(), torch.bfloat16, DEVICE, seed)
     x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, DEVICE, seed)
     with torch.no_grad():
-        triton_fused_experts(experts, x_TH, ids_TK, weights_TK)
+        triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config=cfg)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out_TH = triton_fused_experts(experts, x_TH, ids_TK, weights_TK)
+            out_TH = triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config=cfg)
     x2, ids2, w2 = make_inputs(c, torch.bfloat16, DEVICE, seed + 1)
     x_TH.copy_(x2), ids_TK.copy_(ids2), weights_TK.copy_(w2)
     out_TH.fill_(float("nan"))
@@ -413,10 +436,11 @@ def test_cuda_graph_capture_replays_new_inputs(T, seed):
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="streams are CUDA's")
-@pytest.mark.parametrize("T", [1, 300])
-def test_a_call_runs_on_the_callers_current_stream(T, seed):
+@pytest.mark.parametrize("T,config", [(1, None), (300, None), (300, "split")])
+def test_a_call_runs_on_the_callers_current_stream(T, config, seed):
     """Inputs written on a side stream behind a long GPU sleep: a call made on that stream sees them, which
-    kernels launched on any other stream would not (they would run before the sleep ends)."""
+    kernels launched on any other stream would not (they would run before the sleep ends). With SPLIT the
+    call's own side stream must wait for the caller's."""
     from test_backends import Case
 
     from moe_lab.kernels.ops import current_stream
@@ -425,15 +449,16 @@ def test_a_call_runs_on_the_callers_current_stream(T, seed):
     experts = make_experts(c, ExpertsLayout(), torch.bfloat16, DEVICE, seed)
     x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, DEVICE, seed)
     x2, ids2, w2 = make_inputs(c, torch.bfloat16, DEVICE, seed + 1)
+    cfg = {**CONFIGS["grouped16"], "SPLIT": 1} if config == "split" else None
     side = torch.cuda.Stream()
     with torch.no_grad():
-        triton_fused_experts(experts, x_TH, ids_TK, weights_TK)  # plan and kernels built before the timing matters
+        triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config=cfg)  # plan and kernels built first
         torch.cuda.synchronize()
         with torch.cuda.stream(side):
-            assert current_stream(x_TH.device) == side.cuda_stream
+            assert current_stream(x_TH.device) == current_stream(torch.device("cuda")) == side.cuda_stream
             torch.cuda._sleep(100_000_000)  # cycles: tens of milliseconds
             x_TH.copy_(x2), ids_TK.copy_(ids2), weights_TK.copy_(w2)
-            out_TH = triton_fused_experts(experts, x_TH, ids_TK, weights_TK)
+            out_TH = triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config=cfg)
         side.synchronize()
     assert current_stream(x_TH.device) == torch.cuda.current_stream().cuda_stream
     assert current_stream(torch.device("cpu")) == 0
@@ -547,6 +572,21 @@ def test_dependent_launch_gives_the_same_bits_as_serial_launch(T, seed):
     assert [p.pdl for p in _PLANS[experts].values()] == [True, False]
     for i, (on_TH, off_TH) in enumerate(zip(outs[1], outs[0])):
         assert torch.equal(on_TH, off_TH), f"call {i}"
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="a side stream: real launches on the GPU")
+@pytest.mark.parametrize("model,T", [("olmoe-1b-7b", 512), ("qwen3-30b-a3b", 300), ("qwen1.5-moe-a2.7b", 1000)])
+def test_split_changes_no_bit(model, T, seed):
+    """`"SPLIT": 1` on the tuned tiles, calls on fresh routing queued back to back without a sync (a part
+    reading another call's buffers, or the sum not waiting for the side stream, would show): the same bits as
+    without it, and the reference."""
+    from moe_lab.backends.triton_fused import _PLANS
+
+    experts, calls, outs = _back_to_back_both_ways(model, T, 4, "SPLIT", seed)
+    assert [len(p.parts) for p in _PLANS[experts].values()] == [2, 1]
+    for i, (on_TH, off_TH) in enumerate(zip(outs[1], outs[0])):
+        assert torch.equal(on_TH, off_TH), f"call {i}"
+    assert relative_error(outs[1][0], reference_experts(experts, *calls[0])) <= TOL[torch.bfloat16]
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="L2 hints and discards: compiled kernels on the GPU")

@@ -85,13 +85,14 @@ _raw_stream = None  # Triton's driver's current-stream function, looked up on th
 
 def current_stream(device: torch.device) -> int:
     """The raw handle of `device`'s current CUDA stream, read as Triton's own launches read it (a C call where
-    `torch.cuda.current_stream` builds a Stream object: a few microseconds per call at decode); 0 off CUDA."""
+    `torch.cuda.current_stream` builds a Stream object: a few microseconds per call at decode); 0 off CUDA.
+    A device without an index (`cuda`) means the current one, as in torch."""
     global _raw_stream
     if device.type != "cuda":
         return 0
     if _raw_stream is None:
         _raw_stream = triton.runtime.driver.active.get_current_stream
-    return _raw_stream(device.index)
+    return _raw_stream(torch.cuda.current_device() if device.index is None else device.index)
 
 
 GATHER_ROWS = 16  # rows per program of the token gather (A_TMA); every BLOCK_M is a multiple
@@ -229,8 +230,24 @@ class Plan:
                                  W_TMA=self.down_tma is not None, W_T=bool(self.down_tma and self.down_tma[1]),
                                  A_TMA=self.a_tma_down, HALF_TAIL=self.half_tail, **common), _opts(down, pdl))
         self.down_scalars = (S, H, I, B, I, *down_strides, bd0, bd1, H)
+        # SPLIT: the row blocks in two parts, each part's gate/up then down, the second part on a side stream
+        # (the first's down then runs beside the second's gate/up: neither GEMM's last wave leaves SMs idle)
+        halves = ((0, B // 2), (B // 2, B)) if config.get("SPLIT", 0) else ((0, B),)
+        self.parts = [self._part(m0, m1) for m0, m1 in halves]
         if reduce and K > 1:
             self.sum = self._sum_launch(indirect=False, discard=self.temps_l2)
+
+    def _part(self, m0: int, m1: int) -> tuple:
+        """(m0, gate/up launch, its scalars, down launch, its scalars) over row blocks [m0, m1): the whole
+        launches, or ones of a part's grid told the part's block count (its arrays are passed from m0 on)."""
+        if (m0, m1) == (0, self.B):
+            return 0, self.up, self.up_scalars, self.down, self.down_scalars
+        up, down, blocks = self.up, self.down, m1 - m0
+        cols_up, cols_down = up.grid[0] // self.B, down.grid[0] // self.B
+        return (m0, _Launch(up.kernel, (blocks * cols_up,), up.consts, up.opts),
+                (*self.up_scalars[:4], blocks, *self.up_scalars[5:]),
+                _Launch(down.kernel, (blocks * cols_down,), down.consts, down.opts),
+                (*self.down_scalars[:3], blocks, *self.down_scalars[4:]))
 
     def _init_align(self, bm: int) -> int:
         """The alignment launches for row blocks of bm: one program up to SINGLE_MAX_PAIRS pairs, else two
@@ -328,29 +345,53 @@ class Plan:
         sorted_P, block_expert_B, expert_block_E1 = self._align(stream, ids_S)
         if self.ws:
             return self._call_ws(stream, x_TH, sorted_P, block_expert_B, expert_block_E1, rw_S, w_up, w_down)
-        x_arg = x_half = x_TH
+        x_rows = x_TH
         if self.a_tma_up:  # the tokens gathered once into the aligned order, then loaded as plain row blocks
-            xs_PH = torch.empty(B * bm, H, dtype=self.dtype, device=dev)
-            self.gather(stream, x_TH, sorted_P, block_expert_B, xs_PH, S, self.K, H, *self.x_strides)
-            x_arg = _row_blocks(xs_PH, self.a_boxes[0])
-            x_half = _row_blocks(xs_PH, self.a_half_boxes[0]) if self.half_tail else x_arg
+            x_rows = torch.empty(B * bm, H, dtype=self.dtype, device=dev)
+            self.gather(stream, x_TH, sorted_P, block_expert_B, x_rows, S, self.K, H, *self.x_strides)
         a_PI = torch.empty(B * bm, I, dtype=self.dtype, device=dev)
-        w_up_arg = self._descriptor("up", w_up, self.up_tma) if self.up_tma else w_up
-        self.up(stream, x_arg, x_half, w_up_arg, b_up, a_PI, sorted_P, block_expert_B, *self.up_scalars)
         y_SH = _line_aligned_empty(S, H, self.dtype, dev) if self.temps_l2 else torch.empty(S, H, dtype=self.dtype,
                                                                                               device=dev)
-        w_down_arg = self._descriptor("down", w_down, self.down_tma) if self.down_tma else w_down
-        a_arg = a_half = a_PI
-        if self.a_tma_down:
-            a_arg = _row_blocks(a_PI, self.a_boxes[1])
-            a_half = _row_blocks(a_PI, self.a_half_boxes[1]) if self.half_tail else a_arg
-        self.down(stream, a_arg, a_half, w_down_arg, b_down, y_SH, rw_S, sorted_P, block_expert_B,
-                  *self.down_scalars)
+        args = (x_rows, a_PI, y_SH, sorted_P, block_expert_B, rw_S,
+                self._descriptor("up", w_up, self.up_tma) if self.up_tma else w_up, b_up,
+                self._descriptor("down", w_down, self.down_tma) if self.down_tma else w_down, b_down)
+        if len(self.parts) == 1:
+            self._gemms(stream, self.parts[0], *args)
+        elif dev.type != "cuda":  # no streams: the parts one after the other
+            for part in self.parts:
+                self._gemms(stream, part, *args)
+        else:
+            main, side = torch.cuda.current_stream(dev), _side_stream(dev)
+            side.wait_stream(main)
+            self._gemms(stream, self.parts[0], *args)
+            with torch.cuda.stream(side):
+                self._gemms(side.cuda_stream, self.parts[1], *args)
+            main.wait_stream(side)  # every buffer was made on main, and main waits here: none is freed early
         if not self.reduce or self.K == 1:
             return y_SH
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
         self.sum(stream, y_SH, out_TH, y_SH, a_PI, a_PI.nbytes if self.temps_l2 else 0, self.T, H)
         return out_TH
+
+    def _gemms(self, stream: int, part: tuple, x_rows, a_PI, y_SH, sorted_P, block_expert_B, rw_S, w_up, b_up,
+               w_down, b_down) -> None:
+        """Gate/up then down over one part's row blocks (`_part`) on `stream`. x_rows: the tokens, or with A_TMA
+        the tokens gathered into the aligned order; w_up / w_down: the weights or their TMA descriptors."""
+        m0, up, up_scalars, down, down_scalars = part
+        if m0:  # the part's arrays from its first block on; y is indexed by pair, so it is passed whole
+            r0 = m0 * self.bm
+            sorted_P, block_expert_B, a_PI = sorted_P[r0:], block_expert_B[m0:], a_PI[r0:]
+            x_rows = x_rows[r0:] if self.a_tma_up else x_rows
+        x_arg = x_half = x_rows
+        if self.a_tma_up:
+            x_arg = _row_blocks(x_rows, self.a_boxes[0])
+            x_half = _row_blocks(x_rows, self.a_half_boxes[0]) if self.half_tail else x_arg
+        up(stream, x_arg, x_half, w_up, b_up, a_PI, sorted_P, block_expert_B, *up_scalars)
+        a_arg = a_half = a_PI
+        if self.a_tma_down:
+            a_arg = _row_blocks(a_PI, self.a_boxes[1])
+            a_half = _row_blocks(a_PI, self.a_half_boxes[1]) if self.half_tail else a_arg
+        down(stream, a_arg, a_half, w_down, b_down, y_SH, rw_S, sorted_P, block_expert_B, *down_scalars)
 
     def _align(self, stream: int, ids_S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sorted_P, block_expert_B, expert_block_E1): the pairs in the expert-aligned order, each row block's
@@ -432,6 +473,18 @@ class Plan:
                 raise ValueError(f"triton_fused: TMA on the {which} weight: {err}") from None
             cached = self._descriptors[which] = (w.data_ptr(), desc)
         return cached[1]
+
+
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}  # device index -> the side stream of SPLIT's second part
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per device, made on first use and kept (a stream per call would cost more than it saves)."""
+    index = torch.cuda.current_device() if device.index is None else device.index
+    side = _SIDE_STREAMS.get(index)
+    if side is None:
+        side = _SIDE_STREAMS[index] = torch.cuda.Stream(index)
+    return side
 
 
 def _nvmma_layout(box: list[int], dtype: torch.dtype):
