@@ -86,7 +86,7 @@ def test_search_finds_the_cheapest_config_of_its_space(fake_kernels):
         if cfg.get("BLOCK_M") != 64:
             return 5.0
         return (1.0 + (cfg["up"] != up_target) + (cfg["down"] != down_target) + 0.5 * cfg.get("HALF_TAIL", 0)
-                + 0.25 * cfg.get("TEMPS_L2", 0))
+                + 0.25 * cfg.get("TEMPS_L2", 0) + 0.125 * cfg.get("SPLIT", 0))
 
     state["cost"] = cost
     incumbent = configs.heuristic_config(200, 8, 128, 96, 2)
@@ -99,12 +99,12 @@ def test_search_finds_the_cheapest_config_of_its_space(fake_kernels):
 def test_search_tries_half_tail_on_each_block_m_best(fake_kernels):
     seen, state = fake_kernels
     experts, inputs = tiny_inputs(T=200)  # S=400 over 8 experts: grouped BLOCK_M 16 to 128
-    state["cost"] = lambda cfg: ((2.0 - cfg.get("HALF_TAIL", 0) + cfg.get("TEMPS_L2", 0))
+    state["cost"] = lambda cfg: ((2.0 - cfg.get("HALF_TAIL", 0) + cfg.get("TEMPS_L2", 0) + cfg.get("SPLIT", 0))
                                  * (1 + (cfg.get("BLOCK_M") != 64)))
     incumbent = configs.heuristic_config(200, 8, 128, 96, 2)
     results = search.search_bucket(experts, inputs, incumbent, wide=False, reps=1, log=print)
     cfgs = [json.loads(k) for _, k in results]
-    halves = [c for c in cfgs if c.get("HALF_TAIL") and not c.get("TEMPS_L2")]
+    halves = [c for c in cfgs if c.get("HALF_TAIL") and not (c.get("TEMPS_L2") or c.get("SPLIT"))]
     # one half-tail variant per BLOCK_M from 32 on (16-row blocks have no 8-row half), each of that BLOCK_M's best
     assert sorted(c["BLOCK_M"] for c in halves) == [32, 64, 128]
     for half in halves:
@@ -117,15 +117,33 @@ def test_search_tries_temps_l2_on_the_best_grouped_config(fake_kernels, gain):
     """The best grouped config timed once more with `"TEMPS_L2": 1` (`l2_temps`), kept only where faster."""
     seen, state = fake_kernels
     experts, inputs = tiny_inputs(T=200)
-    state["cost"] = lambda cfg: (2.0 - cfg.get("HALF_TAIL", 0) - gain * cfg.get("TEMPS_L2", 0)) * (
-        1 + (cfg.get("BLOCK_M") != 64))
+    state["cost"] = lambda cfg: (2.0 - cfg.get("HALF_TAIL", 0) - gain * cfg.get("TEMPS_L2", 0)
+                                 + cfg.get("SPLIT", 0)) * (1 + (cfg.get("BLOCK_M") != 64))
     results = search.search_bucket(experts, inputs, configs.heuristic_config(200, 8, 128, 96, 2), wide=False, reps=1,
                                    log=print)
     cfgs = [json.loads(k) for _, k in results]
-    marked = [c for c in cfgs if "TEMPS_L2" in c]
-    best_plain = min((ms, k) for ms, k in results if "TEMPS_L2" not in k)
+    marked = [c for c in cfgs if "TEMPS_L2" in c and "SPLIT" not in c]
+    best_plain = min((ms, k) for ms, k in results if "TEMPS_L2" not in k and "SPLIT" not in k)
     assert marked == [{**json.loads(best_plain[1]), "TEMPS_L2": 1}]  # once, on the best grouped config only
     assert ("TEMPS_L2" in cfgs[0]) == (gain > 0)
+
+
+@pytest.mark.parametrize("gain", [0.25, -0.25], ids=["faster", "slower"])
+def test_search_tries_split_last_on_the_best_grouped_config(fake_kernels, gain):
+    """The best grouped config of all (TEMPS_L2's stage included) timed once more with `"SPLIT": 1` (row blocks in
+    two parts on two streams), kept only where faster."""
+    seen, state = fake_kernels
+    experts, inputs = tiny_inputs(T=200)
+    state["cost"] = lambda cfg: (2.0 - cfg.get("HALF_TAIL", 0) - 0.5 * cfg.get("TEMPS_L2", 0)
+                                 - gain * cfg.get("SPLIT", 0)) * (1 + (cfg.get("BLOCK_M") != 64))
+    results = search.search_bucket(experts, inputs, configs.heuristic_config(200, 8, 128, 96, 2), wide=False, reps=1,
+                                   log=print)
+    cfgs = [json.loads(k) for _, k in results]
+    split = [c for c in cfgs if "SPLIT" in c]
+    best_before = min((ms, k) for ms, k in results if "SPLIT" not in k)
+    assert json.loads(best_before[1]).get("TEMPS_L2") == 1
+    assert split == [{**json.loads(best_before[1]), "SPLIT": 1}]  # once, on the best config of the stages before
+    assert ("SPLIT" in cfgs[0]) == (gain > 0)
 
 
 @pytest.mark.parametrize("T,other", [(1, 0), (3, 1)])

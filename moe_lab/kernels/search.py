@@ -10,7 +10,9 @@ the matmul-bound buckets (BLOCK_M 64 to 256); on GPUs with TMA (sm90 on), each B
 are timed again with the weights loaded through TMA descriptors, then the best of those with the
 activations through TMA too (tokens gathered into the aligned order first); last, each BLOCK_M's best (from 32
 on) with its experts' last row blocks run as half-height tiles where they fit (`HALF_TAIL`), and the best
-decode config with its weights' other L2 policy (`EVICT_FIRST`, `configs.decode_evicts_first`); on an sm90 GPU,
+decode config with its weights' other L2 policy (`EVICT_FIRST`, `configs.decode_evicts_first`), the best grouped
+config with its temporaries kept in L2 (`TEMPS_L2`), then the best of all with its row blocks run in two parts on
+two streams (`SPLIT`, `ops.Plan`); on an sm90 GPU,
 the best grouped config with each of `WS_SPACE` as its `"ws"` entry, whole-height and with half-height last
 blocks, then the best of those with expert-aligned groups of row blocks (`EXPERT_GROUPS`) in one GEMM or both,
 then the best with gate/up's two weight tiles as one wgmma (`ONE_MMA`, a concatenated gate), then the best with
@@ -233,6 +235,9 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
     best_ms, best_key = min(((ms, k) for k, ms in timed.items() if '"grouped"' in k), default=(math.inf, None))
     if math.isfinite(best_ms):  # the best grouped config again with its temporaries kept in L2 (`l2_temps`)
         time_it({**json.loads(best_key), "TEMPS_L2": 1})
+    best_ms, best_key = min(((ms, k) for k, ms in timed.items() if '"grouped"' in k), default=(math.inf, None))
+    if math.isfinite(best_ms):  # then in two parts of row blocks on two streams (`ops.Plan`'s SPLIT)
+        time_it({**json.loads(best_key), "SPLIT": 1})
     if ws:
         _time_ws_entries(time_it, timed, gated, x_TH.numel() * x_TH.element_size())
     return sorted((ms, key) for key, ms in timed.items())
