@@ -7,7 +7,8 @@ expert started once its gate/up tiles are done, could fill that gap. Before writ
 could gain. Per (model, T), bf16, uniform routing, the config table in force, each variant captured in a
 CUDA graph and its replays timed (L2 flushed before each, `moe_lab.kernels.search.gpu_ms`):
 - `call`: the backend's call itself;
-- `serial`: alignment, gate/up, down, top-k sum, as a call runs them;
+- `serial`: alignment, gate/up, down, top-k sum, as a call runs them without `SPLIT` (the plan's whole launches;
+  where the bucket's config has SPLIT, `call` runs the split instead);
 - `overlapped`: the same launches, with down on a second stream forked after the alignment, so it runs beside
   gate/up on an intermediate written by an earlier replay (wrong numbers, the same work): no wait at all;
 - `split_h` (Triton-tile configs): the row blocks cut at h, each part's gate/up then down on its own stream,
@@ -199,6 +200,28 @@ def variants(L: Launches) -> dict:
             "up": on_current(L.align, L.up), "down": on_current(L.down), "sum": on_current(L.sum)}
 
 
+def points(models: str, tokens: str, dev: torch.device):
+    """(model, T, experts, Launches) per point: bf16 experts built once per model, uniform routing seeded by T."""
+    for model in models.split(","):
+        shape = get_shape(model)
+        experts = build_experts(model, device=dev, dtype=torch.bfloat16)
+        for T in map(int, tokens.split(",")):
+            ids_TK, w_TK = synthetic_routing("uniform", T, shape.experts, shape.top_k, seed=T, device=dev)
+            x_TH = torch.randn(T, shape.hidden, generator=torch.Generator().manual_seed(T)).to(dev, torch.bfloat16)
+            _PLANS.pop(experts, None)
+            yield model, T, experts, Launches(experts, x_TH, ids_TK, w_TK)
+
+
+def alternating_us(fns: dict, dev: torch.device, rounds: int, reps: int) -> dict[str, float]:
+    """name -> median over rounds of each callable's CUDA-graph replay time (us), in turned order every other
+    round (whichever runs second can come out slower)."""
+    times = {name: [] for name in fns}
+    for r in range(rounds):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            times[name].append(gpu_ms(fns[name], dev, reps=reps) * 1e3)
+    return {name: sorted(us)[len(us) // 2] for name, us in times.items()}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="olmoe-1b-7b")
@@ -210,33 +233,21 @@ def main(argv=None) -> int:
     dev = torch.device("cuda")
     roof = measure_roofline(dev, torch.bfloat16, timer=lambda fn: median_ms(fn, dev, reps=10))
     rows = []
-    for model in args.models.split(","):
-        shape = get_shape(model)
-        experts = build_experts(model, device=dev, dtype=torch.bfloat16)
-        for T in map(int, args.tokens.split(",")):
-            ids_TK, w_TK = synthetic_routing("uniform", T, shape.experts, shape.top_k, seed=T, device=dev)
-            x_TH = torch.randn(T, shape.hidden, generator=torch.Generator().manual_seed(T)).to(dev, torch.bfloat16)
-            _PLANS.pop(experts, None)
-            L = Launches(experts, x_TH, ids_TK, w_TK)
-            fns = variants(L)
-            want_TH = triton_fused_experts(experts, x_TH, ids_TK, w_TK).clone()
-            same = {}
-            for name in [n for n in fns if n == "serial" or n.startswith("split")]:
-                L.out_TH.zero_()
-                fns[name]()
-                same[name] = bool(torch.equal(L.out_TH, want_TH))
-            print(f"{model} T={T}: output equals the call's bit for bit: {same}", flush=True)
-            times = {name: [] for name in fns}
-            for r in range(args.rounds):
-                for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-                    times[name].append(gpu_ms(fns[name], dev, reps=args.reps) * 1e3)
-            floor_us = floor_ms(experts_cost(shape, ids_TK, 2), roof) * 1e3
-            for name, us in times.items():
-                us = sorted(us)[len(us) // 2]
-                rows.append(dict(model=model, T=T, variant=name, us=round(us, 2), floor_us=round(floor_us, 2),
-                                 frac=round(floor_us / us, 4), ws=L.plan.ws, same_bits=same.get(name, ""),
-                                 **versions()))
-                print(f"{model} T={T} {name}: {us:.1f} us", flush=True)
+    for model, T, experts, L in points(args.models, args.tokens, dev):
+        fns = variants(L)
+        want_TH = triton_fused_experts(experts, L.x_TH, L.ids_TK, L.w_TK).clone()
+        same = {}
+        for name in [n for n in fns if n == "serial" or n.startswith("split")]:
+            L.out_TH.zero_()
+            fns[name]()
+            same[name] = bool(torch.equal(L.out_TH, want_TH))
+        print(f"{model} T={T}: output equals the call's bit for bit: {same}", flush=True)
+        floor_us = floor_ms(experts_cost(get_shape(model), L.ids_TK, 2), roof) * 1e3
+        for name, us in alternating_us(fns, dev, args.rounds, args.reps).items():
+            rows.append(dict(model=model, T=T, variant=name, us=round(us, 2), floor_us=round(floor_us, 2),
+                             frac=round(floor_us / us, 4), ws=L.plan.ws, same_bits=same.get(name, ""),
+                             **versions()))
+            print(f"{model} T={T} {name}: {us:.1f} us", flush=True)
     write_rows(rows, Path(args.out), "boundary_probe.csv")
     return 0
 

@@ -21,14 +21,12 @@ from pathlib import Path
 
 import torch
 from bench_rows import versions, write_rows
-from boundary_probe import Launches
+from boundary_probe import Launches, alternating_us, points
 
 from moe_lab.backends.triton_fused import _PLANS, triton_fused_experts
 from moe_lab.kernels.configs import get_config
 from moe_lab.kernels.ops import current_stream
-from moe_lab.kernels.search import WS_SPACE, gpu_ms
-from moe_lab.routing import synthetic_routing
-from moe_lab.shapes import build_experts, get_shape
+from moe_lab.kernels.search import WS_SPACE
 
 ENTRIES = [ws["down"] for ws in WS_SPACE] + [
     dict(BLOCK_N=128, BLOCK_K=64, STAGES=5, num_warps=4, GROUP_M=8, PINGPONG=1, EXPERT_GROUPS=1),
@@ -77,32 +75,20 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     dev = torch.device("cuda")
     rows = []
-    for model in args.models.split(","):
-        shape = get_shape(model)
-        experts = build_experts(model, device=dev, dtype=torch.bfloat16)
-        for T in map(int, args.tokens.split(",")):
-            ids_TK, w_TK = synthetic_routing("uniform", T, shape.experts, shape.top_k, seed=T, device=dev)
-            x_TH = torch.randn(T, shape.hidden, generator=torch.Generator().manual_seed(T)).to(dev, torch.bfloat16)
-            _PLANS.pop(experts, None)
-            L = Launches(experts, x_TH, ids_TK, w_TK)
-            L.align(current_stream(dev))
-            L.up(current_stream(dev))
-            fns, diffs = {"triton_tiles": lambda: L.down(current_stream(dev))}, {"triton_tiles": 0.0}
-            for i, entry in enumerate(ENTRIES):
-                try:
-                    fns[f"ws{i}"], diffs[f"ws{i}"] = ws_down(L, entry)
-                except Exception as err:  # noqa: BLE001 - a probe: record and go on
-                    print(f"{model} T={T} ws{i} {entry}: {type(err).__name__}: {err}", flush=True)
-            times = {name: [] for name in fns}
-            for r in range(args.rounds):
-                for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-                    times[name].append(gpu_ms(fns[name], dev, reps=args.reps) * 1e3)
-            for name, us in times.items():
-                us = sorted(us)[len(us) // 2]
-                entry = "" if name == "triton_tiles" else json.dumps(ENTRIES[int(name[2:])])
-                rows.append(dict(model=model, T=T, variant=name, entry=entry, us=round(us, 2),
-                                 max_abs_diff=diffs[name], **versions()))
-                print(f"{model} T={T} {name} {entry}: {us:.1f} us (diff {diffs[name]})", flush=True)
+    for model, T, _, L in points(args.models, args.tokens, dev):
+        L.align(current_stream(dev))
+        L.up(current_stream(dev))
+        fns, diffs = {"triton_tiles": lambda: L.down(current_stream(dev))}, {"triton_tiles": 0.0}
+        for i, entry in enumerate(ENTRIES):
+            try:
+                fns[f"ws{i}"], diffs[f"ws{i}"] = ws_down(L, entry)
+            except Exception as err:  # noqa: BLE001 - a probe: record and go on
+                print(f"{model} T={T} ws{i} {entry}: {type(err).__name__}: {err}", flush=True)
+        for name, us in alternating_us(fns, dev, args.rounds, args.reps).items():
+            entry = "" if name == "triton_tiles" else json.dumps(ENTRIES[int(name[2:])])
+            rows.append(dict(model=model, T=T, variant=name, entry=entry, us=round(us, 2),
+                             max_abs_diff=diffs[name], **versions()))
+            print(f"{model} T={T} {name} {entry}: {us:.1f} us (diff {diffs[name]})", flush=True)
     write_rows(rows, Path(args.out), "down_probe.csv")
     return 0
 
