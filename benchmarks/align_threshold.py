@@ -1,5 +1,5 @@
-"""GPU time of the alignment by expert, one program against two launches, per number of pairs: where
-`moe_lab.kernels.align.SINGLE_MAX_PAIRS` should sit.
+"""GPU time of the alignment by expert, one launch against two, per number of pairs: where
+`moe_lab.kernels.align.ONE_LAUNCH_MAX_PAIRS` should sit.
 
     PYTHONPATH=. python benchmarks/align_threshold.py --out $OUT
 
@@ -21,7 +21,7 @@ from moe_lab.kernels.search import gpu_ms
 from moe_lab.routing import synthetic_routing
 
 EK = {"qwen1.5-moe-a2.7b": (60, 4), "qwen3-30b-a3b": (128, 8), "olmoe-1b-7b": (64, 8)}
-PAIRS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
+PAIRS = (128, 256, 512, 1024, 2048, 3072, 4096, 6144, 8192, 16384, 65536)
 
 
 def main(argv=None) -> int:
@@ -35,8 +35,8 @@ def main(argv=None) -> int:
             ids_TK, _ = synthetic_routing("uniform", S // K, E, K, seed=S, device=dev)
             ids_S = ids_TK.reshape(-1).contiguous()
             for bm in (32, 64):
-                for mode, limit in (("single", 10**9), ("multi", 0)):
-                    align.SINGLE_MAX_PAIRS = limit
+                for mode, limit in (("one_launch", 10**9), ("two_launches", 0)):
+                    align.ONE_LAUNCH_MAX_PAIRS = limit
                     us = gpu_ms(lambda: align.align_by_expert(ids_S, E, bm), dev) * 1e3
                     rows.append(dict(model=model, E=E, K=K, pairs=S, BLOCK_M=bm, mode=mode, us=round(us, 2),
                                      **versions()))

@@ -23,7 +23,7 @@ from test_backends import LAYOUTS, Case, make_experts, make_inputs
 from test_triton_fused import CONFIGS, TILE, half_tail_config, row_block_config, tma_config
 
 import moe_lab.backends.triton_fused as triton_fused
-from moe_lab.kernels.align import SINGLE_MAX_PAIRS
+from moe_lab.kernels.align import ONE_LAUNCH_MAX_PAIRS
 from moe_lab.kernels.configs import decode_evicts_first
 
 
@@ -62,13 +62,13 @@ SHAPES = {  # H, I multiples of TMA's 16-wide K tiles; H != I, so that a swapped
 }
 GEMMS = ["_gate_up_grouped_kernel", "_down_grouped_kernel"]
 KERNELS = {  # config -> the kernels one call compiles, in launch order (K=2: the top-k sum after the GEMMs)
-    "tma": ["_align_single_kernel", *GEMMS, "_topk_sum_kernel"],
-    "grouped16": ["_align_single_kernel", *GEMMS, "_topk_sum_kernel"],
-    "grouped16_one_dot": ["_align_single_kernel", *GEMMS, "_topk_sum_kernel"],
+    "tma": ["_align_kernel", *GEMMS, "_topk_sum_kernel"],
+    "grouped16": ["_align_kernel", *GEMMS, "_topk_sum_kernel"],
+    "grouped16_one_dot": ["_align_kernel", *GEMMS, "_topk_sum_kernel"],
     "decode": ["_gate_up_decode_kernel", "_down_decode_kernel"],
     "decode_rolled": ["_gate_up_decode_kernel", "_down_decode_kernel"],
-    "a_tma": ["_align_single_kernel", "_gather_rows_kernel", *GEMMS, "_topk_sum_kernel"],
-    "half_tail": ["_align_single_kernel", "_gather_rows_kernel", *GEMMS, "_topk_sum_kernel"],
+    "a_tma": ["_align_kernel", "_gather_rows_kernel", *GEMMS, "_topk_sum_kernel"],
+    "half_tail": ["_align_kernel", "_gather_rows_kernel", *GEMMS, "_topk_sum_kernel"],
 }
 
 
@@ -169,9 +169,9 @@ def test_kernels_compile_for_sm90(layout, config, dtype, shape, compiled, seed):
 
 @pytest.mark.parametrize("pdl_on", [1, 0], ids=["pdl", "no_pdl"])
 def test_multi_program_alignment_compiles_for_sm90(pdl_on, compiled, seed):
-    """More pairs than one alignment program takes (align.SINGLE_MAX_PAIRS): its two launches; with programmatic
+    """More pairs than one alignment launch takes (align.ONE_LAUNCH_MAX_PAIRS): its two launches; with programmatic
     dependent launch (as every call on sm90) and with it turned off by the config."""
-    c = Case(E=5, H=16, I=16, K=2, T=SINGLE_MAX_PAIRS // 2 + 50, routing="skewed")
+    c = Case(E=5, H=16, I=16, K=2, T=ONE_LAUNCH_MAX_PAIRS // 2 + 50, routing="skewed")
     experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, "cpu", seed)
     x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, "cpu", seed)
     cfg = {"path": "grouped", "BLOCK_M": 64, "up": dict(BLOCK_N=16, BLOCK_K=16, GROUP_M=8, **TILE),
@@ -213,7 +213,7 @@ def test_warp_specialized_gemms_compile_for_sm90(layout, tile, compiled, monkeyp
         out_TH = triton_fused.triton_fused_experts(experts, x_TH, ids_TK, weights_TK,
                                                    config={**CONFIGS["grouped64"], "ws": ws})
     assert out_TH.shape == x_TH.shape
-    assert [k.name for k in compiled] == ["_align_single_kernel", "_ws_grouped_kernel", "_ws_grouped_kernel",
+    assert [k.name for k in compiled] == ["_align_kernel", "_ws_grouped_kernel", "_ws_grouped_kernel",
                                           "_topk_sum_kernel"]
     for k, gathers in zip(compiled[1:3], (True, False)):
         ptx = k.asm["ptx"]

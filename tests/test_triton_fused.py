@@ -343,13 +343,16 @@ def test_tune_kernels_ws_only_times_the_entries_on_the_config_in_force(seed):
     assert all(math.isfinite(ms) for ms, _ in results)
 
 
-def test_multi_program_alignment(seed):
-    """More pairs than the single-program alignment takes: the two-launch alignment path."""
+@pytest.mark.parametrize("mode", ["one_launch", "two_launches"])
+def test_multi_program_alignment(mode, seed):
+    """More pairs than one alignment program takes, in a whole call: one launch of programs that each count
+    every pair, and (more than one launch takes) the two-launch path."""
     from test_backends import Case
 
-    from moe_lab.kernels.align import SINGLE_MAX_PAIRS
+    from moe_lab.kernels.align import CHUNK, ONE_LAUNCH_MAX_PAIRS
 
-    c = Case(E=5, H=16, I=16, K=2, T=SINGLE_MAX_PAIRS // 2 + 50, routing="skewed")
+    pairs = {"one_launch": CHUNK, "two_launches": ONE_LAUNCH_MAX_PAIRS}[mode] + 100
+    c = Case(E=5, H=16, I=16, K=2, T=pairs // 2, routing="skewed")
     experts = make_experts(c, LAYOUTS["gated_silu"], torch.float32, DEVICE, seed)
     x_TH, ids_TK, weights_TK = make_inputs(c, torch.float32, DEVICE, seed)
     cfg = {"path": "grouped", "BLOCK_M": 64, "up": dict(BLOCK_N=16, BLOCK_K=16, GROUP_M=8, **TILE),
@@ -357,17 +360,21 @@ def test_multi_program_alignment(seed):
     check(experts, x_TH, ids_TK, weights_TK, cfg, TOL[torch.float32], "multi-program alignment")
 
 
-@pytest.mark.parametrize("repeats", [5, 600], ids=["one_program", "two_launches"])
-def test_alignment_groups_and_pads_every_expert(repeats):
+@pytest.mark.parametrize("mode", ["one_program", "one_launch", "two_launches"])
+def test_alignment_groups_and_pads_every_expert(mode):
     """Each expert's pairs (in any order) in its own group, padded with the sentinel S to a multiple of BM,
     groups in expert order, every block labelled and each group's first block recorded; ids outside [0, E)
-    dropped, an expert without pairs takes no rows."""
-    from moe_lab.kernels.align import SINGLE_MAX_PAIRS, align_by_expert, max_blocks
+    dropped, an expert without pairs takes no rows. In each mode of `align`: one program; one launch of
+    several programs, each counting every pair; two launches."""
+    from moe_lab.kernels.align import CHUNK, ONE_LAUNCH_MAX_PAIRS, align_by_expert, max_blocks
 
     E, BM = 7, 16
-    ids_S = torch.tensor([3, 0, 3, 6, 3, -1, 0, 2, 7, 3], device=DEVICE).repeat(repeats)
+    pairs = {"one_program": 50, "one_launch": ONE_LAUNCH_MAX_PAIRS - 10,
+             "two_launches": ONE_LAUNCH_MAX_PAIRS + 10}[mode]
+    ids_S = torch.tensor([3, 0, 3, 6, 3, -1, 0, 2, 7, 3], device=DEVICE).repeat(pairs // 10)
     S = ids_S.numel()
-    assert (S > SINGLE_MAX_PAIRS) == (repeats == 600)
+    assert (S <= CHUNK, S <= ONE_LAUNCH_MAX_PAIRS) == {"one_program": (True, True), "one_launch": (False, True),
+                                                       "two_launches": (False, False)}[mode]
     sorted_P, block_expert_B, expert_block_E1 = align_by_expert(ids_S, E, BM)
     assert sorted_P.numel() == max_blocks(S, E, BM) * BM
     row, blocks = 0, []

@@ -19,8 +19,11 @@ per-expert cursor. So the order of the pairs inside a group varies from call to 
 downstream depends on it: every GEMM row is computed on its own and written back to its pair's (t, k)
 slot, so the experts' output is the same bit for bit (a GPU test checks it).
 
-Two modes: one program does everything when S <= SINGLE_MAX_PAIRS (one launch); otherwise two
-launches: per-chunk counts, then per-chunk scatter (each program sums the counts before its chunk).
+Two modes, G = cdiv(S, CHUNK) programs each placing one chunk of pairs:
+- one launch (S <= ONE_LAUNCH_MAX_PAIRS): every program counts all S pairs itself, so none waits for another
+  (at S <= CHUNK a single program does everything);
+- two launches beyond: per-chunk counts, then the placing (each program sums the counts of the chunks), as
+  counting every pair in every program grows as S^2 / CHUNK.
 `_gather_rows_kernel` copies the tokens into that order (P, H) for GEMMs that load plain row blocks.
 """
 
@@ -32,8 +35,17 @@ import triton.language as tl
 
 from moe_lab.kernels.pdl import pdl_enter
 
-CHUNK = 1024  # pairs per program in the two-launch mode, and per step of any program
-SINGLE_MAX_PAIRS = 1024  # one program up to here, two launches beyond: measured crossover (align_threshold.py)
+CHUNK = 1024  # pairs placed per program, and counted per step of any program
+ONE_LAUNCH_MAX_PAIRS = 2048  # one launch up to here, two beyond: measured crossover (align_threshold.py)
+
+
+COUNT_MAX = 4096  # most pairs the one-launch mode counts per step
+
+
+def count_block(num_pairs: int) -> int:
+    """Pairs the one-launch mode counts per step: a power of two from CHUNK to COUNT_MAX, all of them in one
+    step where they fit."""
+    return min(COUNT_MAX, max(CHUNK, triton.next_power_of_2(num_pairs)))
 LABEL_BLOCKS = 32  # row blocks labelled per step
 SCAN_ROWS = 16  # per-chunk count rows summed per step
 
@@ -97,16 +109,41 @@ def _pad_groups(sorted_ptr, expert_block_ptr, starts, counts, padded, S, E, E_PA
 
 
 @triton.jit
-def _align_single_kernel(ids_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, cursor_ptr, S, E, max_blocks,
-                         E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
-                         LABEL_BLOCKS: tl.constexpr, PDL: tl.constexpr = False):
-    pdl_enter(PDL)
-    counts = _count_range(ids_ptr, 0, S, E, E_PAD, CHUNK)
+def _place(ids_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, cursor_ptr, counts, before, g, S, E, max_blocks,
+           blocks_per_prog, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
+           LABEL_BLOCKS: tl.constexpr):
+    """Program g's share of the output, given every expert's count and its count in the chunks before g's:
+    its chunk's pairs scattered (its cursors in row g of cursor_ptr), its share of the block labels, and
+    (g = 0) the padding and each group's first block."""
     padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     starts = tl.cumsum(padded, axis=0) - padded
-    _scatter_range(ids_ptr, sorted_ptr, cursor_ptr, starts, 0, S, E, E_PAD, CHUNK)
-    _pad_groups(sorted_ptr, expert_block_ptr, starts, counts, padded, S, E, E_PAD, BLOCK_M)
-    _label_blocks(block_expert_ptr, starts, padded, 0, max_blocks, BLOCK_M, LABEL_BLOCKS)
+    _scatter_range(ids_ptr, sorted_ptr, cursor_ptr + g * E_PAD, starts + before, g * CHUNK,
+                   tl.minimum(S, g * CHUNK + CHUNK), E, E_PAD, CHUNK)
+    if g == 0:
+        _pad_groups(sorted_ptr, expert_block_ptr, starts, counts, padded, S, E, E_PAD, BLOCK_M)
+    b_start = g * blocks_per_prog
+    _label_blocks(block_expert_ptr, starts, padded, b_start, tl.minimum(b_start + blocks_per_prog, max_blocks),
+                  BLOCK_M, LABEL_BLOCKS)
+
+
+@triton.jit
+def _align_kernel(ids_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, cursor_ptr, S, E, max_blocks,
+                  blocks_per_prog, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
+                  COUNT_BLOCK: tl.constexpr, LABEL_BLOCKS: tl.constexpr, PDL: tl.constexpr = False):
+    """The one-launch mode: G programs of CHUNK pairs, each counting every pair itself, COUNT_BLOCK at a time
+    (so no program waits for another's counts), then placing its chunk (`_place`). cursor_ptr: (G, E_PAD)
+    scratch."""
+    pdl_enter(PDL)
+    g = tl.program_id(0)
+    counts = tl.zeros([E_PAD], dtype=tl.int32)
+    before = tl.zeros([E_PAD], dtype=tl.int32)  # pairs of each expert in the chunks before this one
+    for s0 in range(0, S, COUNT_BLOCK):
+        offs = s0 + tl.arange(0, COUNT_BLOCK)
+        e, ok = _load_experts(ids_ptr, offs, S, E)
+        counts += tl.histogram(e, E_PAD, mask=ok)
+        before += tl.histogram(e, E_PAD, mask=ok & (offs < g * CHUNK))
+    _place(ids_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, cursor_ptr, counts, before, g, S, E, max_blocks,
+           blocks_per_prog, E_PAD, BLOCK_M, CHUNK, LABEL_BLOCKS)
 
 
 @triton.jit
@@ -122,7 +159,8 @@ def _align_count_kernel(ids_ptr, partial_ptr, S, E, E_PAD: tl.constexpr, CHUNK: 
 def _align_scatter_kernel(ids_ptr, partial_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, S, E, G, max_blocks,
                           blocks_per_prog, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
                           SCAN_ROWS: tl.constexpr, LABEL_BLOCKS: tl.constexpr, PDL: tl.constexpr = False):
-    """partial (2G, E_PAD): rows [0, G) the per-chunk counts, rows [G, 2G) each program's cursors."""
+    """The two-launch mode's second launch. partial (2G, E_PAD): rows [0, G) the per-chunk counts, rows
+    [G, 2G) each program's cursors."""
     pdl_enter(PDL)
     g = tl.program_id(0)
     cols = tl.arange(0, E_PAD)
@@ -133,15 +171,8 @@ def _align_scatter_kernel(ids_ptr, partial_ptr, sorted_ptr, block_expert_ptr, ex
         part = tl.load(partial_ptr + r[:, None] * E_PAD + cols[None, :], mask=(r < G)[:, None], other=0)
         counts += tl.sum(part, axis=0)
         before += tl.sum(tl.where((r < g)[:, None], part, 0), axis=0)
-    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-    starts = tl.cumsum(padded, axis=0) - padded
-    _scatter_range(ids_ptr, sorted_ptr, partial_ptr + (G + g) * E_PAD, starts + before, g * CHUNK,
-                   tl.minimum(S, g * CHUNK + CHUNK), E, E_PAD, CHUNK)
-    if g == 0:
-        _pad_groups(sorted_ptr, expert_block_ptr, starts, counts, padded, S, E, E_PAD, BLOCK_M)
-    b_start = g * blocks_per_prog
-    _label_blocks(block_expert_ptr, starts, padded, b_start, tl.minimum(b_start + blocks_per_prog, max_blocks),
-                  BLOCK_M, LABEL_BLOCKS)
+    _place(ids_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, partial_ptr + G * E_PAD, counts, before, g, S, E,
+           max_blocks, blocks_per_prog, E_PAD, BLOCK_M, CHUNK, LABEL_BLOCKS)
 
 
 @triton.jit
@@ -188,12 +219,13 @@ def align_by_expert(topk_ids_S: torch.Tensor, num_experts: int,
     sorted_P = torch.empty(B * block_m, dtype=torch.int32, device=dev)
     block_expert_B = torch.empty(B, dtype=torch.int32, device=dev)
     expert_block_E1 = torch.empty(E + 1, dtype=torch.int32, device=dev)
-    if S <= SINGLE_MAX_PAIRS:
-        cursor = torch.empty(EP, dtype=torch.int32, device=dev)
-        _align_single_kernel[(1,)](topk_ids_S, sorted_P, block_expert_B, expert_block_E1, cursor, S, E, B, E_PAD=EP,
-                                   BLOCK_M=block_m, CHUNK=CHUNK, LABEL_BLOCKS=LABEL_BLOCKS, num_warps=4)
-        return sorted_P, block_expert_B, expert_block_E1
     G = triton.cdiv(S, CHUNK)
+    if S <= ONE_LAUNCH_MAX_PAIRS:
+        cursor = torch.empty(G, EP, dtype=torch.int32, device=dev)
+        _align_kernel[(G,)](topk_ids_S, sorted_P, block_expert_B, expert_block_E1, cursor, S, E, B, triton.cdiv(B, G),
+                            E_PAD=EP, BLOCK_M=block_m, CHUNK=CHUNK, COUNT_BLOCK=count_block(S),
+                            LABEL_BLOCKS=LABEL_BLOCKS, num_warps=4)
+        return sorted_P, block_expert_B, expert_block_E1
     partial = torch.empty(2 * G, EP, dtype=torch.int32, device=dev)
     _align_count_kernel[(G,)](topk_ids_S, partial, S, E, E_PAD=EP, CHUNK=CHUNK, num_warps=4)
     _align_scatter_kernel[(G,)](topk_ids_S, partial, sorted_P, block_expert_B, expert_block_E1, S, E, G, B,

@@ -17,8 +17,8 @@ import triton
 
 from moe_lab.backends.common import log_once
 from moe_lab.kernels import INTERPRETED
-from moe_lab.kernels.align import (CHUNK, LABEL_BLOCKS, SCAN_ROWS, SINGLE_MAX_PAIRS, _align_count_kernel,
-                                   _align_scatter_kernel, _align_single_kernel, _gather_rows_kernel, e_pad,
+from moe_lab.kernels.align import (CHUNK, LABEL_BLOCKS, ONE_LAUNCH_MAX_PAIRS, SCAN_ROWS, _align_count_kernel,
+                                   _align_kernel, _align_scatter_kernel, _gather_rows_kernel, count_block, e_pad,
                                    max_blocks)
 from moe_lab.kernels.configs import decode_evicts_first
 from moe_lab.kernels.fused_moe import (_down_decode_kernel, _down_grouped_kernel, _gate_up_decode_kernel,
@@ -252,19 +252,20 @@ class Plan:
                 (*self.down_scalars[:3], blocks, *self.down_scalars[4:]))
 
     def _init_align(self, bm: int) -> int:
-        """The alignment launches for row blocks of bm: one program up to SINGLE_MAX_PAIRS pairs, else two
-        kernels over chunks. Returns B, the blocks' upper bound."""
+        """The alignment launches for row blocks of bm: one launch up to ONE_LAUNCH_MAX_PAIRS pairs, else two
+        (`align`). Returns B, the blocks' upper bound."""
         S, E, pdl = self.S, self.E, self.pdl
         self.bm = bm
         self.B = B = max_blocks(S, E, bm)
         self.e_pad = ep = e_pad(E)
-        self.single = S <= SINGLE_MAX_PAIRS
+        self.G = G = triton.cdiv(S, CHUNK)
+        self.one_launch = S <= ONE_LAUNCH_MAX_PAIRS
         once = _opts({"num_warps": 4, "num_stages": 1}, pdl)
-        if self.single:
-            self.align = [_Launch(_align_single_kernel, (1,),
-                                  dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, LABEL_BLOCKS=LABEL_BLOCKS, PDL=pdl), once)]
+        if self.one_launch:
+            self.align = [_Launch(_align_kernel, (G,),
+                                  dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, COUNT_BLOCK=count_block(S),
+                                       LABEL_BLOCKS=LABEL_BLOCKS, PDL=pdl), once)]
         else:
-            self.G = G = triton.cdiv(S, CHUNK)
             self.align = [
                 _Launch(_align_count_kernel, (G,), dict(E_PAD=ep, CHUNK=CHUNK, PDL=pdl), once),
                 _Launch(_align_scatter_kernel, (G,), dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, SCAN_ROWS=SCAN_ROWS,
@@ -402,9 +403,10 @@ class Plan:
         sorted_P = torch.empty(B * self.bm, dtype=torch.int32, device=dev)
         block_expert_B = torch.empty(B, dtype=torch.int32, device=dev)
         expert_block_E1 = torch.empty(self.E + 1, dtype=torch.int32, device=dev)
-        if self.single:
-            cursor = torch.empty(self.e_pad, dtype=torch.int32, device=dev)
-            self.align[0](stream, ids_S, sorted_P, block_expert_B, expert_block_E1, cursor, S, self.E, B)
+        if self.one_launch:
+            cursor = torch.empty(self.G, self.e_pad, dtype=torch.int32, device=dev)
+            self.align[0](stream, ids_S, sorted_P, block_expert_B, expert_block_E1, cursor, S, self.E, B,
+                          triton.cdiv(B, self.G))
         else:
             partial = torch.empty(2 * self.G, self.e_pad, dtype=torch.int32, device=dev)
             self.align[0](stream, ids_S, partial, S, self.E)
