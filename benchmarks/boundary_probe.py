@@ -56,7 +56,6 @@ class Launches:
         self.a_PI = torch.empty(P, p.I, dtype=p.dtype, device=dev)
         self.y = torch.empty(P if p.ws else p.S, p.H, dtype=p.dtype, device=dev)
         self.pair_row_S = torch.empty(p.S, dtype=torch.int32, device=dev)
-        self.reads_B = torch.empty(p.B, dtype=torch.int32, device=dev)  # down's reads per block (DROP_A)
         self.out_TH = torch.empty(p.T, p.H, dtype=p.dtype, device=dev)
         self.parts = {}
 
@@ -81,7 +80,7 @@ class Launches:
         else:
             w = p._descriptor("up", self.w_up, p.up_tma) if p.up_tma else self.w_up
             p.up(stream, self.x_TH, self.x_TH, w, self.w_up, self.a_PI, self.sorted_P, self.block_expert_B,
-                 self.reads_B, *p.up_scalars)
+                 *p.up_scalars)
 
     def down(self, stream: int) -> None:
         p = self.plan
@@ -100,7 +99,7 @@ class Launches:
             a = _row_blocks(self.a_PI, p.a_boxes[1])
             a_half = _row_blocks(self.a_PI, p.a_half_boxes[1]) if p.half_tail else a
         p.down(stream, a, a_half, w, self.w_down, self.y, self.rw_S, self.sorted_P, self.block_expert_B,
-               self.reads_B, self.a_PI, *p.down_scalars)
+               *p.down_scalars)
 
     def up_part(self, stream: int, m0: int, m1: int) -> None:
         """Gate/up over row blocks [m0, m1) only (Triton tiles; views of the block arrays, no kernel change)."""
@@ -111,7 +110,7 @@ class Launches:
         scalars = list(p.up_scalars)
         scalars[4] = m1 - m0  # num_blocks_m
         launch(stream, self.x_TH, self.x_TH, w, self.w_up, self.a_PI[m0 * bm:], self.sorted_P[m0 * bm:],
-               self.block_expert_B[m0:], self.reads_B[m0:], *scalars)
+               self.block_expert_B[m0:], *scalars)
 
     def down_part(self, stream: int, m0: int, m1: int) -> None:
         """Down over row blocks [m0, m1) only (Triton tiles)."""
@@ -127,7 +126,7 @@ class Launches:
 
             a, a_half = (_row_blocks(a, boxes[1]) for boxes in (p.a_boxes, p.a_half_boxes))
         launch(stream, a, a_half, w, self.w_down, self.y, self.rw_S, self.sorted_P[m0 * bm:],
-               self.block_expert_B[m0:], self.reads_B[m0:], self.a_PI[m0 * bm:], *scalars)
+               self.block_expert_B[m0:], *scalars)
 
     def _part(self, launch, m0: int, m1: int, cols: int):
         from moe_lab.kernels.ops import _Launch

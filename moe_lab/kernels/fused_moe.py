@@ -25,7 +25,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moe_lab.kernels.l2_temps import drop_lines
 from moe_lab.kernels.pdl import pdl_enter
 
 # activation codes (constexpr)
@@ -278,20 +277,18 @@ def _half_full(sorted_ptr, row0, S, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _gate_up_grouped_kernel(
-    x_ptr, x_half_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr, reads_ptr,
+    x_ptr, x_half_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr,
     S, TOPK, H, I, num_blocks_m,
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
     limit, alpha,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, ONE_DOT: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
-    HALF_TAIL: tl.constexpr, PDL: tl.constexpr = False, OUT_EVICT: tl.constexpr = "", DROP_A: tl.constexpr = False,
+    HALF_TAIL: tl.constexpr, PDL: tl.constexpr = False, OUT_EVICT: tl.constexpr = "",
 ):
     """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
     A_TMA: `x_ptr` is a TMA descriptor of the tokens already gathered in the aligned order, (P, H) (see
     `align.gather_rows`): row blocks loaded whole instead of gathered row by row.
-    DROP_A: each row block's first column tile zeroes the block's count of down's reads (`reads_ptr`), which
-    the down kernel counts to drop the block's rows of a from L2 once read.
     HALF_TAIL: a block with at most BLOCK_M // 2 real rows (an expert's last) computes only its top half
     (rows past it are never read: the down kernel decides the same way); `x_half_ptr` is `x_ptr` again, or
     with A_TMA a descriptor of half-height boxes.
@@ -299,8 +296,6 @@ def _gate_up_grouped_kernel(
     row0, pid_n, expert = _row_block(block_expert_ptr, num_blocks_m, tl.cdiv(I, BLOCK_N), BLOCK_M, GROUP_M, PDL)
     if expert < 0:  # a block past the last expert's (an early return: a helper's would not end the kernel)
         return
-    if DROP_A and pid_n == 0:
-        tl.store(reads_ptr + row0 // BLOCK_M, 0)
     if HALF_TAIL and _half_full(sorted_ptr, row0, S, BLOCK_M):
         _gate_up_tile(x_half_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, row0, pid_n, expert, S, TOPK, H, I,
                       stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
@@ -364,20 +359,17 @@ def _down_tile(
 
 @triton.jit
 def _down_grouped_kernel(
-    a_ptr, a_half_ptr, w_ptr, b_ptr, y_ptr, topk_w_ptr, sorted_ptr, block_expert_ptr, reads_ptr, a_rows_ptr,
+    a_ptr, a_half_ptr, w_ptr, b_ptr, y_ptr, topk_w_ptr, sorted_ptr, block_expert_ptr,
     S, H, I, num_blocks_m,
     stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys,
     MUL_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
-    HALF_TAIL: tl.constexpr, PDL: tl.constexpr = False, OUT_EVICT: tl.constexpr = "", DROP_A: tl.constexpr = False,
+    HALF_TAIL: tl.constexpr, PDL: tl.constexpr = False, OUT_EVICT: tl.constexpr = "",
 ):
     """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
     A_TMA: `a_ptr` is a TMA descriptor of the (P, I) intermediate. HALF_TAIL as in the gate/up kernel
-    (`a_half_ptr`: `a_ptr` again, or the half-height-box descriptor).
-    DROP_A (`l2_temps`): the last of a row block's column tiles to have read its rows of a (counted in
-    `reads_ptr`, zeroed by gate/up) drops those rows' L2 lines, unwritten: a_rows_ptr is a itself, rows of
-    whole lines."""
+    (`a_half_ptr`: `a_ptr` again, or the half-height-box descriptor)."""
     row0, pid_n, expert = _row_block(block_expert_ptr, num_blocks_m, tl.cdiv(H, BLOCK_N), BLOCK_M, GROUP_M, PDL)
     if expert < 0:  # a block past the last expert's (an early return: a helper's would not end the kernel)
         return
@@ -390,14 +382,6 @@ def _down_grouped_kernel(
         _down_tile(a_ptr, w_ptr, b_ptr, y_ptr, topk_w_ptr, sorted_ptr, row0, pid_n, expert, S, H, I,
                    stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys,
                    MUL_WEIGHT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, W_TMA, W_T, A_TMA, OUT_EVICT)
-    if DROP_A:
-        tl.debug_barrier()  # every warp's loads of a are in before the count says so
-        if tl.atomic_add(reads_ptr + row0 // BLOCK_M, 1, sem="acq_rel") == tl.cdiv(H, BLOCK_N) - 1:
-            rows = BLOCK_M
-            if HALF_TAIL:
-                rows = tl.where(_half_full(sorted_ptr, row0, S, BLOCK_M), BLOCK_M // 2, BLOCK_M)
-            ITEM: tl.constexpr = a_rows_ptr.dtype.element_ty.primitive_bitwidth // 8
-            drop_lines(a_rows_ptr + row0.to(tl.int64) * stride_ap, rows * stride_ap * ITEM, 256)
 
 
 @triton.jit

@@ -48,12 +48,3 @@ def discard_share(ptr, nbytes, LINES: tl.constexpr):
     for line0 in range(lo, hi, LINES):
         line = line0 + tl.arange(0, LINES)
         discard_line_addrs((first + tl.where(line < hi, line, lo)) * 128)
-
-
-@triton.jit
-def drop_lines(ptr, nbytes, LINES: tl.constexpr):
-    """Discard the nbytes of whole lines from the line-aligned ptr, by one program."""
-    base = ptr.to(tl.int64)
-    for off in range(0, nbytes, LINES * 128):
-        line = off + tl.arange(0, LINES) * 128
-        discard_line_addrs(base + tl.where(line < nbytes, line, 0))

@@ -152,7 +152,7 @@ class Plan:
         self.out_rows = T if reduce else S
         self.decode = config["path"] == "decode"
         self.pdl = pdl = bool(pdl and config.get("PDL", 1))
-        self.temps_l2 = self.drop_a = False
+        self.temps_l2 = False
         common = dict(HAS_BIAS=self.has_bias, PDL=pdl)
         if S == 0:
             return
@@ -215,9 +215,7 @@ class Plan:
             raise ValueError(f"triton_fused: HALF_TAIL needs BLOCK_M >= 32 (half blocks of at least 16 rows), "
                              f"not {bm}")
         self.temps_l2 = bool(config.get("TEMPS_L2", 0)) and self._temps_l2_fit(l2_hints)
-        self.drop_a = self.temps_l2 and config["TEMPS_L2"] == 2 and (I * dtype.itemsize) % LINE == 0
         common["OUT_EVICT"] = "evict_last" if self.temps_l2 else ""
-        common["DROP_A"] = self.drop_a
         self.a_boxes = ([bm, up["BLOCK_K"]], [bm, down["BLOCK_K"]])
         self.a_half_boxes = ([bm // 2, up["BLOCK_K"]], [bm // 2, down["BLOCK_K"]])
         self.up = _Launch(_gate_up_grouped_kernel, (B * triton.cdiv(I, up["BLOCK_N"]),),
@@ -357,8 +355,7 @@ class Plan:
         a_PI = torch.empty(B * bm, I, dtype=self.dtype, device=dev)
         y_SH = _line_aligned_empty(S, H, self.dtype, dev) if self.temps_l2 else torch.empty(S, H, dtype=self.dtype,
                                                                                               device=dev)
-        reads_B = torch.empty(B, dtype=torch.int32, device=dev) if self.drop_a else block_expert_B
-        args = (x_rows, a_PI, y_SH, sorted_P, block_expert_B, reads_B, rw_S,
+        args = (x_rows, a_PI, y_SH, sorted_P, block_expert_B, rw_S,
                 self._descriptor("up", w_up, self.up_tma) if self.up_tma else w_up, b_up,
                 self._descriptor("down", w_down, self.down_tma) if self.down_tma else w_down, b_down)
         if len(self.parts) == 1:
@@ -376,29 +373,28 @@ class Plan:
         if not self.reduce or self.K == 1:
             return y_SH
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
-        self.sum(stream, y_SH, out_TH, y_SH, a_PI, a_PI.nbytes if self.temps_l2 and not self.drop_a else 0, self.T, H)
+        self.sum(stream, y_SH, out_TH, y_SH, a_PI, a_PI.nbytes if self.temps_l2 else 0, self.T, H)
         return out_TH
 
-    def _gemms(self, stream: int, part: tuple, x_rows, a_PI, y_SH, sorted_P, block_expert_B, reads_B, rw_S, w_up,
-               b_up, w_down, b_down) -> None:
+    def _gemms(self, stream: int, part: tuple, x_rows, a_PI, y_SH, sorted_P, block_expert_B, rw_S, w_up, b_up,
+               w_down, b_down) -> None:
         """Gate/up then down over one part's row blocks (`_part`) on `stream`. x_rows: the tokens, or with A_TMA
         the tokens gathered into the aligned order; w_up / w_down: the weights or their TMA descriptors."""
         m0, up, up_scalars, down, down_scalars = part
         if m0:  # the part's arrays from its first block on; y is indexed by pair, so it is passed whole
             r0 = m0 * self.bm
-            sorted_P, block_expert_B, reads_B, a_PI = sorted_P[r0:], block_expert_B[m0:], reads_B[m0:], a_PI[r0:]
+            sorted_P, block_expert_B, a_PI = sorted_P[r0:], block_expert_B[m0:], a_PI[r0:]
             x_rows = x_rows[r0:] if self.a_tma_up else x_rows
         x_arg = x_half = x_rows
         if self.a_tma_up:
             x_arg = _row_blocks(x_rows, self.a_boxes[0])
             x_half = _row_blocks(x_rows, self.a_half_boxes[0]) if self.half_tail else x_arg
-        up(stream, x_arg, x_half, w_up, b_up, a_PI, sorted_P, block_expert_B, reads_B, *up_scalars)
+        up(stream, x_arg, x_half, w_up, b_up, a_PI, sorted_P, block_expert_B, *up_scalars)
         a_arg = a_half = a_PI
         if self.a_tma_down:
             a_arg = _row_blocks(a_PI, self.a_boxes[1])
             a_half = _row_blocks(a_PI, self.a_half_boxes[1]) if self.half_tail else a_arg
-        down(stream, a_arg, a_half, w_down, b_down, y_SH, rw_S, sorted_P, block_expert_B, reads_B, a_PI,
-             *down_scalars)
+        down(stream, a_arg, a_half, w_down, b_down, y_SH, rw_S, sorted_P, block_expert_B, *down_scalars)
 
     def _align(self, stream: int, ids_S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sorted_P, block_expert_B, expert_block_E1): the pairs in the expert-aligned order, each row block's
