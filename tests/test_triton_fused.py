@@ -360,6 +360,19 @@ def test_multi_program_alignment(mode, seed):
     check(experts, x_TH, ids_TK, weights_TK, cfg, TOL[torch.float32], "multi-program alignment")
 
 
+@pytest.mark.parametrize("key,launches", [(None, 1), (0, 2)])
+def test_one_launch_align_key_takes_two_launches(key, launches):
+    """Up to ONE_LAUNCH_MAX_PAIRS pairs the plan aligns in one launch; a config's `"ONE_LAUNCH_ALIGN": 0` takes
+    the two-launch path there too (for A/Bs); no launch here."""
+    from moe_lab.kernels.ops import GateSpec, Plan
+
+    E, H, I, K, T = 4, 64, 32, 2, 300
+    config = {**CONFIGS["grouped16"], **({} if key is None else {"ONE_LAUNCH_ALIGN": key})}
+    plan = Plan(T, K, E, H, I, torch.float32, GateSpec(1, 0), config, (2 * I * H, H, 1), (H * I, I, 1), None,
+                (H, 1), True)
+    assert len(plan.align) == launches
+
+
 @pytest.mark.parametrize("mode", ["one_program", "one_launch", "two_launches"])
 def test_alignment_groups_and_pads_every_expert(mode):
     """Each expert's pairs (in any order) in its own group, padded with the sentinel S to a multiple of BM,

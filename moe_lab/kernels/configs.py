@@ -13,7 +13,8 @@
   the intermediate through TMA (both need rows of a multiple of 16 bytes). Top level, all optional:
   `"HALF_TAIL": 1` runs a row block with at most BLOCK_M / 2 real rows (an expert's last) as a
   half-height tile in both GEMMs, so that padding costs at most half a block of MMA work (BLOCK_M >= 32);
-  `"PDL": 0` turns off programmatic dependent launch (on by default where the GPU has it); on the decode
+  `"PDL": 0` turns off programmatic dependent launch (on by default where the GPU has it); `"ONE_LAUNCH_ALIGN":
+  0` aligns the pairs in two launches even where one would do (`align`; for A/Bs); on the decode
   path `"EVICT_FIRST"` 1 or 0 loads the weights with an evict-first L2 policy or the default one (without
   the key: evict-first at T = 1 only, see `decode_evicts_first`); `"TEMPS_L2": 1` has the tiles' GEMMs store
   the intermediate and y evict-last and the top-k sum drop their L2 lines once read (`l2_temps`);

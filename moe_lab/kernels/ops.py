@@ -182,10 +182,10 @@ class Plan:
                      "running its Triton tiles")
         self.ws = bool(ws) and not why_not
         if self.ws:
-            self._init_ws(ws, ws_sms, spec, up_strides, down_strides)
+            self._init_ws(ws, ws_sms, spec, up_strides, down_strides, config)
             return
         bm, up, down = config["BLOCK_M"], config["up"], config["down"]
-        B = self._init_align(bm)
+        B = self._init_align(bm, config)
         dot_mode = 2 if INTERPRETED else (1 if dtype == torch.float32 else 0)
         one_dot = bool(up.get("ONE_DOT", 0)) and spec.gate_mode != 0
         self.up_tma = self.down_tma = None  # TMA views of the weights: (2D shape, transposed?, box)
@@ -251,15 +251,16 @@ class Plan:
                 _Launch(down.kernel, (blocks * cols_down,), down.consts, down.opts),
                 (*self.down_scalars[:3], blocks, *self.down_scalars[4:]))
 
-    def _init_align(self, bm: int) -> int:
+    def _init_align(self, bm: int, config: dict) -> int:
         """The alignment launches for row blocks of bm: one launch up to ONE_LAUNCH_MAX_PAIRS pairs, else two
-        (`align`). Returns B, the blocks' upper bound."""
+        (`align`); a config's `"ONE_LAUNCH_ALIGN": 0` takes two at any size (for A/Bs). Returns B, the blocks'
+        upper bound."""
         S, E, pdl = self.S, self.E, self.pdl
         self.bm = bm
         self.B = B = max_blocks(S, E, bm)
         self.e_pad = ep = e_pad(E)
         self.G = G = triton.cdiv(S, CHUNK)
-        self.one_launch = S <= ONE_LAUNCH_MAX_PAIRS
+        self.one_launch = S <= ONE_LAUNCH_MAX_PAIRS and bool(config.get("ONE_LAUNCH_ALIGN", 1))
         once = _opts({"num_warps": 4, "num_stages": 1}, pdl)
         if self.one_launch:
             self.align = [_Launch(_align_kernel, (G,),
@@ -297,14 +298,14 @@ class Plan:
                             DISCARD=discard, TOPK_P2=triton.next_power_of_2(self.K), PDL=self.pdl),
                        _opts({"num_warps": SUM_TILE["num_warps"], "num_stages": 1}, self.pdl))
 
-    def _init_ws(self, ws: dict, sms: int, spec: GateSpec, up_strides, down_strides) -> None:
+    def _init_ws(self, ws: dict, sms: int, spec: GateSpec, up_strides, down_strides, config: dict) -> None:
         """The warp-specialized path (`ws_grouped`): alignment, the two persistent GEMMs (one program per SM
         at most, launched without PDL: they start once the kernel before has ended; gate/up gathers the
         token rows itself and records each pair's row), the top-k sum through the pairs' rows."""
         from moe_lab.kernels.ws_grouped import _ws_grouped_kernel
 
         E, H, I = self.E, self.H, self.I
-        B = self._init_align(ws["BLOCK_M"])
+        B = self._init_align(ws["BLOCK_M"], config)
         up, down = ws["up"], ws["down"]
         N = 2 * I if spec.gate_mode else I
         self.up_tma = _tma_view(up_strides, E, N, H, up["BLOCK_N"], up["BLOCK_K"], "gate/up")
