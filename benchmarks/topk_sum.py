@@ -46,7 +46,7 @@ def main(argv=None) -> int:
             out = torch.empty(T, H, device=dev, dtype=torch.bfloat16)
             for bt, bh, w in TILES:
                 def call():
-                    _topk_sum_kernel[(triton.cdiv(T, bt), triton.cdiv(H, bh))](y_SH, out, y_SH, y_SH, 0, T, H,
+                    _topk_sum_kernel[(triton.cdiv(T, bt), triton.cdiv(H, bh))](y_SH, out, y_SH, y_SH, 0, y_SH, 0, T, H,
                                                                                TOPK=K, BLOCK_T=bt, BLOCK_H=bh,
                                                                                num_warps=w)
                 call()

@@ -374,7 +374,7 @@ class Plan:
         if not self.reduce or self.K == 1:
             return y_SH
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
-        self.sum(stream, y_SH, out_TH, y_SH, a_PI, a_PI.nbytes if self.temps_l2 else 0, self.T, H)
+        self.sum(stream, y_SH, out_TH, y_SH, a_PI, bm * I * self.dtype.itemsize, expert_block_E1, self.E, self.T, H)
         return out_TH
 
     def _gemms(self, stream: int, part: tuple, x_rows, a_PI, y_SH, sorted_P, block_expert_B, rw_S, w_up, b_up,
@@ -443,7 +443,7 @@ class Plan:
                   rows(y_PH, down["BLOCK_N"]), block_expert_B, expert_block_E1, sorted_P, rw_S, a_PI, pair_row_S,
                   *self.down_scalars)
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
-        self.sum(stream, y_PH, out_TH, pair_row_S, y_PH, 0, self.T, H)
+        self.sum(stream, y_PH, out_TH, pair_row_S, y_PH, 0, expert_block_E1, self.E, self.T, H)
         return out_TH
 
     def _layout(self, box: list[int]):

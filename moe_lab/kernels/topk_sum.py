@@ -7,7 +7,8 @@ tokens, BLOCK_H columns) reads its tokens' K rows once and writes their sums: S*
 moved, as few as a sum can. DISCARD (`l2_temps`, the call's last kernel): each program then drops the
 L2 lines of the y it has read (rows of a multiple of 128 bytes from a line-aligned y, as the plan makes
 them: whole lines, one element each over its TOPK_P2 >= TOPK pairs) and its share of the dead
-intermediate's (dead_ptr, dead_bytes), none of them written back.
+intermediate's (dead_ptr; the row blocks gate/up wrote, of dead_block_bytes each: their count is at E in the
+alignment's expert_block), none of them written back.
 
 TILE: the one tile within 4% of the best of 24 at every (model, T) measured on the H100, where torch's
 `sum(dim=1)` over the (T, K, H) view took 1.05 to 1.28x as long (`benchmarks/topk_sum.py`,
@@ -32,10 +33,12 @@ def _y_row(pair_row_ptr, rows, t, T, k, TOPK: tl.constexpr, INDIRECT: tl.constex
 
 
 @triton.jit
-def _topk_sum_kernel(y_ptr, out_ptr, pair_row_ptr, dead_ptr, dead_bytes, T, H, TOPK: tl.constexpr,
-                     BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, INDIRECT: tl.constexpr = False,
+def _topk_sum_kernel(y_ptr, out_ptr, pair_row_ptr, dead_ptr, dead_block_bytes, expert_block_ptr, E, T, H,
+                     TOPK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, INDIRECT: tl.constexpr = False,
                      DISCARD: tl.constexpr = False, TOPK_P2: tl.constexpr = 1, PDL: tl.constexpr = False):
     pdl_enter(PDL)
+    if DISCARD:
+        dead_bytes = tl.load(expert_block_ptr + E).to(tl.int64) * dead_block_bytes  # first: its wait overlaps y's
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = (t < T)[:, None] & (h < H)[None, :]
