@@ -1,8 +1,11 @@
 """Issue 6's targets table (markdown) from `benchmarks/triton_gpu.py` bench CSVs and the harness's compiled rows.
 
     python benchmarks/targets_table.py BENCH.csv [MORE.csv ...] [--harness data/results/h100/layer-compiled-*.csv]
+        [--passes N]
 
-triton_fused and auto come from the first bench file; "best transformers" is the fastest transformers row
+triton_fused and auto come from the first bench file, or with --passes N are the median of the first N files
+(passes of one command, so that one pass's slow cell does not stand for the point); "best transformers" is the
+fastest transformers row
 (uniform routing, any compile mode) over every file given, bench and harness alike, so no faster
 measurement of theirs is left out. frac = floor / ms; auto <= best compares auto's ms with that minimum.
 Only the (model, T) points the first file measured are rows: a later file's extra points have nothing to compare.
@@ -26,9 +29,11 @@ def transformers_rows(bench: list[pd.DataFrame], harness: list[pd.DataFrame]) ->
     return out.loc[out.groupby(["model", "T"])["ms"].idxmin()].set_index(["model", "T"])
 
 
-def targets_table(bench: list[pd.DataFrame], harness: list[pd.DataFrame]) -> pd.DataFrame:
+def targets_table(bench: list[pd.DataFrame], harness: list[pd.DataFrame], passes: int = 1) -> pd.DataFrame:
     first = bench[0][bench[0]["compile_mode"] == "none"]
-    ours = first.pivot_table(index=["model", "T"], columns="backend", values="ms")[["triton_fused", "auto"]]
+    runs = pd.concat(b[b["compile_mode"] == "none"] for b in bench[:passes])
+    ours = runs.pivot_table(index=["model", "T"], columns="backend", values="ms", aggfunc="median")[["triton_fused",
+                                                                                                       "auto"]]
     floor = first.groupby(["model", "T"])["floor_ms"].first()
     best = transformers_rows(bench, harness)
     t = pd.DataFrame({"floor ms": floor, "triton_fused ms": ours["triton_fused"],
@@ -45,8 +50,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bench", nargs="+")
     p.add_argument("--harness", nargs="*", default=[])
+    p.add_argument("--passes", type=int, default=1, help="ours: the median of the first N bench files")
     args = p.parse_args(argv)
-    t = targets_table([pd.read_csv(f) for f in args.bench], [pd.read_csv(f) for f in args.harness])
+    t = targets_table([pd.read_csv(f) for f in args.bench], [pd.read_csv(f) for f in args.harness], args.passes)
     print(markdown(t))
     return 0
 

@@ -37,3 +37,15 @@ def test_best_transformers_is_the_fastest_row_of_every_file_and_auto_is_compared
     lines = targets_table.markdown(t.reset_index()).splitlines()
     assert lines[2] == ("| 1 | m | 0.0200 | 0.0400 | 0.500 | 0.0500 | 0.0450 | batched_mm/max-autotune-no-cudagraphs"
                         " | no |")
+
+
+def test_passes_take_the_median_of_ours_over_the_first_files():
+    """--passes 3: triton_fused and auto are each the median of the first three files, so one pass's slow cell
+    does not stand for the point; transformers' rows still come from every file."""
+    passes = [bench([("m", 16, "triton_fused", "none", ms, 0.24), ("m", 16, "auto", "none", ms + 0.01, 0.24),
+                     ("m", 16, "transformers:grouped_mm", "none", 0.50, 0.24)]) for ms in (0.30, 0.45, 0.31)]
+    compiled = bench([("m", 16, "transformers:grouped_mm", "max-autotune-no-cudagraphs", 0.33, 0.24)])
+    t = targets_table.targets_table([*passes, compiled], [], passes=3).set_index("T")
+    assert t.loc[16, "triton_fused ms"] == 0.31 and t.loc[16, "auto ms"] == 0.32
+    assert t.loc[16, "best transformers ms"] == 0.33
+    assert targets_table.targets_table([*passes, compiled], []).set_index("T").loc[16, "triton_fused ms"] == 0.30
