@@ -35,19 +35,17 @@ import triton.language as tl
 
 from moe_lab.kernels.pdl import pdl_enter
 
-CHUNK = 1024  # pairs placed per program, and counted per step of any program
+CHUNK = 1024  # pairs placed per program, and counted per step of the two-launch mode
 ONE_LAUNCH_MAX_PAIRS = 2048  # one launch up to here, two beyond: measured crossover (align_threshold.py)
-
-
 COUNT_MAX = 4096  # most pairs the one-launch mode counts per step
+LABEL_BLOCKS = 32  # row blocks labelled per step
+SCAN_ROWS = 16  # per-chunk count rows summed per step
 
 
 def count_block(num_pairs: int) -> int:
     """Pairs the one-launch mode counts per step: a power of two from CHUNK to COUNT_MAX, all of them in one
     step where they fit."""
     return min(COUNT_MAX, max(CHUNK, triton.next_power_of_2(num_pairs)))
-LABEL_BLOCKS = 32  # row blocks labelled per step
-SCAN_ROWS = 16  # per-chunk count rows summed per step
 
 
 @triton.jit
