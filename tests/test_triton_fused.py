@@ -552,9 +552,10 @@ def test_output_is_the_same_bit_for_bit_every_call(T, seed):
             assert torch.equal(triton_fused_experts(experts, x_TH, ids_TK, weights_TK), first_TH)
 
 
-def _back_to_back_both_ways(model: str, T: int, n: int, key: str, seed: int):
+def _back_to_back_both_ways(model: str, T: int, n: int, key: str, seed: int, on: int = 1, up: dict | None = None):
     """`n` calls of `model`'s tuned config on fresh routing each (uniform and skewed in turn), queued back to back
-    without a sync, once with the config's `key` 1 and once 0: (experts, calls, {1: outputs, 0: outputs})."""
+    without a sync, once with the config's `key` = on and once 0: (experts, calls, {on: outputs, 0: outputs}).
+    `up`: fields set in the config's gate/up tile."""
     from moe_lab.kernels.configs import get_config
     from moe_lab.shapes import build_hf_experts, get_shape
 
@@ -568,9 +569,11 @@ def _back_to_back_both_ways(model: str, T: int, n: int, key: str, seed: int):
                                                                                                  torch.bfloat16)
         calls.append((x_TH, ids_TK, weights_TK))
     tuned = get_config("h100", "bfloat16", T, shape.experts, shape.hidden, shape.intermediate, shape.top_k)
+    if up:
+        tuned = {**tuned, "up": {**tuned["up"], **up}}
     outs = {}
     with torch.no_grad():
-        for value in (1, 0):
+        for value in (on, 0):
             outs[value] = [triton_fused_experts(experts, *call, config={**tuned, key: value}) for call in calls]
             torch.cuda.synchronize()
     return experts, calls, outs
@@ -627,6 +630,54 @@ def test_temps_l2_changes_no_bit(model, T, seed):
         assert torch.equal(on_TH, off_TH), f"call {i}"
     want_TH = reference_experts(experts, *calls[0])
     assert relative_error(outs[1][0], want_TH) <= TOL[torch.bfloat16]
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="L2 prefetch: compiled kernels on the GPU")
+@pytest.mark.parametrize("model,T", [("olmoe-1b-7b", 512), ("qwen1.5-moe-a2.7b", 100), ("qwen3-30b-a3b", 300),
+                                     ("qwen3-30b-a3b", 1000), ("gpt-oss-20b", 200)])
+def test_weight_prefetch_changes_no_bit(model, T, seed):
+    """`"W_PREFETCH": 8` only pulls weight lines into L2 before gate/up's wait on the alignment: calls on fresh
+    routing queued back to back without a sync equal the same calls without it bit for bit, and the reference.
+    Gate/up's weight through pointer loads (W_PREFETCH does not apply to TMA ones): gpt-oss's interleaved rows
+    and qwen3 T=1000's concatenated ones, whose tuned tiles load through TMA, as well."""
+    from moe_lab.backends.triton_fused import _PLANS
+    from moe_lab.kernels.ops import ws_available
+
+    if not ws_available(torch.device(DEVICE)):
+        pytest.skip("W_PREFETCH runs on an sm90 GPU only")
+    experts, calls, outs = _back_to_back_both_ways(model, T, 4, "W_PREFETCH", seed, on=8, up={"TMA": 0})
+    assert [p.w_prefetch for p in _PLANS[experts].values()] == [8, 0]
+    for i, (on_TH, off_TH) in enumerate(zip(outs[8], outs[0])):
+        assert torch.equal(on_TH, off_TH), f"call {i}"
+    assert relative_error(outs[8][0], reference_experts(experts, *calls[0])) <= TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("lines,pdl,sms,tma,want", [
+    (8, True, 132, False, "ok"), (64, True, 132, False, "ok"), (8, False, 132, False, "programmatic dependent"),
+    (8, True, 0, False, "sm90"), (8, True, 132, True, "TMA"), (3, True, 132, False, "power of two")])
+def test_weight_prefetch_plan(lines, pdl, sms, tma, want, caplog, monkeypatch):
+    """W_PREFETCH: the first part's gate/up prefetches from one program per SM, a SPLIT's second part from none;
+    at most a weight row's lines (H = 128 bf16: 2); off with a log line without PDL, sm90 or with TMA weights;
+    a count that is not a power of two is refused (no launch here)."""
+    from moe_lab.backends import common
+    from moe_lab.kernels.ops import GateSpec, Plan
+
+    monkeypatch.setattr(common, "_logged", set())
+    E, H, I, K, T = 4, 128, 64, 2, 40
+    config = {**CONFIGS["grouped16"], "SPLIT": 1, "W_PREFETCH": lines}
+    if tma:
+        config["up"] = {**config["up"], "TMA": 1}
+    make = functools.partial(Plan, T, K, E, H, I, torch.bfloat16, GateSpec(1, 0), config, (2 * I * H, H, 1),
+                             (H * I, I, 1), None, (H, 1), True, pdl=pdl, ws_sms=sms)
+    if want == "power of two":
+        with pytest.raises(ValueError, match=want):
+            make()
+        return
+    with caplog.at_level("WARNING", logger="moe_lab"):
+        plan = make()
+    assert plan.up.consts["W_PREFETCH_LINES"] == plan.w_prefetch == (2 if want == "ok" else 0)
+    assert [scalars[-1] for _, _, scalars, _, _ in plan.parts] == [sms, 0]
+    assert (want in caplog.text) == (want != "ok")
 
 
 @pytest.mark.parametrize("H,l2_hints,reduce,why", [

@@ -276,15 +276,48 @@ def _half_full(sorted_ptr, row0, S, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
+def _prefetch_lines(addr):
+    """`prefetch.global.L2` of the 128-byte line holding each address in `addr` (a tensor of pointers)."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [addr], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
+def _prefetch_guessed_tile(w_ptr, num_blocks_m, num_pid_n, E, guess_blocks, prefetch_programs, I, H, stride_we,
+                           stride_wn, GATE_MODE: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+                           LINES: tl.constexpr):
+    """Before the wait on the alignment: each of the first prefetch_programs programs pulls into L2 the first
+    LINES 128-byte lines of its column tile's weight rows, for the expert its row block would have were every
+    expert given guess_blocks / E blocks (the weights stored contiguous along H): the first K steps it will
+    read. A hint only: a wrong guess costs bandwidth, never a result."""
+    pid = tl.program_id(0)
+    if pid < prefetch_programs:
+        pid_m, pid_n = _tile_ids(pid, num_blocks_m, num_pid_n, GROUP_M)
+        e = pid_m * E // guess_blocks
+        if e < E:
+            n = tl.minimum(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), I - 1)
+            cols = tl.minimum(tl.arange(0, LINES) * (1024 // w_ptr.dtype.element_ty.primitive_bitwidth), H - 1)
+            base = w_ptr + e.to(tl.int64) * stride_we + cols[None, :]
+            if GATE_MODE == 2:  # interleaved: rows 2n, 2n + 1
+                _prefetch_lines(base + (2 * n)[:, None].to(tl.int64) * stride_wn)
+                _prefetch_lines(base + (2 * n + 1)[:, None].to(tl.int64) * stride_wn)
+            else:
+                _prefetch_lines(base + n[:, None].to(tl.int64) * stride_wn)
+                if GATE_MODE == 1:  # concatenated: rows n, I + n
+                    _prefetch_lines(base + (I + n)[:, None].to(tl.int64) * stride_wn)
+
+
+@triton.jit
 def _gate_up_grouped_kernel(
     x_ptr, x_half_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr,
     S, TOPK, H, I, num_blocks_m,
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
-    limit, alpha,
+    limit, alpha, E, guess_blocks, prefetch_programs,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, ONE_DOT: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
     HALF_TAIL: tl.constexpr, PDL: tl.constexpr = False, OUT_EVICT: tl.constexpr = "",
+    W_PREFETCH_LINES: tl.constexpr = 0,
 ):
     """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
     A_TMA: `x_ptr` is a TMA descriptor of the tokens already gathered in the aligned order, (P, H) (see
@@ -292,7 +325,11 @@ def _gate_up_grouped_kernel(
     HALF_TAIL: a block with at most BLOCK_M // 2 real rows (an expert's last) computes only its top half
     (rows past it are never read: the down kernel decides the same way); `x_half_ptr` is `x_ptr` again, or
     with A_TMA a descriptor of half-height boxes.
+    W_PREFETCH_LINES > 0: the first wave prefetches weights while it waits (`_prefetch_guessed_tile`).
     One path is compiled: the other's weight tiles would not match this layout's TMA box."""
+    if W_PREFETCH_LINES > 0:
+        _prefetch_guessed_tile(w_ptr, num_blocks_m, tl.cdiv(I, BLOCK_N), E, guess_blocks, prefetch_programs, I, H,
+                               stride_we, stride_wn, GATE_MODE, BLOCK_N, GROUP_M, W_PREFETCH_LINES)
     row0, pid_n, expert = _row_block(block_expert_ptr, num_blocks_m, tl.cdiv(I, BLOCK_N), BLOCK_M, GROUP_M, PDL)
     if expert < 0:  # a block past the last expert's (an early return: a helper's would not end the kernel)
         return

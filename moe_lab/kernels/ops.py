@@ -153,6 +153,7 @@ class Plan:
         self.decode = config["path"] == "decode"
         self.pdl = pdl = bool(pdl and config.get("PDL", 1))
         self.temps_l2 = False
+        self.sum_tile = {**SUM_TILE, **config.get("SUM", {})}  # the top-k sum's tile: the config's "SUM" over TILE
         common = dict(HAS_BIAS=self.has_bias, PDL=pdl)
         if S == 0:
             return
@@ -216,6 +217,7 @@ class Plan:
                              f"not {bm}")
         self.temps_l2 = bool(config.get("TEMPS_L2", 0)) and self._temps_l2_fit(l2_hints)
         common["OUT_EVICT"] = "evict_last" if self.temps_l2 else ""
+        self.w_prefetch = self._w_prefetch_lines(config, ws_sms, up_strides)
         self.a_boxes = ([bm, up["BLOCK_K"]], [bm, down["BLOCK_K"]])
         self.a_half_boxes = ([bm // 2, up["BLOCK_K"]], [bm // 2, down["BLOCK_K"]])
         self.up = _Launch(_gate_up_grouped_kernel, (B * triton.cdiv(I, up["BLOCK_N"]),),
@@ -223,9 +225,11 @@ class Plan:
                                BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"], GROUP_M=up["GROUP_M"],
                                EVEN_K=H % up["BLOCK_K"] == 0, ONE_DOT=one_dot, W_TMA=self.up_tma is not None,
                                W_T=bool(self.up_tma and self.up_tma[1]), A_TMA=self.a_tma_up,
-                               HALF_TAIL=self.half_tail, **common),
+                               HALF_TAIL=self.half_tail, W_PREFETCH_LINES=self.w_prefetch, **common),
                           _opts(up, pdl))
-        self.up_scalars = (S, K, H, I, B, *x_strides, *up_strides, bu0, bu1, I, spec.limit, spec.alpha)
+        guess_blocks = E * max(1, triton.cdiv(triton.cdiv(S, E), bm))  # W_PREFETCH's guess: S / E pairs each
+        self.up_scalars = (S, K, H, I, B, *x_strides, *up_strides, bu0, bu1, I, spec.limit, spec.alpha, E,
+                           guess_blocks, ws_sms)  # the last: programs that prefetch, one wave of one per SM
         self.down = _Launch(_down_grouped_kernel, (B * triton.cdiv(H, down["BLOCK_N"]),),
                             dict(MUL_WEIGHT=reduce, DOT_MODE=dot_mode, BLOCK_M=bm, BLOCK_N=down["BLOCK_N"],
                                  BLOCK_K=down["BLOCK_K"], GROUP_M=down["GROUP_M"], EVEN_K=I % down["BLOCK_K"] == 0,
@@ -247,7 +251,7 @@ class Plan:
         up, down, blocks = self.up, self.down, m1 - m0
         cols_up, cols_down = up.grid[0] // self.B, down.grid[0] // self.B
         return (m0, _Launch(up.kernel, (blocks * cols_up,), up.consts, up.opts),
-                (*self.up_scalars[:4], blocks, *self.up_scalars[5:]),
+                (*self.up_scalars[:4], blocks, *self.up_scalars[5:-1], 0 if m0 else self.up_scalars[-1]),  # first only
                 _Launch(down.kernel, (blocks * cols_down,), down.consts, down.opts),
                 (*self.down_scalars[:3], blocks, *self.down_scalars[4:]))
 
@@ -274,8 +278,28 @@ class Plan:
             ]
         return B
 
+    def _w_prefetch_lines(self, config: dict, ws_sms: int, up_strides: tuple[int, int, int]) -> int:
+        """The config's `"W_PREFETCH"`: how many 128-byte lines at the start of each gate/up weight row the first
+        wave pulls into L2 while it waits on the alignment (`fused_moe._prefetch_guessed_tile`), a power of two;
+        0 where it does not apply, with a log line saying why."""
+        lines = int(config.get("W_PREFETCH", 0))
+        if lines <= 0:
+            return 0
+        if lines & (lines - 1):
+            raise ValueError(f"triton_fused: W_PREFETCH takes a power of two of 128-byte lines, not {lines}")
+        why_not = ("it needs programmatic dependent launch (the first wave is resident before the alignment ends)"
+                   if not self.pdl else
+                   "it needs an sm90 GPU (its first wave: one program per SM)" if not ws_sms else
+                   "the gate/up weight loads through TMA" if self.up_tma is not None else
+                   "the gate/up weight rows are not contiguous along H" if up_strides[2] != 1 else None)
+        if why_not:
+            log_once(f"moe_lab triton_fused: the config's W_PREFETCH does not apply here ({why_not}); running "
+                     "without it")
+            return 0
+        return min(lines, triton.next_power_of_2(triton.cdiv(self.H * self.dtype.itemsize, LINE)))
+
     def _sum_block_h(self) -> int:
-        return min(SUM_TILE["BLOCK_H"], triton.next_power_of_2(self.H))
+        return min(self.sum_tile["BLOCK_H"], triton.next_power_of_2(self.H))
 
     def _temps_l2_fit(self, l2_hints: bool) -> bool:
         """Whether `l2_temps` applies to this call (a config asked for it); a log line where it does not."""
@@ -292,11 +316,11 @@ class Plan:
     def _sum_launch(self, indirect: bool, discard: bool = False) -> _Launch:
         """The top-k sum over y in (t, k) order, or (indirect) over y in the aligned order through pair_row;
         discard: then drops y's and the intermediate's L2 lines (`l2_temps`)."""
-        block_h = self._sum_block_h()
-        return _Launch(_topk_sum_kernel, (triton.cdiv(self.T, SUM_TILE["BLOCK_T"]), triton.cdiv(self.H, block_h)),
-                       dict(TOPK=self.K, BLOCK_T=SUM_TILE["BLOCK_T"], BLOCK_H=block_h, INDIRECT=indirect,
+        block_h, tile = self._sum_block_h(), self.sum_tile
+        return _Launch(_topk_sum_kernel, (triton.cdiv(self.T, tile["BLOCK_T"]), triton.cdiv(self.H, block_h)),
+                       dict(TOPK=self.K, BLOCK_T=tile["BLOCK_T"], BLOCK_H=block_h, INDIRECT=indirect,
                             DISCARD=discard, TOPK_P2=triton.next_power_of_2(self.K), PDL=self.pdl),
-                       _opts({"num_warps": SUM_TILE["num_warps"], "num_stages": 1}, self.pdl))
+                       _opts({"num_warps": tile["num_warps"], "num_stages": 1}, self.pdl))
 
     def _init_ws(self, ws: dict, sms: int, spec: GateSpec, up_strides, down_strides, config: dict) -> None:
         """The warp-specialized path (`ws_grouped`): alignment, the two persistent GEMMs (one program per SM
