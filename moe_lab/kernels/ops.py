@@ -264,7 +264,7 @@ class Plan:
         self.B = B = max_blocks(S, E, bm)
         self.e_pad = ep = e_pad(E)
         self.G = G = triton.cdiv(S, CHUNK)
-        self.one_launch = S <= int(config.get("ONE_LAUNCH_MAX_PAIRS", ONE_LAUNCH_MAX_PAIRS)) and bool(config.get("ONE_LAUNCH_ALIGN", 1))
+        self.one_launch = S <= ONE_LAUNCH_MAX_PAIRS and bool(config.get("ONE_LAUNCH_ALIGN", 1))
         once = _opts({"num_warps": 4, "num_stages": 1}, pdl)
         if self.one_launch:
             self.align = [_Launch(_align_kernel, (G,),
