@@ -122,7 +122,7 @@ def test_search_tries_temps_l2_on_the_best_grouped_config(fake_kernels, gain):
     results = search.search_bucket(experts, inputs, configs.heuristic_config(200, 8, 128, 96, 2), wide=False, reps=1,
                                    log=print)
     cfgs = [json.loads(k) for _, k in results]
-    marked = [c for c in cfgs if "TEMPS_L2" in c and "SPLIT" not in c]
+    marked = [c for c in cfgs if "TEMPS_L2" in c and "SPLIT" not in c and "SUM" not in c]
     best_plain = min((ms, k) for ms, k in results if "TEMPS_L2" not in k and "SPLIT" not in k)
     assert marked == [{**json.loads(best_plain[1]), "TEMPS_L2": 1}]  # once, on the best grouped config only
     assert ("TEMPS_L2" in cfgs[0]) == (gain > 0)
@@ -139,11 +139,55 @@ def test_search_tries_split_last_on_the_best_grouped_config(fake_kernels, gain):
     results = search.search_bucket(experts, inputs, configs.heuristic_config(200, 8, 128, 96, 2), wide=False, reps=1,
                                    log=print)
     cfgs = [json.loads(k) for _, k in results]
-    split = [c for c in cfgs if "SPLIT" in c]
-    best_before = min((ms, k) for ms, k in results if "SPLIT" not in k)
+    split = [c for c in cfgs if "SPLIT" in c and "SUM" not in c]
+    best_before = min((ms, k) for ms, k in results if "SPLIT" not in k and "SUM" not in k)
     assert json.loads(best_before[1]).get("TEMPS_L2") == 1
     assert split == [{**json.loads(best_before[1]), "SPLIT": 1}]  # once, on the best config of the stages before
     assert ("SPLIT" in cfgs[0]) == (gain > 0)
+
+
+@pytest.mark.parametrize("tma,up_tma", [(True, 0), (True, 1), (False, 0)])
+def test_search_tries_weight_prefetch_after_split(fake_kernels, tma, up_tma, monkeypatch):
+    """On a GPU with TMA, the best grouped config after SPLIT's stage timed with each `W_PREFETCH_SPACE` line count,
+    the fastest kept; not where its gate/up weight loads through TMA (W_PREFETCH does not apply there), nor
+    without TMA (no sm90)."""
+    seen, state = fake_kernels
+    experts, inputs = tiny_inputs(T=200)
+    monkeypatch.setattr(search, "_fit_block_k", lambda tile, size: tile)  # the TMA tiles as they are
+    state["cost"] = lambda cfg: 9.0 if cfg.get("path") != "grouped" else (
+        (3.0 - cfg.get("SPLIT", 0) - cfg.get("W_PREFETCH", 0) / 80 - (cfg["up"].get("TMA", 0) == up_tma)
+         + cfg.get("TEMPS_L2", 0) + cfg.get("HALF_TAIL", 0) + cfg["up"].get("A_TMA", 0) + cfg["down"].get("A_TMA", 0))
+        * (1 + (cfg["BLOCK_M"] != 64)))
+    results = search.search_bucket(experts, inputs, configs.heuristic_config(200, 8, 128, 96, 2), wide=False, reps=1,
+                                   log=print, tma=tma)
+    cfgs = [json.loads(k) for _, k in results]
+    prefetch = [c for c in cfgs if "W_PREFETCH" in c]
+    if not tma or up_tma:
+        assert prefetch == []
+        return
+    best_before = json.loads(min((ms, k) for ms, k in results if "W_PREFETCH" not in k)[1])
+    assert best_before.get("SPLIT") == 1
+    want = [{**best_before, "W_PREFETCH": n} for n in search.W_PREFETCH_SPACE]
+    assert sorted(prefetch, key=lambda c: c["W_PREFETCH"]) == want
+    assert cfgs[0] == {**best_before, "W_PREFETCH": max(search.W_PREFETCH_SPACE)}
+
+
+@pytest.mark.parametrize("gain", [0.25, -0.25], ids=["faster", "slower"])
+def test_search_tries_the_sum_tile_last_where_temps_l2_won(fake_kernels, gain):
+    """With TEMPS_L2 in the best grouped config, that config timed once more with `SUM_DISCARD_TILE` as its "SUM",
+    kept only where faster; never without TEMPS_L2."""
+    seen, state = fake_kernels
+    experts, inputs = tiny_inputs(T=200)
+    state["cost"] = lambda cfg: (2.0 - 0.5 * cfg.get("TEMPS_L2", 0) - gain * ("SUM" in cfg)
+                                 * cfg.get("TEMPS_L2", 0)) * (1 + (cfg.get("BLOCK_M") != 64))
+    results = search.search_bucket(experts, inputs, configs.heuristic_config(200, 8, 128, 96, 2), wide=False, reps=1,
+                                   log=print)
+    cfgs = [json.loads(k) for _, k in results]
+    sums = [c for c in cfgs if "SUM" in c]
+    best_before = json.loads(min((ms, k) for ms, k in results if "SUM" not in k)[1])
+    assert best_before.get("TEMPS_L2") == 1
+    assert sums == [{**best_before, "SUM": search.SUM_DISCARD_TILE}]
+    assert ("SUM" in cfgs[0]) == (gain > 0)
 
 
 @pytest.mark.parametrize("T,other", [(1, 0), (3, 1)])

@@ -12,7 +12,9 @@ activations through TMA too (tokens gathered into the aligned order first); last
 on) with its experts' last row blocks run as half-height tiles where they fit (`HALF_TAIL`), and the best
 decode config with its weights' other L2 policy (`EVICT_FIRST`, `configs.decode_evicts_first`), the best grouped
 config with its temporaries kept in L2 (`TEMPS_L2`), then the best of all with its row blocks run in two parts on
-two streams (`SPLIT`, `ops.Plan`); on an sm90 GPU,
+two streams (`SPLIT`, `ops.Plan`), then (GPUs with TMA, where gate/up's weight loads without it) the best with
+gate/up's first wave prefetching `W_PREFETCH_SPACE` lines of its weight rows during the alignment, then (with
+TEMPS_L2) the best with the top-k sum's tile at 4 warps (`SUM`); on an sm90 GPU,
 the best grouped config with each of `WS_SPACE` as its `"ws"` entry, whole-height and with half-height last
 blocks, then the best of those with expert-aligned groups of row blocks (`EXPERT_GROUPS`) in one GEMM or both,
 then the best with gate/up's two weight tiles as one wgmma (`ONE_MMA`, a concatenated gate), then the best with
@@ -232,15 +234,28 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
                                 default=(math.inf, None))
         if math.isfinite(best_ms):
             time_it({**json.loads(best_key), "HALF_TAIL": 1})
-    best_ms, best_key = min(((ms, k) for k, ms in timed.items() if '"grouped"' in k), default=(math.inf, None))
-    if math.isfinite(best_ms):  # the best grouped config again with its temporaries kept in L2 (`l2_temps`)
-        time_it({**json.loads(best_key), "TEMPS_L2": 1})
-    best_ms, best_key = min(((ms, k) for k, ms in timed.items() if '"grouped"' in k), default=(math.inf, None))
-    if math.isfinite(best_ms):  # then in two parts of row blocks on two streams (`ops.Plan`'s SPLIT)
-        time_it({**json.loads(best_key), "SPLIT": 1})
+    if best := _best_grouped(timed):  # the best grouped config again with its temporaries kept in L2 (`l2_temps`)
+        time_it({**best, "TEMPS_L2": 1})
+    if best := _best_grouped(timed):  # then in two parts of row blocks on two streams (`ops.Plan`'s SPLIT)
+        time_it({**best, "SPLIT": 1})
+    if tma and (best := _best_grouped(timed)) and not best["up"].get("TMA"):  # then prefetching weights (sm90)
+        for lines in W_PREFETCH_SPACE:
+            time_it({**best, "W_PREFETCH": lines})
+    if (best := _best_grouped(timed)) and best.get("TEMPS_L2"):  # then the top-k sum (with its discards) at 4 warps
+        time_it({**best, "SUM": SUM_DISCARD_TILE})
     if ws:
         _time_ws_entries(time_it, timed, gated, x_TH.numel() * x_TH.element_size())
     return sorted((ms, key) for key, ms in timed.items())
+
+
+W_PREFETCH_SPACE = (2, 4, 8)  # lines per weight row: 16 and 32 were level or slower at OLMoE T=512 (run 26)
+SUM_DISCARD_TILE = {"num_warps": 4}  # faster than TILE's 8 warps at 6 of 6 points with TEMPS_L2 (run 26)
+
+
+def _best_grouped(timed: dict[str, float]) -> dict | None:
+    """The fastest grouped config timed so far, or None where none ran."""
+    ms, key = min(((ms, k) for k, ms in timed.items() if '"grouped"' in k), default=(math.inf, None))
+    return json.loads(key) if math.isfinite(ms) else None
 
 
 WS_SPACE = [  # "ws" entries (ws_grouped's tiles), the fastest of eight on qwen3 and OLMoE at 4096 and 8192 tokens
