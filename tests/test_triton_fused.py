@@ -486,6 +486,43 @@ def test_a_call_runs_on_the_callers_current_stream(T, config, seed):
     assert err <= TOL[torch.bfloat16]
 
 
+@pytest.mark.skipif(not HAS_CUDA, reason="streams are CUDA's")
+def test_split_calls_from_two_threads_at_once(seed):
+    """SPLIT's side stream and fork / join events are per thread (`ops._split_streams`): calls queued at once from
+    two threads, each on a stream of its own and without a sync, equal the same calls made one at a time."""
+    import threading
+
+    from test_backends import Case
+
+    from moe_lab.kernels.ops import _split_streams
+
+    c = Case(E=16, H=128, I=96, K=4, T=300)
+    cfg = {**CONFIGS["grouped16"], "SPLIT": 1}
+    experts = make_experts(c, ExpertsLayout(), torch.bfloat16, DEVICE, seed)
+    calls = [make_inputs(c, torch.bfloat16, DEVICE, seed + i) for i in range(8)]
+    with torch.no_grad():
+        want = [triton_fused_experts(experts, *call, config=cfg) for call in calls]
+        torch.cuda.synchronize()
+    got, sets = [None] * len(calls), [None, None]
+
+    def run(part: int):
+        stream = torch.cuda.Stream()
+        with torch.no_grad(), torch.cuda.stream(stream):
+            for i in range(part, len(calls), 2):
+                got[i] = triton_fused_experts(experts, *calls[i], config=cfg)
+            sets[part] = _split_streams(torch.device(DEVICE))
+        stream.synchronize()
+
+    threads = [threading.Thread(target=run, args=(part,)) for part in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sets[0][0] is not sets[1][0] and sets[0][1] is not sets[1][1]
+    for i, (got_TH, want_TH) in enumerate(zip(got, want)):
+        assert torch.equal(got_TH, want_TH), f"call {i}"
+
+
 @pytest.mark.skipif(not HAS_CUDA, reason="the family modules at full size on the GPU")
 @pytest.mark.parametrize("model", ["qwen1.5-moe-a2.7b", "qwen3-30b-a3b", "olmoe-1b-7b", "gpt-oss-20b"])
 @pytest.mark.parametrize("T", [1, 4, 64])

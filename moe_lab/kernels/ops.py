@@ -10,6 +10,7 @@ launches. Legend as in `fused_moe`.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -388,13 +389,15 @@ class Plan:
         elif dev.type != "cuda":  # no streams: the parts one after the other
             for part in self.parts:
                 self._gemms(stream, part, *args)
-        else:
-            main, side = torch.cuda.current_stream(dev), _side_stream(dev)
-            side.wait_stream(main)
-            self._gemms(stream, self.parts[0], *args)
-            with torch.cuda.stream(side):
-                self._gemms(side.cuda_stream, self.parts[1], *args)
-            main.wait_stream(side)  # every buffer was made on main, and main waits here: none is freed early
+        else:  # the side stream waits for main up to here (the alignment), main for the side stream at the end
+            side, fork, join = _split_streams(dev)
+            main = torch.cuda.current_stream(dev)
+            fork.record(main)
+            self._gemms(stream, self.parts[0], *args)  # first: nothing on the host delays part one's launches
+            side.wait_event(fork)
+            self._gemms(side.cuda_stream, self.parts[1], *args)  # raw launches: torch's current stream stays main
+            join.record(side)
+            main.wait_event(join)  # every buffer was made on main, and main waits here: none is freed early
         if not self.reduce or self.K == 1:
             return y_SH
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
@@ -504,16 +507,20 @@ class Plan:
         return cached[1]
 
 
-_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}  # device index -> the side stream of SPLIT's second part
+_SPLIT_STREAMS = threading.local()  # .by_device: device index -> (side stream, fork event, join event) of SPLIT
 
 
-def _side_stream(device: torch.device) -> torch.cuda.Stream:
-    """One side stream per device, made on first use and kept (a stream per call would cost more than it saves)."""
+def _split_streams(device: torch.device) -> tuple[torch.cuda.Stream, torch.cuda.Event, torch.cuda.Event]:
+    """SPLIT's side stream and its fork and join events, one set per device and thread, made on first use and kept:
+    a stream or events made per call cost the host more than the split saves. Recording an event again is safe:
+    a wait already queued waits for the record before it; per thread, so that no other caller records in between."""
     index = torch.cuda.current_device() if device.index is None else device.index
-    side = _SIDE_STREAMS.get(index)
-    if side is None:
-        side = _SIDE_STREAMS[index] = torch.cuda.Stream(index)
-    return side
+    by_device = _SPLIT_STREAMS.__dict__.setdefault("by_device", {})
+    made = by_device.get(index)
+    if made is None:
+        with torch.cuda.device(index):
+            made = by_device[index] = (torch.cuda.Stream(index), torch.cuda.Event(), torch.cuda.Event())
+    return made
 
 
 def _nvmma_layout(box: list[int], dtype: torch.dtype):
