@@ -133,8 +133,9 @@ def _tma_view(strides: tuple[int, int, int], E: int, rows: int, k: int, block_ro
 
 class Plan:
     """Every launch of one experts call for fixed shapes, layout, dtype and config. With the config's `"SPLIT": 1`
-    (Triton tiles) the row blocks run in two parts, the second on a per-device side stream that forks from the
-    caller's stream after the alignment and joins it before the top-k sum (captured alike in a CUDA graph)."""
+    (Triton tiles) the row blocks run in two parts, the second on a side stream (per device and thread) that forks
+    from the caller's stream after the alignment and joins it before the top-k sum (captured alike in a CUDA
+    graph)."""
 
     def __init__(self, T: int, K: int, E: int, H: int, I: int, dtype: torch.dtype, spec: GateSpec, config: dict,
                  up_strides: tuple[int, int, int], down_strides: tuple[int, int, int],
