@@ -80,11 +80,10 @@ def _scatter_range(ids_ptr, sorted_ptr, cursor_ptr, base, start, stop, E, E_PAD:
 
 
 @triton.jit
-def _label_blocks(block_expert_ptr, starts, padded, b_start, b_stop, max_blocks, BLOCK_M: tl.constexpr,
-                  LABEL_BLOCKS: tl.constexpr, READY: tl.constexpr):
+def _label_blocks(block_expert_ptr, starts, padded, b_start, b_stop, BLOCK_M: tl.constexpr,
+                  LABEL_BLOCKS: tl.constexpr):
     """block_expert[b] for b in [b_start, b_stop): the first expert whose padded group ends past the block's
-    first row (empty groups end where the one before does, so they never own a block); -1 past the end.
-    READY: block b's ready counter, block_expert[max_blocks + b], set to 0 (`ready`)."""
+    first row (empty groups end where the one before does, so they never own a block); -1 past the end."""
     ends = starts + padded
     total = tl.sum(padded, axis=0)
     for b0 in range(b_start, b_stop, LABEL_BLOCKS):
@@ -92,8 +91,6 @@ def _label_blocks(block_expert_ptr, starts, padded, b_start, b_stop, max_blocks,
         row0 = b * BLOCK_M
         expert = tl.sum((ends[None, :] <= row0[:, None]).to(tl.int32), axis=1)
         tl.store(block_expert_ptr + b, tl.where(row0 < total, expert, -1), mask=b < b_stop)
-        if READY:
-            tl.store(block_expert_ptr + max_blocks + b, tl.zeros_like(b), mask=b < b_stop)
 
 
 @triton.jit
@@ -112,10 +109,10 @@ def _pad_groups(sorted_ptr, expert_block_ptr, starts, counts, padded, S, E, E_PA
 @triton.jit
 def _place(ids_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, cursor_ptr, counts, before, g, S, E, max_blocks,
            blocks_per_prog, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
-           LABEL_BLOCKS: tl.constexpr, READY: tl.constexpr):
+           LABEL_BLOCKS: tl.constexpr):
     """Program g's share of the output, given every expert's count and its count in the chunks before g's:
-    its chunk's pairs scattered (its cursors in row g of cursor_ptr), its share of the block labels (and of
-    the ready counters, READY), and (g = 0) the padding and each group's first block."""
+    its chunk's pairs scattered (its cursors in row g of cursor_ptr), its share of the block labels, and
+    (g = 0) the padding and each group's first block."""
     padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     starts = tl.cumsum(padded, axis=0) - padded
     _scatter_range(ids_ptr, sorted_ptr, cursor_ptr + g * E_PAD, starts + before, g * CHUNK,
@@ -124,14 +121,13 @@ def _place(ids_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, cursor_ptr, 
         _pad_groups(sorted_ptr, expert_block_ptr, starts, counts, padded, S, E, E_PAD, BLOCK_M)
     b_start = g * blocks_per_prog
     _label_blocks(block_expert_ptr, starts, padded, b_start, tl.minimum(b_start + blocks_per_prog, max_blocks),
-                  max_blocks, BLOCK_M, LABEL_BLOCKS, READY)
+                  BLOCK_M, LABEL_BLOCKS)
 
 
 @triton.jit
 def _align_kernel(ids_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, cursor_ptr, S, E, max_blocks,
                   blocks_per_prog, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
-                  COUNT_BLOCK: tl.constexpr, LABEL_BLOCKS: tl.constexpr, PDL: tl.constexpr = False,
-                  READY: tl.constexpr = False):
+                  COUNT_BLOCK: tl.constexpr, LABEL_BLOCKS: tl.constexpr, PDL: tl.constexpr = False):
     """The one-launch mode: G programs of CHUNK pairs, each counting every pair itself, COUNT_BLOCK at a time
     (so no program waits for another's counts), then placing its chunk (`_place`). cursor_ptr: (G, E_PAD)
     scratch."""
@@ -145,7 +141,7 @@ def _align_kernel(ids_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, curso
         counts += tl.histogram(e, E_PAD, mask=ok)
         before += tl.histogram(e, E_PAD, mask=ok & (offs < g * CHUNK))
     _place(ids_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, cursor_ptr, counts, before, g, S, E, max_blocks,
-           blocks_per_prog, E_PAD, BLOCK_M, CHUNK, LABEL_BLOCKS, READY)
+           blocks_per_prog, E_PAD, BLOCK_M, CHUNK, LABEL_BLOCKS)
 
 
 @triton.jit
@@ -160,8 +156,7 @@ def _align_count_kernel(ids_ptr, partial_ptr, S, E, E_PAD: tl.constexpr, CHUNK: 
 @triton.jit
 def _align_scatter_kernel(ids_ptr, partial_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, S, E, G, max_blocks,
                           blocks_per_prog, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
-                          SCAN_ROWS: tl.constexpr, LABEL_BLOCKS: tl.constexpr, PDL: tl.constexpr = False,
-                          READY: tl.constexpr = False):
+                          SCAN_ROWS: tl.constexpr, LABEL_BLOCKS: tl.constexpr, PDL: tl.constexpr = False):
     """The two-launch mode's second launch. partial (2G, E_PAD): rows [0, G) the per-chunk counts, rows
     [G, 2G) each program's cursors."""
     pdl_enter(PDL)
@@ -175,7 +170,7 @@ def _align_scatter_kernel(ids_ptr, partial_ptr, sorted_ptr, block_expert_ptr, ex
         counts += tl.sum(part, axis=0)
         before += tl.sum(tl.where((r < g)[:, None], part, 0), axis=0)
     _place(ids_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, partial_ptr + G * E_PAD, counts, before, g, S, E,
-           max_blocks, blocks_per_prog, E_PAD, BLOCK_M, CHUNK, LABEL_BLOCKS, READY)
+           max_blocks, blocks_per_prog, E_PAD, BLOCK_M, CHUNK, LABEL_BLOCKS)
 
 
 @triton.jit
@@ -210,28 +205,28 @@ def e_pad(num_experts: int) -> int:
     return max(16, triton.next_power_of_2(num_experts))
 
 
-def align_by_expert(topk_ids_S: torch.Tensor, num_experts: int, block_m: int,
-                    ready: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def align_by_expert(topk_ids_S: torch.Tensor, num_experts: int,
+                    block_m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sorted_ids_P, block_expert_B, expert_block_E1) for the flattened expert ids of S pairs; see the
-    module doc. ready: block_expert_B is followed by B ready counters set to 0 (2B values, `ready`)."""
+    module doc."""
     S = topk_ids_S.numel()
     E = num_experts
     EP = e_pad(E)
     B = max_blocks(S, E, block_m)
     dev = topk_ids_S.device
     sorted_P = torch.empty(B * block_m, dtype=torch.int32, device=dev)
-    block_expert_B = torch.empty(2 * B if ready else B, dtype=torch.int32, device=dev)
+    block_expert_B = torch.empty(B, dtype=torch.int32, device=dev)
     expert_block_E1 = torch.empty(E + 1, dtype=torch.int32, device=dev)
     G = triton.cdiv(S, CHUNK)
     if S <= ONE_LAUNCH_MAX_PAIRS:
         cursor = torch.empty(G, EP, dtype=torch.int32, device=dev)
         _align_kernel[(G,)](topk_ids_S, sorted_P, block_expert_B, expert_block_E1, cursor, S, E, B, triton.cdiv(B, G),
                             E_PAD=EP, BLOCK_M=block_m, CHUNK=CHUNK, COUNT_BLOCK=count_block(S),
-                            LABEL_BLOCKS=LABEL_BLOCKS, READY=ready, num_warps=4)
+                            LABEL_BLOCKS=LABEL_BLOCKS, num_warps=4)
         return sorted_P, block_expert_B, expert_block_E1
     partial = torch.empty(2 * G, EP, dtype=torch.int32, device=dev)
     _align_count_kernel[(G,)](topk_ids_S, partial, S, E, E_PAD=EP, CHUNK=CHUNK, num_warps=4)
     _align_scatter_kernel[(G,)](topk_ids_S, partial, sorted_P, block_expert_B, expert_block_E1, S, E, G, B,
                                 triton.cdiv(B, G), E_PAD=EP, BLOCK_M=block_m, CHUNK=CHUNK, SCAN_ROWS=SCAN_ROWS,
-                                LABEL_BLOCKS=LABEL_BLOCKS, READY=ready, num_warps=4)
+                                LABEL_BLOCKS=LABEL_BLOCKS, num_warps=4)
     return sorted_P, block_expert_B, expert_block_E1

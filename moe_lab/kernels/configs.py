@@ -19,12 +19,9 @@
   the key: evict-first at T = 1 only, see `decode_evicts_first`); `"TEMPS_L2": 1` has the tiles' GEMMs store
   the intermediate and y evict-last and the top-k sum drop their L2 lines once read (`l2_temps`);
   `"SPLIT": 1` runs the tiles' row blocks in two parts, each part's gate/up then down, the second part on a
-  side stream, so that one part's down runs beside the other's gate/up (`ops.Plan`); `"READY": 1` (not with
-  SPLIT) has each down program wait for its own row block's gate/up tiles through per-block counters instead of
-  for the whole of gate/up, so that down starts during gate/up's last wave on one stream (`ready`);
-  `"W_PREFETCH": n` (a power of two) has gate/up's first wave, resident under PDL while the alignment runs,
-  pull the first n 128-byte lines of its weight rows into L2 for the expert it guesses
-  (`fused_moe._prefetch_guessed_tile`; sm90);
+  side stream, so that one part's down runs beside the other's gate/up (`ops.Plan`); `"W_PREFETCH": n` (a power
+  of two) has gate/up's first wave, resident under PDL while the alignment runs, pull the first n 128-byte lines
+  of its weight rows into L2 for the expert it guesses (`fused_moe._prefetch_guessed_tile`; sm90);
   `"SUM": {BLOCK_T, BLOCK_H, num_warps}` sets fields of the top-k sum's tile over `topk_sum.TILE`;
   `"ws": {BLOCK_M, HALF_TAIL, "up": {BLOCK_N, BLOCK_K, STAGES, num_warps, GROUP_M, PINGPONG, EXPERT_GROUPS,
   ONE_MMA, X_L2_LAST}, "down": {...}}` runs the

@@ -13,8 +13,7 @@ row block's expert comes from `block_expert`, its rows from `sorted_ids` (token 
 tokens are gathered while loading and never copied. Accumulation in float32. With `W_TMA` the weight
 tiles come through a TMA descriptor of the weight's 2D view (`_w_tile`) instead of pointer loads. With
 `HALF_TAIL` a row block whose real rows fit in its top half (an expert's last block) is computed as a
-half-height tile: an expert of 136 rows costs 128 + 64 rows of MMA work instead of 256. With `READY`
-down waits per row block for that block's gate/up tiles, not for the whole of gate/up (`ready`).
+half-height tile: an expert of 136 rows costs 128 + 64 rows of MMA work instead of 256.
 
 Decode path (`gate_up_decode` then `down_decode`): one program per (pair, column tile) for gate/up,
 one per (token, hidden tile) for down, which loops over the token's K pairs and so also does the
@@ -26,8 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moe_lab.kernels.pdl import pdl_enter, pdl_launch, pdl_wait_then_launch
-from moe_lab.kernels.ready import signal_ready, wait_ready
+from moe_lab.kernels.pdl import pdl_enter
 
 # activation codes (constexpr)
 ACT_SILU, ACT_GELU, ACT_RELU, ACT_GELU_TANH, ACT_CLAMPED_SWIGLU = 0, 1, 2, 3, 4
@@ -262,21 +260,11 @@ def _gate_up_tile(
 
 @triton.jit
 def _row_block(block_expert_ptr, num_blocks_m, num_pid_n, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr,
-               PDL: tl.constexpr, SIGNALS: tl.constexpr, WAITS_FOR: tl.constexpr, A_TMA: tl.constexpr):
+               PDL: tl.constexpr):
     """A grouped GEMM program's start: its wait on the kernel before (PDL), then its row block's first row,
-    its column tile and its expert (-1 past the last expert's blocks). Under `ready` (the counters at
-    block_expert_ptr + num_blocks_m): SIGNALS (gate/up) lets the next launch go only after its wait;
-    WAITS_FOR > 0 (down) waits for its block's counter to reach that many gate/up tiles instead of waiting
-    on gate/up's end, A_TMA whether down then loads the intermediate through TMA."""
-    if SIGNALS:
-        pdl_wait_then_launch(PDL)
-    elif WAITS_FOR > 0:
-        pdl_launch(PDL)
-    else:
-        pdl_enter(PDL)
+    its column tile and its expert (-1 past the last expert's blocks)."""
+    pdl_enter(PDL)
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, num_pid_n, GROUP_M)
-    if WAITS_FOR > 0:
-        wait_ready(block_expert_ptr + num_blocks_m + pid_m, WAITS_FOR, A_TMA)
     return pid_m * BLOCK_M, pid_n, tl.load(block_expert_ptr + pid_m)
 
 
@@ -329,7 +317,7 @@ def _gate_up_grouped_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, ONE_DOT: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
     HALF_TAIL: tl.constexpr, PDL: tl.constexpr = False, OUT_EVICT: tl.constexpr = "",
-    W_PREFETCH_LINES: tl.constexpr = 0, READY: tl.constexpr = 0,
+    W_PREFETCH_LINES: tl.constexpr = 0,
 ):
     """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
     A_TMA: `x_ptr` is a TMA descriptor of the tokens already gathered in the aligned order, (P, H) (see
@@ -338,17 +326,12 @@ def _gate_up_grouped_kernel(
     (rows past it are never read: the down kernel decides the same way); `x_half_ptr` is `x_ptr` again, or
     with A_TMA a descriptor of half-height boxes.
     W_PREFETCH_LINES > 0: the first wave prefetches weights while it waits (`_prefetch_guessed_tile`).
-    READY = 1: each program then bumps its row block's ready counter (`ready`; the counters follow the
-    blocks' experts in `block_expert_ptr`).
     One path is compiled: the other's weight tiles would not match this layout's TMA box."""
     if W_PREFETCH_LINES > 0:
         _prefetch_guessed_tile(w_ptr, num_blocks_m, tl.cdiv(I, BLOCK_N), E, guess_blocks, prefetch_programs, I, H,
                                stride_we, stride_wn, GATE_MODE, BLOCK_N, GROUP_M, W_PREFETCH_LINES)
-    row0, pid_n, expert = _row_block(block_expert_ptr, num_blocks_m, tl.cdiv(I, BLOCK_N), BLOCK_M, GROUP_M, PDL,
-                                     READY, 0, False)
+    row0, pid_n, expert = _row_block(block_expert_ptr, num_blocks_m, tl.cdiv(I, BLOCK_N), BLOCK_M, GROUP_M, PDL)
     if expert < 0:  # a block past the last expert's (an early return: a helper's would not end the kernel)
-        if READY:
-            signal_ready(block_expert_ptr + num_blocks_m + row0 // BLOCK_M)
         return
     if HALF_TAIL and _half_full(sorted_ptr, row0, S, BLOCK_M):
         _gate_up_tile(x_half_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, row0, pid_n, expert, S, TOPK, H, I,
@@ -360,8 +343,6 @@ def _gate_up_grouped_kernel(
                       stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
                       limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
                       ONE_DOT, W_TMA, W_T, A_TMA, OUT_EVICT)
-    if READY:
-        signal_ready(block_expert_ptr + num_blocks_m + row0 // BLOCK_M)
 
 
 @triton.jit
@@ -421,14 +402,12 @@ def _down_grouped_kernel(
     MUL_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
-    HALF_TAIL: tl.constexpr, PDL: tl.constexpr = False, OUT_EVICT: tl.constexpr = "", READY: tl.constexpr = 0,
+    HALF_TAIL: tl.constexpr, PDL: tl.constexpr = False, OUT_EVICT: tl.constexpr = "",
 ):
     """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
     A_TMA: `a_ptr` is a TMA descriptor of the (P, I) intermediate. HALF_TAIL as in the gate/up kernel
-    (`a_half_ptr`: `a_ptr` again, or the half-height-box descriptor). READY > 0: gate/up's column tiles per
-    row block; each program waits for its block's ready counter to reach it, not for gate/up's end (`ready`)."""
-    row0, pid_n, expert = _row_block(block_expert_ptr, num_blocks_m, tl.cdiv(H, BLOCK_N), BLOCK_M, GROUP_M, PDL,
-                                     False, READY, A_TMA)
+    (`a_half_ptr`: `a_ptr` again, or the half-height-box descriptor)."""
+    row0, pid_n, expert = _row_block(block_expert_ptr, num_blocks_m, tl.cdiv(H, BLOCK_N), BLOCK_M, GROUP_M, PDL)
     if expert < 0:  # a block past the last expert's (an early return: a helper's would not end the kernel)
         return
     if HALF_TAIL and _half_full(sorted_ptr, row0, S, BLOCK_M):

@@ -135,8 +135,7 @@ class Plan:
     """Every launch of one experts call for fixed shapes, layout, dtype and config. With the config's `"SPLIT": 1`
     (Triton tiles) the row blocks run in two parts, the second on a side stream (per device and thread) that forks
     from the caller's stream after the alignment and joins it before the top-k sum (captured alike in a CUDA
-    graph). With `"READY": 1` instead, one stream: down waits per row block for that block's gate/up tiles
-    (`ready`)."""
+    graph)."""
 
     def __init__(self, T: int, K: int, E: int, H: int, I: int, dtype: torch.dtype, spec: GateSpec, config: dict,
                  up_strides: tuple[int, int, int], down_strides: tuple[int, int, int],
@@ -155,7 +154,7 @@ class Plan:
         self.out_rows = T if reduce else S
         self.decode = config["path"] == "decode"
         self.pdl = pdl = bool(pdl and config.get("PDL", 1))
-        self.temps_l2 = self.ready = False
+        self.temps_l2 = False
         self.sum_tile = {**SUM_TILE, **config.get("SUM", {})}  # the top-k sum's tile: the config's "SUM" over TILE
         common = dict(HAS_BIAS=self.has_bias, PDL=pdl)
         if S == 0:
@@ -189,10 +188,6 @@ class Plan:
             self._init_ws(ws, ws_sms, spec, up_strides, down_strides, config)
             return
         bm, up, down = config["BLOCK_M"], config["up"], config["down"]
-        self.ready = bool(config.get("READY", 0))
-        if self.ready and config.get("SPLIT", 0):
-            raise ValueError("triton_fused: READY and SPLIT are two ways to start down during gate/up's last wave; "
-                             "a config takes one of them")
         B = self._init_align(bm, config)
         dot_mode = 2 if INTERPRETED else (1 if dtype == torch.float32 else 0)
         one_dot = bool(up.get("ONE_DOT", 0)) and spec.gate_mode != 0
@@ -232,8 +227,7 @@ class Plan:
                                BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"], GROUP_M=up["GROUP_M"],
                                EVEN_K=H % up["BLOCK_K"] == 0, ONE_DOT=one_dot, W_TMA=self.up_tma is not None,
                                W_T=bool(self.up_tma and self.up_tma[1]), A_TMA=self.a_tma_up,
-                               HALF_TAIL=self.half_tail, W_PREFETCH_LINES=self.w_prefetch, READY=int(self.ready),
-                               **common),
+                               HALF_TAIL=self.half_tail, W_PREFETCH_LINES=self.w_prefetch, **common),
                           _opts(up, pdl))
         guess_blocks = E * max(1, triton.cdiv(triton.cdiv(S, E), bm))  # W_PREFETCH's guess: S / E pairs each
         self.up_scalars = (S, K, H, I, B, *x_strides, *up_strides, bu0, bu1, I, spec.limit, spec.alpha, E,
@@ -242,9 +236,7 @@ class Plan:
                             dict(MUL_WEIGHT=reduce, DOT_MODE=dot_mode, BLOCK_M=bm, BLOCK_N=down["BLOCK_N"],
                                  BLOCK_K=down["BLOCK_K"], GROUP_M=down["GROUP_M"], EVEN_K=I % down["BLOCK_K"] == 0,
                                  W_TMA=self.down_tma is not None, W_T=bool(self.down_tma and self.down_tma[1]),
-                                 A_TMA=self.a_tma_down, HALF_TAIL=self.half_tail,
-                                 READY=triton.cdiv(I, up["BLOCK_N"]) if self.ready else 0, **common),
-                            _opts(down, pdl))
+                                 A_TMA=self.a_tma_down, HALF_TAIL=self.half_tail, **common), _opts(down, pdl))
         self.down_scalars = (S, H, I, B, I, *down_strides, bd0, bd1, H)
         # SPLIT: the row blocks in two parts, each part's gate/up then down, the second part on a side stream
         # (the first's down then runs beside the second's gate/up: neither GEMM's last wave leaves SMs idle)
@@ -279,13 +271,12 @@ class Plan:
         if self.one_launch:
             self.align = [_Launch(_align_kernel, (G,),
                                   dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, COUNT_BLOCK=count_block(S),
-                                       LABEL_BLOCKS=LABEL_BLOCKS, PDL=pdl, READY=self.ready), once)]
+                                       LABEL_BLOCKS=LABEL_BLOCKS, PDL=pdl), once)]
         else:
             self.align = [
                 _Launch(_align_count_kernel, (G,), dict(E_PAD=ep, CHUNK=CHUNK, PDL=pdl), once),
                 _Launch(_align_scatter_kernel, (G,), dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, SCAN_ROWS=SCAN_ROWS,
-                                                          LABEL_BLOCKS=LABEL_BLOCKS, PDL=pdl, READY=self.ready),
-                        once),
+                                                          LABEL_BLOCKS=LABEL_BLOCKS, PDL=pdl), once),
             ]
         return B
 
@@ -436,11 +427,10 @@ class Plan:
 
     def _align(self, stream: int, ids_S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sorted_P, block_expert_B, expert_block_E1): the pairs in the expert-aligned order, each row block's
-        expert (then, with READY, each block's ready counter: 2B values), each expert's first row block
-        (`align`)."""
+        expert, each expert's first row block (`align`)."""
         dev, S, B = ids_S.device, self.S, self.B
         sorted_P = torch.empty(B * self.bm, dtype=torch.int32, device=dev)
-        block_expert_B = torch.empty(2 * B if self.ready else B, dtype=torch.int32, device=dev)
+        block_expert_B = torch.empty(B, dtype=torch.int32, device=dev)
         expert_block_E1 = torch.empty(self.E + 1, dtype=torch.int32, device=dev)
         if self.one_launch:
             cursor = torch.empty(self.G, self.e_pad, dtype=torch.int32, device=dev)

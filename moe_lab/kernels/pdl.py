@@ -10,8 +10,6 @@ wave overlap. Each kernel's first statement is `pdl_enter`:
 
 Nothing is read or written before the wait, so each kernel still sees everything the kernels before it
 wrote (each waits on the one before, which waited on the one before it), whatever precedes the chain.
-The one exception is down under per-row-block ready counters (`ready`), which waits on its own
-blocks' counters instead of on the whole of gate/up.
 With PDL off (`PDL=False`, older GPUs, Triton's interpreter) nothing of this is compiled.
 """
 
@@ -30,23 +28,6 @@ def pdl_enter(PDL: tl.constexpr):
     if PDL:
         gdc_launch_dependents()
         gdc_wait()
-
-
-@triton.jit
-def pdl_wait_then_launch(PDL: tl.constexpr):
-    """`pdl_enter` in the other order: the next kernel launches only once this one's programs have all passed
-    their wait (gate/up under `ready`: down must not read a counter before the alignment zeroes it)."""
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
-
-
-@triton.jit
-def pdl_launch(PDL: tl.constexpr):
-    """Let the next kernel launch, with no wait here: for a kernel that orders its reads itself (down under
-    `ready`)."""
-    if PDL:
-        gdc_launch_dependents()
 
 
 def pdl_available(device: torch.device) -> bool:
