@@ -240,11 +240,7 @@ class Plan:
         self.down_scalars = (S, H, I, B, I, *down_strides, bd0, bd1, H)
         # SPLIT: the row blocks in two parts, each part's gate/up then down, the second part on a side stream
         # (the first's down then runs beside the second's gate/up: neither GEMM's last wave leaves SMs idle)
-        if config.get("SPLIT", 0):
-            m = _split_at(config, B, guess_blocks)
-            halves = ((0, m), (m, B))
-        else:
-            halves = ((0, B),)
+        halves = ((0, B // 2), (B // 2, B)) if config.get("SPLIT", 0) else ((0, B),)
         self.parts = [self._part(m0, m1) for m0, m1 in halves]
         if reduce and K > 1:
             self.sum = self._sum_launch(indirect=False, discard=self.temps_l2)
@@ -510,18 +506,6 @@ class Plan:
                 raise ValueError(f"triton_fused: TMA on the {which} weight: {err}") from None
             cached = self._descriptors[which] = (w.data_ptr(), desc)
         return cached[1]
-
-
-def _split_at(config: dict, B: int, guess_blocks: int) -> int:
-    """SPLIT's first part: row blocks [0, m). B // 2 by default (B bounds the blocks any routing needs, so on
-    uniform routing about three quarters of those in use); with `"SPLIT_AT": f` (0 < f < 1) that share of the
-    blocks uniform routing uses (guess_blocks), at least one block in each part."""
-    share = config.get("SPLIT_AT")
-    if share is None:
-        return B // 2
-    if not 0 < share < 1:
-        raise ValueError(f"triton_fused: SPLIT_AT is the first part's share of the row blocks, in (0, 1), not {share}")
-    return min(B - 1, max(1, round(share * guess_blocks)))
 
 
 _SPLIT_STREAMS = threading.local()  # .by_device: device index -> (side stream, fork event, join event) of SPLIT
