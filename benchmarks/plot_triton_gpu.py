@@ -1,15 +1,17 @@
 """Figure: fraction of the roofline floor against tokens, every backend and compile mode, one panel per model.
 
-    python benchmarks/plot_triton_gpu.py BENCH.csv [MORE.csv ...] figures/h100_triton_fused_roofline.png
+    python benchmarks/plot_triton_gpu.py [--passes N] BENCH.csv [MORE.csv ...] figures/h100_triton_fused_roofline.png
 
 Reads the rows `benchmarks/triton_gpu.py` writes (model, T, backend, compile_mode, ms, floor_ms, frac). With
 several files, a (model, T, backend, compile_mode) point comes from the first file that has it: later files
-only fill in what the first lacks (e.g. a second call's max-autotune rows).
+only fill in what the first lacks (e.g. a second call's max-autotune rows). With --passes N the first N files
+are passes of one command and count as one, each point the median of its passes' times (as
+`targets_table.py --passes`).
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import matplotlib
 
@@ -51,14 +53,31 @@ def roofline_figure(df: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+KEYS = ["model", "T", "backend", "compile_mode"]
+
+
+def first_of(frames: list[pd.DataFrame], passes: int = 1) -> pd.DataFrame:
+    """One row per point: the median over the first `passes` frames (frac = floor / that median), then what
+    the later frames add."""
+    runs = pd.concat(frames[:passes], ignore_index=True)
+    runs["ms"] = pd.to_numeric(runs["ms"], errors="coerce")
+    first = runs.groupby(KEYS, as_index=False, sort=False).agg(
+        ms=("ms", "median"), floor_ms=("floor_ms", "first"), dtype=("dtype", "first"), device=("device", "first"))
+    first["frac"] = first["floor_ms"] / first["ms"]
+    df = pd.concat([first, *frames[passes:]], ignore_index=True)
+    return df.drop_duplicates(subset=KEYS, keep="first")
+
+
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    *srcs, dst = argv
-    df = pd.concat([pd.read_csv(src) for src in srcs], ignore_index=True)
-    df = df.drop_duplicates(subset=["model", "T", "backend", "compile_mode"], keep="first")
-    roofline_figure(df).savefig(dst, dpi=130, bbox_inches="tight")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("files", nargs="+", help="bench CSVs, then the PNG to write")
+    p.add_argument("--passes", type=int, default=1, help="the first N CSVs are passes of one command")
+    args = p.parse_args(argv)
+    *srcs, dst = args.files
+    roofline_figure(first_of([pd.read_csv(src) for src in srcs], args.passes)).savefig(dst, dpi=130,
+                                                                                    bbox_inches="tight")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
