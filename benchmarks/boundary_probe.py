@@ -80,7 +80,7 @@ class Launches:
         else:
             w = p._descriptor("up", self.w_up, p.up_tma) if p.up_tma else self.w_up
             p.up(stream, self.x_TH, self.x_TH, w, self.w_up, self.a_PI, self.sorted_P, self.block_expert_B,
-                 *p.up_scalars)
+                 *p.up_scalars, self.sorted_P, 0)  # no `ready` counters: a placeholder
 
     def down(self, stream: int) -> None:
         p = self.plan
@@ -99,7 +99,7 @@ class Launches:
             a = _row_blocks(self.a_PI, p.a_boxes[1])
             a_half = _row_blocks(self.a_PI, p.a_half_boxes[1]) if p.half_tail else a
         p.down(stream, a, a_half, w, self.w_down, self.y, self.rw_S, self.sorted_P, self.block_expert_B,
-               *p.down_scalars)
+               *p.down_scalars, self.sorted_P, 0)
 
     def up_part(self, stream: int, m0: int, m1: int) -> None:
         """Gate/up over row blocks [m0, m1) only (Triton tiles; views of the block arrays, no kernel change)."""
@@ -110,7 +110,7 @@ class Launches:
         scalars = list(p.up_scalars)
         scalars[4] = m1 - m0  # num_blocks_m
         launch(stream, self.x_TH, self.x_TH, w, self.w_up, self.a_PI[m0 * bm:], self.sorted_P[m0 * bm:],
-               self.block_expert_B[m0:], *scalars)
+               self.block_expert_B[m0:], *scalars, self.sorted_P, 0)
 
     def down_part(self, stream: int, m0: int, m1: int) -> None:
         """Down over row blocks [m0, m1) only (Triton tiles)."""
@@ -126,7 +126,7 @@ class Launches:
 
             a, a_half = (_row_blocks(a, boxes[1]) for boxes in (p.a_boxes, p.a_half_boxes))
         launch(stream, a, a_half, w, self.w_down, self.y, self.rw_S, self.sorted_P[m0 * bm:],
-               self.block_expert_B[m0:], *scalars)
+               self.block_expert_B[m0:], *scalars, self.sorted_P, 0)
 
     def _part(self, launch, m0: int, m1: int, cols: int):
         from moe_lab.kernels.ops import _Launch
@@ -139,9 +139,10 @@ class Launches:
     def sum(self, stream: int) -> None:
         p = self.plan
         if p.ws:
-            p.sum(stream, self.y, self.out_TH, self.pair_row_S, self.y, 0, p.T, p.H)
+            p.sum(stream, self.y, self.out_TH, self.pair_row_S, self.y, 0, self.expert_block_E1, p.E, p.T, p.H, 0)
         else:
-            p.sum(stream, self.y, self.out_TH, self.y, self.a_PI, self.a_PI.nbytes if p.temps_l2 else 0, p.T, p.H)
+            p.sum(stream, self.y, self.out_TH, self.y, self.a_PI, p.bm * p.I * self.a_PI.element_size(),
+                  self.expert_block_E1, p.E, p.T, p.H, 0)
 
     def _rows(self, t_RC, cols: int):
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor

@@ -1,15 +1,18 @@
-"""Where `triton_fused`'s call leaves the GPU idle: every kernel's start and end inside a CUDA-graph replay.
+"""Where `triton_fused`'s call leaves the GPU idle: every kernel's start and end inside a call.
 
     PYTHONPATH=.:benchmarks python benchmarks/timeline_probe.py --models olmoe-1b-7b --tokens 512 --out $OUT
 
 Per (model, T), bf16, uniform routing, the config table in force: the call captured in a CUDA graph, --reps
-replays profiled (torch.profiler, CUPTI's kernel records; L2 flushed by a 256 MiB write before each). Per
-replay, from the first kernel's start: each kernel's start and end, and the idle time, the part of the span
-where no kernel of the call runs (launch gaps, stream waits). A kernel's span includes any wait inside it
-(a dependent launch starts early and waits for the kernel before). Writes under --out `timeline.csv` (one
-row per kernel per replay) and `timeline_summary.csv` (per point: span, busy and idle medians over the
-replays, the graph's replay time from `gpu_ms` beside them). `--patch` (JSON) is merged into the tuned
-config as `config_ab.py --patch` merges it, and recorded in the rows.
+replays profiled (torch.profiler, CUPTI's kernel records; L2 flushed by a 256 MiB write before each). With
+`--eager` the call itself is profiled as the bench times it, launched on its streams with no graph: behind a
+sleeping kernel (`--sleep-ms`), so that the host has queued every call before the GPU reaches it and no host
+time shows. Per call, from the first kernel's start: each kernel's start and end, and the idle time, the part
+of the span where no kernel of the call runs (launch gaps, stream waits); `lead_us` is the time from the
+flush's end to the call's first kernel (the bench's start event fires at the flush's end). A kernel's span
+includes any wait inside it (a dependent launch starts early and waits for the kernel before). Writes under
+--out `timeline.csv` (one row per kernel per call) and `timeline_summary.csv` (per point: lead, span, busy
+and idle medians over the calls, the graph's replay time from `gpu_ms` beside them). `--patch` (JSON) is
+merged into the tuned config as `config_ab.py --patch` merges it, and recorded in the rows.
 """
 
 from __future__ import annotations
@@ -32,25 +35,28 @@ from moe_lab.shapes import build_experts, get_shape
 from moe_lab.tune import FLUSH_BYTES
 
 
-def replay_kernels(graph: torch.cuda.CUDAGraph, reps: int) -> list[list[tuple[str, float, float]]]:
-    """Per replay, its kernels as (name, start us, end us) in start order, the flush's fill kernel left out."""
+def call_kernels(run, reps: int, sleep_ms: float) -> list[tuple[float, list[tuple[str, float, float]]]]:
+    """Per call of `run`, the flush's end and the call's kernels as (name, start us, end us) in start order.
+    With `sleep_ms`, a kernel that sleeps that long is queued before the calls (the host's head start)."""
     flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
-    graph.replay()
+    run()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        if sleep_ms:
+            torch.cuda._sleep(int(sleep_ms * 1e-3 * torch.cuda.clock_rate() * 1e6))
         for _ in range(reps):
             flush.zero_()
-            graph.replay()
+            run()
         torch.cuda.synchronize()
     events = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
                     key=lambda e: e.time_range.start)
-    replays: list[list[tuple[str, float, float]]] = []
+    calls: list[tuple[float, list[tuple[str, float, float]]]] = []
     for e in events:
-        if "FillFunctor" in e.name:  # the flush: the next kernels belong to a new replay
-            replays.append([])
-        elif replays and e.time_range.elapsed_us() > 0:
-            replays[-1].append((e.name, float(e.time_range.start), float(e.time_range.end)))
-    return [r for r in replays if r]
+        if "FillFunctor" in e.name:  # the flush: the next kernels belong to a new call
+            calls.append((float(e.time_range.end), []))
+        elif calls and e.time_range.elapsed_us() > 0:
+            calls[-1][1].append((e.name, float(e.time_range.start), float(e.time_range.end)))
+    return [c for c in calls if c[1]]
 
 
 def busy_us(kernels: list[tuple[str, float, float]]) -> float:
@@ -63,7 +69,8 @@ def busy_us(kernels: list[tuple[str, float, float]]) -> float:
     return total
 
 
-def probe_point(model: str, T: int, reps: int, patch: dict) -> tuple[list[dict], dict]:
+def probe_point(model: str, T: int, reps: int, patch: dict, eager: bool, sleep_ms: float
+                ) -> tuple[list[dict], dict]:
     shape = get_shape(model)
     experts = build_experts(model, device="cuda", dtype=torch.bfloat16)
     ids_TK, w_TK = synthetic_routing("uniform", T, shape.experts, shape.top_k, seed=T, device="cuda")
@@ -76,22 +83,27 @@ def probe_point(model: str, T: int, reps: int, patch: dict) -> tuple[list[dict],
         replay_us = gpu_ms(call, dev, reps=20) * 1e3
         call()
         torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            call()
-        replays = replay_kernels(graph, reps)
-    point = dict(model=model, T=T, patch=json.dumps(patch))
-    rows, spans, busies = [], [], []
-    for i, kernels in enumerate(replays):
+        if eager:
+            calls = call_kernels(call, reps, sleep_ms)
+        else:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                call()
+            calls = call_kernels(graph.replay, reps, 0)
+    point = dict(model=model, T=T, patch=json.dumps(patch), launch="eager" if eager else "graph")
+    rows, leads, spans, busies = [], [], [], []
+    for i, (flush_end, kernels) in enumerate(calls):
         t0 = kernels[0][1]
         span = max(end for _, _, end in kernels) - t0
+        leads.append(t0 - flush_end)
         spans.append(span)
         busies.append(busy_us(kernels))
         rows += [dict(point, replay=i, kernel=name.split("(")[0][:60], start_us=round(start - t0, 2),
                       end_us=round(end - t0, 2), us=round(end - start, 2), **versions())
                  for name, start, end in kernels]
-    summary = dict(point, replays=len(replays), kernels=len(replays[0]) if replays else 0,
-                   graph_replay_us=round(replay_us, 2), span_us=round(float(np.median(spans)), 2),
+    summary = dict(point, replays=len(calls), kernels=len(calls[0][1]) if calls else 0,
+                   graph_replay_us=round(replay_us, 2), lead_us=round(float(np.median(leads)), 2),
+                   span_us=round(float(np.median(spans)), 2),
                    busy_us=round(float(np.median(busies)), 2),
                    idle_us=round(float(np.median(np.subtract(spans, busies))), 2), **versions())
     return rows, summary
@@ -105,11 +117,14 @@ def main(argv=None) -> int:
     p.add_argument("--patch", default="{}", help="JSON merged into the tuned config (config_ab.py --patch)")
     p.add_argument("--out", default="out")
     p.add_argument("--name", default="", help="suffix of the CSVs' names")
+    p.add_argument("--eager", action="store_true", help="profile the call itself, not its CUDA-graph replay")
+    p.add_argument("--sleep-ms", type=float, default=50.0, help="with --eager: the host's head start (0: none)")
     args = p.parse_args(argv)
     rows, summaries = [], []
     for model in args.models.split(","):
         for T in (int(t) for t in args.tokens.split(",")):
-            point_rows, summary = probe_point(model, T, args.reps, json.loads(args.patch))
+            point_rows, summary = probe_point(model, T, args.reps, json.loads(args.patch), args.eager,
+                                              args.sleep_ms)
             rows += point_rows
             summaries.append(summary)
             print(summary, flush=True)

@@ -46,9 +46,9 @@ def main(argv=None) -> int:
             out = torch.empty(T, H, device=dev, dtype=torch.bfloat16)
             for bt, bh, w in TILES:
                 def call():
-                    _topk_sum_kernel[(triton.cdiv(T, bt), triton.cdiv(H, bh))](y_SH, out, y_SH, y_SH, 0, y_SH, 0, T, H,
-                                                                               TOPK=K, BLOCK_T=bt, BLOCK_H=bh,
-                                                                               num_warps=w)
+                    grid = (triton.cdiv(T, bt), triton.cdiv(H, bh))
+                    _topk_sum_kernel[grid](y_SH, out, y_SH, y_SH, 0, y_SH, 0, T, H, 0, TOPK=K, BLOCK_T=bt, BLOCK_H=bh,
+                                           num_warps=w)
                 call()
                 torch.testing.assert_close(out, want, rtol=1e-2, atol=1e-2)
                 record("triton", f"BLOCK_T={bt} BLOCK_H={bh} num_warps={w}", gpu_ms(call, dev) * 1e3)

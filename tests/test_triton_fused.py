@@ -221,11 +221,13 @@ def test_half_tail_blocks_match_reference(layout, a_tma, seed):
           f"{layout}/half_tail")
 
 
+@pytest.mark.parametrize("split", [1, 2])
 @pytest.mark.parametrize("config", ["grouped16", "half_tail_rows_tma"])
 @pytest.mark.parametrize("routing", ["uniform", "skewed"])
-def test_split_parts_equal_the_whole_call(config, routing, seed):
-    """`"SPLIT": 1` runs the row blocks in two parts (the second on a side stream on CUDA, after the first
-    elsewhere): the same bits as the whole launches, on routing that leaves one part nearly without rows too."""
+def test_split_parts_equal_the_whole_call(config, routing, split, seed):
+    """`"SPLIT"` runs the row blocks in two parts (1: the second on a side stream on CUDA, after the first
+    elsewhere; 2: one gate/up launch, then each part's down on one stream, ordered by `ready` counters): the
+    same bits as the whole launches, on routing that leaves one part nearly without rows too."""
     from test_backends import Case
 
     from moe_lab.backends.triton_fused import _PLANS
@@ -236,7 +238,7 @@ def test_split_parts_equal_the_whole_call(config, routing, seed):
     x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, DEVICE, seed)
     with torch.no_grad():
         whole_TH = triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config={**cfg, "SPLIT": 0})
-        split_TH = triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config={**cfg, "SPLIT": 1})
+        split_TH = triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config={**cfg, "SPLIT": split})
     assert [len(p.parts) for p in _PLANS[experts].values()] == [1, 2]
     assert torch.equal(split_TH, whole_TH)
     assert relative_error(split_TH, reference_experts(experts, x_TH, ids_TK, weights_TK)) <= TOL[torch.bfloat16]
@@ -432,13 +434,14 @@ def test_unsupported_dtype_is_refused():
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need CUDA")
-@pytest.mark.parametrize("T,config", [(1, None), (300, None), (300, "split")])
+@pytest.mark.parametrize("T,config", [(1, None), (300, None), (300, "split"), (300, "split2")])
 def test_cuda_graph_capture_replays_new_inputs(T, config, seed):
-    """A captured call replays on new inputs; with SPLIT its second part's side stream is captured too."""
+    """A captured call replays on new inputs; with SPLIT its second part's side stream is captured too (SPLIT 2:
+    its counters are zeroed again by each replay's alignment)."""
     from test_backends import Case
 
     c = Case(E=16, H=128, I=96, K=4, T=T)
-    cfg = {**CONFIGS["grouped16"], "SPLIT": 1} if config == "split" else None
+    cfg = {**CONFIGS["grouped16"], "SPLIT": 2 if config == "split2" else 1} if config else None
     experts = make_experts(c, ExpertsLayout(), torch.bfloat16, DEVICE, seed)
     x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, DEVICE, seed)
     with torch.no_grad():
@@ -456,7 +459,7 @@ def test_cuda_graph_capture_replays_new_inputs(T, config, seed):
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="streams are CUDA's")
-@pytest.mark.parametrize("T,config", [(1, None), (300, None), (300, "split")])
+@pytest.mark.parametrize("T,config", [(1, None), (300, None), (300, "split"), (300, "split2")])
 def test_a_call_runs_on_the_callers_current_stream(T, config, seed):
     """Inputs written on a side stream behind a long GPU sleep: a call made on that stream sees them, which
     kernels launched on any other stream would not (they would run before the sleep ends). With SPLIT the
@@ -469,7 +472,7 @@ def test_a_call_runs_on_the_callers_current_stream(T, config, seed):
     experts = make_experts(c, ExpertsLayout(), torch.bfloat16, DEVICE, seed)
     x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, DEVICE, seed)
     x2, ids2, w2 = make_inputs(c, torch.bfloat16, DEVICE, seed + 1)
-    cfg = {**CONFIGS["grouped16"], "SPLIT": 1} if config == "split" else None
+    cfg = {**CONFIGS["grouped16"], "SPLIT": 2 if config == "split2" else 1} if config else None
     side = torch.cuda.Stream()
     with torch.no_grad():
         triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config=cfg)  # plan and kernels built first
@@ -638,18 +641,48 @@ def test_dependent_launch_gives_the_same_bits_as_serial_launch(T, seed):
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="a side stream: real launches on the GPU")
-@pytest.mark.parametrize("model,T", [("olmoe-1b-7b", 512), ("qwen3-30b-a3b", 300), ("qwen1.5-moe-a2.7b", 1000)])
-def test_split_changes_no_bit(model, T, seed):
-    """`"SPLIT": 1` on the tuned tiles, calls on fresh routing queued back to back without a sync (a part
-    reading another call's buffers, or the sum not waiting for the side stream, would show): the same bits as
-    without it, and the reference."""
+@pytest.mark.parametrize("split", [1, 2])
+@pytest.mark.parametrize("model,T", [("olmoe-1b-7b", 512), ("qwen3-30b-a3b", 300), ("qwen1.5-moe-a2.7b", 1000),
+                                     ("qwen1.5-moe-a2.7b", 256), ("qwen1.5-moe-a2.7b", 1024), ("olmoe-1b-7b", 16)])
+def test_split_changes_no_bit(model, T, split, seed):
+    """`"SPLIT"` on the tuned tiles, calls on fresh routing queued back to back without a sync (a part
+    reading another call's buffers, the sum not waiting for the side stream, or with SPLIT 2 a launch reading
+    before its counter is full or a counter left from the call before, would show): the same bits as without
+    it, and the reference. At T=16 gate/up is a single wave, so down's launch can go while the alignment runs."""
     from moe_lab.backends.triton_fused import _PLANS
 
-    experts, calls, outs = _back_to_back_both_ways(model, T, 4, "SPLIT", seed)
-    assert [len(p.parts) for p in _PLANS[experts].values()] == [2, 1]
-    for i, (on_TH, off_TH) in enumerate(zip(outs[1], outs[0])):
+    experts, calls, outs = _back_to_back_both_ways(model, T, 8, "SPLIT", seed, on=split)
+    assert [(len(p.parts), p.split) for p in _PLANS[experts].values()] == [(2, split), (1, 0)]
+    for i, (on_TH, off_TH) in enumerate(zip(outs[split], outs[0])):
         assert torch.equal(on_TH, off_TH), f"call {i}"
-    assert relative_error(outs[1][0], reference_experts(experts, *calls[0])) <= TOL[torch.bfloat16]
+    assert relative_error(outs[split][0], reference_experts(experts, *calls[0])) <= TOL[torch.bfloat16]
+
+
+def test_split_two_plan():
+    """SPLIT 2 (`ready`): one gate/up launch over all B blocks told where part two starts, each part's down
+    waiting on its part's gate/up programs (part one's then counted for the sum), the sum waiting on part one's
+    down programs, three counters after expert_block; any other value than 0, 1, 2 is refused (no launch here)."""
+    from moe_lab.kernels.ops import GateSpec, Plan
+
+    E, H, I, K, T = 4, 128, 64, 2, 40
+    make = functools.partial(Plan, T, K, E, H, I, torch.bfloat16, GateSpec(1, 0))
+    args = ((2 * I * H, H, 1), (H * I, I, 1), None, (H, 1), True)
+    plan = make({**CONFIGS["grouped16"], "SPLIT": 2}, *args)
+    B, m1 = plan.B, plan.B // 2
+    cols_up, cols_down = plan.up.grid[0] // B, plan.down.grid[0] // B
+    (m0a, up_a, up_scalars, down_a, down_a_scalars), (m0b, up_b, _, down_b, down_b_scalars) = plan.parts
+    assert (m0a, m0b, up_a, up_b) == (0, m1, plan.up, None) and plan.up.consts["READY"]
+    assert up_scalars[-1] == m1 and up_scalars[4] == B
+    assert (down_a.grid[0], down_b.grid[0]) == (m1 * cols_down, (B - m1) * cols_down)
+    assert (down_a.consts["READY_WAIT"], down_a.consts["READY_SIGNAL"]) == (0, 2)
+    assert (down_b.consts["READY_WAIT"], down_b.consts["READY_SIGNAL"]) == (1, -1)
+    assert (down_a_scalars[3], down_a_scalars[-1]) == (m1, m1 * cols_up)
+    assert (down_b_scalars[3], down_b_scalars[-1]) == (B - m1, (B - m1) * cols_up)
+    assert plan.sum.consts["READY_WAIT"] and plan.sum_waits_for == m1 * cols_down and plan.counters == 3
+    one = make({**CONFIGS["grouped16"], "SPLIT": 1}, *args)
+    assert not one.up.consts["READY"] and not one.sum.consts["READY_WAIT"] and one.counters == 0
+    with pytest.raises(ValueError, match="SPLIT is 0"):
+        make({**CONFIGS["grouped16"], "SPLIT": 3}, *args)
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="L2 hints and discards: compiled kernels on the GPU")
@@ -717,7 +750,7 @@ def test_weight_prefetch_plan(lines, pdl, sms, tma, up_t, want, caplog, monkeypa
     with caplog.at_level("WARNING", logger="moe_lab"):
         plan = make()
     assert plan.up.consts["W_PREFETCH_LINES"] == plan.w_prefetch == (2 if want == "ok" else 0)
-    assert [scalars[-1] for _, _, scalars, _, _ in plan.parts] == [sms, 0]
+    assert [scalars[-2] for _, _, scalars, _, _ in plan.parts] == [sms, 0]  # the last: SPLIT 2's, unused
     assert (want in caplog.text) == (want != "ok")
 
 

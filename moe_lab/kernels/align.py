@@ -95,21 +95,24 @@ def _label_blocks(block_expert_ptr, starts, padded, b_start, b_stop, BLOCK_M: tl
 
 @triton.jit
 def _pad_groups(sorted_ptr, expert_block_ptr, starts, counts, padded, S, E, E_PAD: tl.constexpr,
-                BLOCK_M: tl.constexpr):
+                BLOCK_M: tl.constexpr, COUNTERS: tl.constexpr):
     """The sentinel S in every padding row: [start + count, start + padded) of each expert; each group's
-    first block, and the blocks in use."""
+    first block, and the blocks in use; then COUNTERS zeros (a SPLIT 2 call's `ready` counters)."""
     j = tl.arange(0, BLOCK_M)[None, :]
     rows = (starts + counts)[:, None] + j
     tl.store(sorted_ptr + rows, tl.full(rows.shape, 0, tl.int32) + S, mask=j < (padded - counts)[:, None])
     e = tl.arange(0, E_PAD)
     tl.store(expert_block_ptr + e, starts // BLOCK_M, mask=e < E)
     tl.store(expert_block_ptr + E, tl.sum(padded, axis=0) // BLOCK_M)
+    if COUNTERS > 0:
+        c = tl.arange(0, 4)
+        tl.store(expert_block_ptr + E + 1 + c, tl.zeros_like(c), mask=c < COUNTERS)
 
 
 @triton.jit
 def _place(ids_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, cursor_ptr, counts, before, g, S, E, max_blocks,
            blocks_per_prog, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
-           LABEL_BLOCKS: tl.constexpr):
+           LABEL_BLOCKS: tl.constexpr, COUNTERS: tl.constexpr):
     """Program g's share of the output, given every expert's count and its count in the chunks before g's:
     its chunk's pairs scattered (its cursors in row g of cursor_ptr), its share of the block labels, and
     (g = 0) the padding and each group's first block."""
@@ -118,7 +121,7 @@ def _place(ids_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, cursor_ptr, 
     _scatter_range(ids_ptr, sorted_ptr, cursor_ptr + g * E_PAD, starts + before, g * CHUNK,
                    tl.minimum(S, g * CHUNK + CHUNK), E, E_PAD, CHUNK)
     if g == 0:
-        _pad_groups(sorted_ptr, expert_block_ptr, starts, counts, padded, S, E, E_PAD, BLOCK_M)
+        _pad_groups(sorted_ptr, expert_block_ptr, starts, counts, padded, S, E, E_PAD, BLOCK_M, COUNTERS)
     b_start = g * blocks_per_prog
     _label_blocks(block_expert_ptr, starts, padded, b_start, tl.minimum(b_start + blocks_per_prog, max_blocks),
                   BLOCK_M, LABEL_BLOCKS)
@@ -127,7 +130,8 @@ def _place(ids_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, cursor_ptr, 
 @triton.jit
 def _align_kernel(ids_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, cursor_ptr, S, E, max_blocks,
                   blocks_per_prog, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
-                  COUNT_BLOCK: tl.constexpr, LABEL_BLOCKS: tl.constexpr, PDL: tl.constexpr = False):
+                  COUNT_BLOCK: tl.constexpr, LABEL_BLOCKS: tl.constexpr, PDL: tl.constexpr = False,
+                  COUNTERS: tl.constexpr = 0):
     """The one-launch mode: G programs of CHUNK pairs, each counting every pair itself, COUNT_BLOCK at a time
     (so no program waits for another's counts), then placing its chunk (`_place`). cursor_ptr: (G, E_PAD)
     scratch."""
@@ -141,7 +145,7 @@ def _align_kernel(ids_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, curso
         counts += tl.histogram(e, E_PAD, mask=ok)
         before += tl.histogram(e, E_PAD, mask=ok & (offs < g * CHUNK))
     _place(ids_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, cursor_ptr, counts, before, g, S, E, max_blocks,
-           blocks_per_prog, E_PAD, BLOCK_M, CHUNK, LABEL_BLOCKS)
+           blocks_per_prog, E_PAD, BLOCK_M, CHUNK, LABEL_BLOCKS, COUNTERS)
 
 
 @triton.jit
@@ -156,7 +160,8 @@ def _align_count_kernel(ids_ptr, partial_ptr, S, E, E_PAD: tl.constexpr, CHUNK: 
 @triton.jit
 def _align_scatter_kernel(ids_ptr, partial_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, S, E, G, max_blocks,
                           blocks_per_prog, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
-                          SCAN_ROWS: tl.constexpr, LABEL_BLOCKS: tl.constexpr, PDL: tl.constexpr = False):
+                          SCAN_ROWS: tl.constexpr, LABEL_BLOCKS: tl.constexpr, PDL: tl.constexpr = False,
+                          COUNTERS: tl.constexpr = 0):
     """The two-launch mode's second launch. partial (2G, E_PAD): rows [0, G) the per-chunk counts, rows
     [G, 2G) each program's cursors."""
     pdl_enter(PDL)
@@ -170,7 +175,7 @@ def _align_scatter_kernel(ids_ptr, partial_ptr, sorted_ptr, block_expert_ptr, ex
         counts += tl.sum(part, axis=0)
         before += tl.sum(tl.where((r < g)[:, None], part, 0), axis=0)
     _place(ids_ptr, sorted_ptr, block_expert_ptr, expert_block_ptr, partial_ptr + G * E_PAD, counts, before, g, S, E,
-           max_blocks, blocks_per_prog, E_PAD, BLOCK_M, CHUNK, LABEL_BLOCKS)
+           max_blocks, blocks_per_prog, E_PAD, BLOCK_M, CHUNK, LABEL_BLOCKS, COUNTERS)
 
 
 @triton.jit

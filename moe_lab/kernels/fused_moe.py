@@ -25,7 +25,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moe_lab.kernels.pdl import pdl_enter
+from moe_lab.kernels.pdl import pdl_enter, pdl_launch, pdl_wait_then_launch
+from moe_lab.kernels.ready import signal_done, wait_done
 
 # activation codes (constexpr)
 ACT_SILU, ACT_GELU, ACT_RELU, ACT_GELU_TANH, ACT_CLAMPED_SWIGLU = 0, 1, 2, 3, 4
@@ -259,12 +260,22 @@ def _gate_up_tile(
 
 
 @triton.jit
-def _row_block(block_expert_ptr, num_blocks_m, num_pid_n, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr,
-               PDL: tl.constexpr):
+def _row_block(block_expert_ptr, num_blocks_m, num_pid_n, ready_ptr, wait_programs, BLOCK_M: tl.constexpr,
+               GROUP_M: tl.constexpr, PDL: tl.constexpr, READY_SIGNALS: tl.constexpr, READY_WAIT: tl.constexpr,
+               A_TMA: tl.constexpr):
     """A grouped GEMM program's start: its wait on the kernel before (PDL), then its row block's first row,
-    its column tile and its expert (-1 past the last expert's blocks)."""
-    pdl_enter(PDL)
+    its column tile and its expert (-1 past the last expert's blocks). Under SPLIT 2 (`ready`): READY_SIGNALS
+    (gate/up) lets the next launch go only after its wait; READY_WAIT >= 0 (down) waits instead for counter
+    ready_ptr[READY_WAIT] to reach wait_programs, A_TMA whether down then loads the intermediate through TMA."""
+    if READY_SIGNALS:
+        pdl_wait_then_launch(PDL)
+    elif READY_WAIT >= 0:
+        pdl_launch(PDL)
+    else:
+        pdl_enter(PDL)
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_blocks_m, num_pid_n, GROUP_M)
+    if READY_WAIT >= 0:
+        wait_done(ready_ptr + READY_WAIT, wait_programs, A_TMA)
     return pid_m * BLOCK_M, pid_n, tl.load(block_expert_ptr + pid_m)
 
 
@@ -312,12 +323,12 @@ def _gate_up_grouped_kernel(
     x_ptr, x_half_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, block_expert_ptr,
     S, TOPK, H, I, num_blocks_m,
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
-    limit, alpha, E, guess_blocks, prefetch_programs,
+    limit, alpha, E, guess_blocks, prefetch_programs, ready_ptr, split_m,
     GATE_MODE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, ONE_DOT: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
     HALF_TAIL: tl.constexpr, PDL: tl.constexpr = False, OUT_EVICT: tl.constexpr = "",
-    W_PREFETCH_LINES: tl.constexpr = 0,
+    W_PREFETCH_LINES: tl.constexpr = 0, READY: tl.constexpr = False,
 ):
     """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
     A_TMA: `x_ptr` is a TMA descriptor of the tokens already gathered in the aligned order, (P, H) (see
@@ -326,12 +337,17 @@ def _gate_up_grouped_kernel(
     (rows past it are never read: the down kernel decides the same way); `x_half_ptr` is `x_ptr` again, or
     with A_TMA a descriptor of half-height boxes.
     W_PREFETCH_LINES > 0: the first wave prefetches weights while it waits (`_prefetch_guessed_tile`).
+    READY (SPLIT 2): each program then bumps ready_ptr[0] if its row block is before split_m, else ready_ptr[1].
     One path is compiled: the other's weight tiles would not match this layout's TMA box."""
     if W_PREFETCH_LINES > 0:
         _prefetch_guessed_tile(w_ptr, num_blocks_m, tl.cdiv(I, BLOCK_N), E, guess_blocks, prefetch_programs, I, H,
                                stride_we, stride_wn, GATE_MODE, BLOCK_N, GROUP_M, W_PREFETCH_LINES)
-    row0, pid_n, expert = _row_block(block_expert_ptr, num_blocks_m, tl.cdiv(I, BLOCK_N), BLOCK_M, GROUP_M, PDL)
+    row0, pid_n, expert = _row_block(block_expert_ptr, num_blocks_m, tl.cdiv(I, BLOCK_N), ready_ptr, 0, BLOCK_M,
+                                     GROUP_M, PDL, READY, -1, False)
+    part_counter = ready_ptr + (row0 // BLOCK_M >= split_m).to(tl.int32)
     if expert < 0:  # a block past the last expert's (an early return: a helper's would not end the kernel)
+        if READY:
+            signal_done(part_counter)
         return
     if HALF_TAIL and _half_full(sorted_ptr, row0, S, BLOCK_M):
         _gate_up_tile(x_half_ptr, w_ptr, b_ptr, a_ptr, sorted_ptr, row0, pid_n, expert, S, TOPK, H, I,
@@ -343,6 +359,8 @@ def _gate_up_grouped_kernel(
                       stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be, stride_bn, stride_ap,
                       limit, alpha, GATE_MODE, ACT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
                       ONE_DOT, W_TMA, W_T, A_TMA, OUT_EVICT)
+    if READY:
+        signal_done(part_counter)
 
 
 @triton.jit
@@ -398,17 +416,23 @@ def _down_tile(
 def _down_grouped_kernel(
     a_ptr, a_half_ptr, w_ptr, b_ptr, y_ptr, topk_w_ptr, sorted_ptr, block_expert_ptr,
     S, H, I, num_blocks_m,
-    stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys,
+    stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys, ready_ptr, wait_programs,
     MUL_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, W_TMA: tl.constexpr, W_T: tl.constexpr, A_TMA: tl.constexpr,
     HALF_TAIL: tl.constexpr, PDL: tl.constexpr = False, OUT_EVICT: tl.constexpr = "",
+    READY_WAIT: tl.constexpr = -1, READY_SIGNAL: tl.constexpr = -1,
 ):
     """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
     A_TMA: `a_ptr` is a TMA descriptor of the (P, I) intermediate. HALF_TAIL as in the gate/up kernel
-    (`a_half_ptr`: `a_ptr` again, or the half-height-box descriptor)."""
-    row0, pid_n, expert = _row_block(block_expert_ptr, num_blocks_m, tl.cdiv(H, BLOCK_N), BLOCK_M, GROUP_M, PDL)
+    (`a_half_ptr`: `a_ptr` again, or the half-height-box descriptor). SPLIT 2 (`ready`): READY_WAIT >= 0, each
+    program waits for counter ready_ptr[READY_WAIT] to reach wait_programs instead of on the launch before;
+    READY_SIGNAL >= 0, it then bumps ready_ptr[READY_SIGNAL]."""
+    row0, pid_n, expert = _row_block(block_expert_ptr, num_blocks_m, tl.cdiv(H, BLOCK_N), ready_ptr, wait_programs,
+                                     BLOCK_M, GROUP_M, PDL, False, READY_WAIT, A_TMA)
     if expert < 0:  # a block past the last expert's (an early return: a helper's would not end the kernel)
+        if READY_SIGNAL >= 0:
+            signal_done(ready_ptr + READY_SIGNAL)
         return
     if HALF_TAIL and _half_full(sorted_ptr, row0, S, BLOCK_M):
         _down_tile(a_half_ptr, w_ptr, b_ptr, y_ptr, topk_w_ptr, sorted_ptr, row0, pid_n, expert, S, H, I,
@@ -419,6 +443,8 @@ def _down_grouped_kernel(
         _down_tile(a_ptr, w_ptr, b_ptr, y_ptr, topk_w_ptr, sorted_ptr, row0, pid_n, expert, S, H, I,
                    stride_ap, stride_we, stride_wh, stride_wi, stride_be, stride_bh, stride_ys,
                    MUL_WEIGHT, HAS_BIAS, DOT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, W_TMA, W_T, A_TMA, OUT_EVICT)
+    if READY_SIGNAL >= 0:
+        signal_done(ready_ptr + READY_SIGNAL)
 
 
 @triton.jit

@@ -26,6 +26,7 @@ from moe_lab.kernels.fused_moe import (_down_decode_kernel, _down_grouped_kernel
                                        _gate_up_grouped_kernel)
 from moe_lab.kernels.l2_temps import LINE, l2_hints_available
 from moe_lab.kernels.pdl import pdl_available
+from moe_lab.kernels.ready import COUNTERS as READY_COUNTERS
 from moe_lab.kernels.topk_sum import TILE as SUM_TILE
 from moe_lab.kernels.topk_sum import _topk_sum_kernel
 
@@ -135,7 +136,8 @@ class Plan:
     """Every launch of one experts call for fixed shapes, layout, dtype and config. With the config's `"SPLIT": 1`
     (Triton tiles) the row blocks run in two parts, the second on a side stream (per device and thread) that forks
     from the caller's stream after the alignment and joins it before the top-k sum (captured alike in a CUDA
-    graph)."""
+    graph). `"SPLIT": 2` runs the same two parts' downs on one stream after one gate/up launch, ordered by
+    done-counters (`ready`), so that no join stands before the sum."""
 
     def __init__(self, T: int, K: int, E: int, H: int, I: int, dtype: torch.dtype, spec: GateSpec, config: dict,
                  up_strides: tuple[int, int, int], down_strides: tuple[int, int, int],
@@ -155,6 +157,10 @@ class Plan:
         self.decode = config["path"] == "decode"
         self.pdl = pdl = bool(pdl and config.get("PDL", 1))
         self.temps_l2 = False
+        self.split = int(config.get("SPLIT", 0))
+        if self.split not in (0, 1, 2):
+            raise ValueError(f"triton_fused: SPLIT is 0 (one part), 1 (two parts on two streams) or 2 (two parts "
+                             f"on one stream), not {self.split}")
         self.sum_tile = {**SUM_TILE, **config.get("SUM", {})}  # the top-k sum's tile: the config's "SUM" over TILE
         common = dict(HAS_BIAS=self.has_bias, PDL=pdl)
         if S == 0:
@@ -227,7 +233,8 @@ class Plan:
                                BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"], GROUP_M=up["GROUP_M"],
                                EVEN_K=H % up["BLOCK_K"] == 0, ONE_DOT=one_dot, W_TMA=self.up_tma is not None,
                                W_T=bool(self.up_tma and self.up_tma[1]), A_TMA=self.a_tma_up,
-                               HALF_TAIL=self.half_tail, W_PREFETCH_LINES=self.w_prefetch, **common),
+                               HALF_TAIL=self.half_tail, W_PREFETCH_LINES=self.w_prefetch, READY=self.split == 2,
+                               **common),
                           _opts(up, pdl))
         guess_blocks = E * max(1, triton.cdiv(triton.cdiv(S, E), bm))  # W_PREFETCH's guess: S / E pairs each
         self.up_scalars = (S, K, H, I, B, *x_strides, *up_strides, bu0, bu1, I, spec.limit, spec.alpha, E,
@@ -239,29 +246,49 @@ class Plan:
                                  A_TMA=self.a_tma_down, HALF_TAIL=self.half_tail, **common), _opts(down, pdl))
         self.down_scalars = (S, H, I, B, I, *down_strides, bd0, bd1, H)
         # SPLIT: the row blocks in two parts, each part's gate/up then down, the second part on a side stream
-        # (the first's down then runs beside the second's gate/up: neither GEMM's last wave leaves SMs idle)
-        halves = ((0, B // 2), (B // 2, B)) if config.get("SPLIT", 0) else ((0, B),)
-        self.parts = [self._part(m0, m1) for m0, m1 in halves]
+        # (the first's down then runs beside the second's gate/up: neither GEMM's last wave leaves SMs idle);
+        # SPLIT 2: one gate/up launch, then each part's down, on one stream (`ready`)
+        m1 = B // 2
+        if self.split == 2:
+            self.parts = [self._ready_part(0, m1), self._ready_part(m1, B)]
+        else:
+            self.parts = [self._part(m0, m_end) for m0, m_end in (((0, m1), (m1, B)) if self.split else ((0, B),))]
         if reduce and K > 1:
-            self.sum = self._sum_launch(indirect=False, discard=self.temps_l2)
+            self.sum = self._sum_launch(indirect=False, discard=self.temps_l2, wait_down=self.split == 2)
+            self.sum_waits_for = m1 * (self.down.grid[0] // B) if self.split == 2 else 0  # part one's down
 
     def _part(self, m0: int, m1: int) -> tuple:
         """(m0, gate/up launch, its scalars, down launch, its scalars) over row blocks [m0, m1): the whole
-        launches, or ones of a part's grid told the part's block count (its arrays are passed from m0 on)."""
+        launches, or ones of a part's grid told the part's block count (its arrays are passed from m0 on).
+        The scalars end with the `ready` arguments, unused here (counter 0 of a placeholder)."""
         if (m0, m1) == (0, self.B):
-            return 0, self.up, self.up_scalars, self.down, self.down_scalars
+            return 0, self.up, (*self.up_scalars, 0), self.down, (*self.down_scalars, 0)
         up, down, blocks = self.up, self.down, m1 - m0
         cols_up, cols_down = up.grid[0] // self.B, down.grid[0] // self.B
         return (m0, _Launch(up.kernel, (blocks * cols_up,), up.consts, up.opts),
-                (*self.up_scalars[:4], blocks, *self.up_scalars[5:-1], 0 if m0 else self.up_scalars[-1]),  # first only
+                (*self.up_scalars[:4], blocks, *self.up_scalars[5:-1], 0 if m0 else self.up_scalars[-1], 0),
                 _Launch(down.kernel, (blocks * cols_down,), down.consts, down.opts),
-                (*self.down_scalars[:3], blocks, *self.down_scalars[4:]))
+                (*self.down_scalars[:3], blocks, *self.down_scalars[4:], 0))
+
+    def _ready_part(self, m0: int, m1: int) -> tuple:
+        """SPLIT 2's part over row blocks [m0, m1), as `_part` gives it: the first part holds the one gate/up
+        launch (told where part two starts), each part its down, which waits on its part's gate/up counter
+        (part one's down then bumps counter 2 for the sum)."""
+        down, B = self.down, self.B
+        cols_up, cols_down = self.up.grid[0] // B, down.grid[0] // B
+        first = m0 == 0
+        down_part = _Launch(down.kernel, ((m1 - m0) * cols_down,),
+                            {**down.consts, "READY_WAIT": 0 if first else 1, "READY_SIGNAL": 2 if first else -1},
+                            down.opts)
+        return (m0, self.up if first else None, (*self.up_scalars, m1) if first else None, down_part,
+                (*self.down_scalars[:3], m1 - m0, *self.down_scalars[4:], (m1 - m0) * cols_up))
 
     def _init_align(self, bm: int, config: dict) -> int:
         """The alignment launches for row blocks of bm: one launch up to ONE_LAUNCH_MAX_PAIRS pairs, else two
-        (`align`); a config's `"ONE_LAUNCH_ALIGN": 0` takes two at any size (for A/Bs). Returns B, the blocks'
-        upper bound."""
+        (`align`); a config's `"ONE_LAUNCH_ALIGN": 0` takes two at any size (for A/Bs). Under SPLIT 2 it also
+        zeroes the `ready` counters, stored after expert_block. Returns B, the blocks' upper bound."""
         S, E, pdl = self.S, self.E, self.pdl
+        self.counters = READY_COUNTERS if self.split == 2 else 0
         self.bm = bm
         self.B = B = max_blocks(S, E, bm)
         self.e_pad = ep = e_pad(E)
@@ -271,12 +298,13 @@ class Plan:
         if self.one_launch:
             self.align = [_Launch(_align_kernel, (G,),
                                   dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, COUNT_BLOCK=count_block(S),
-                                       LABEL_BLOCKS=LABEL_BLOCKS, PDL=pdl), once)]
+                                       LABEL_BLOCKS=LABEL_BLOCKS, COUNTERS=self.counters, PDL=pdl), once)]
         else:
             self.align = [
                 _Launch(_align_count_kernel, (G,), dict(E_PAD=ep, CHUNK=CHUNK, PDL=pdl), once),
                 _Launch(_align_scatter_kernel, (G,), dict(E_PAD=ep, BLOCK_M=bm, CHUNK=CHUNK, SCAN_ROWS=SCAN_ROWS,
-                                                          LABEL_BLOCKS=LABEL_BLOCKS, PDL=pdl), once),
+                                                          LABEL_BLOCKS=LABEL_BLOCKS, COUNTERS=self.counters,
+                                                          PDL=pdl), once),
             ]
         return B
 
@@ -315,13 +343,15 @@ class Plan:
                      "without it")
         return why_not is None
 
-    def _sum_launch(self, indirect: bool, discard: bool = False) -> _Launch:
+    def _sum_launch(self, indirect: bool, discard: bool = False, wait_down: bool = False) -> _Launch:
         """The top-k sum over y in (t, k) order, or (indirect) over y in the aligned order through pair_row;
-        discard: then drops y's and the intermediate's L2 lines (`l2_temps`)."""
+        discard: then drops y's and the intermediate's L2 lines (`l2_temps`); wait_down: also waits for SPLIT
+        2's part one down (`ready`)."""
         block_h, tile = self._sum_block_h(), self.sum_tile
         return _Launch(_topk_sum_kernel, (triton.cdiv(self.T, tile["BLOCK_T"]), triton.cdiv(self.H, block_h)),
                        dict(TOPK=self.K, BLOCK_T=tile["BLOCK_T"], BLOCK_H=block_h, INDIRECT=indirect,
-                            DISCARD=discard, TOPK_P2=triton.next_power_of_2(self.K), PDL=self.pdl),
+                            DISCARD=discard, TOPK_P2=triton.next_power_of_2(self.K), READY_WAIT=wait_down,
+                            PDL=self.pdl),
                        _opts({"num_warps": tile["num_warps"], "num_stages": 1}, self.pdl))
 
     def _init_ws(self, ws: dict, sms: int, spec: GateSpec, up_strides, down_strides, config: dict) -> None:
@@ -382,12 +412,11 @@ class Plan:
         a_PI = torch.empty(B * bm, I, dtype=self.dtype, device=dev)
         y_SH = _line_aligned_empty(S, H, self.dtype, dev) if self.temps_l2 else torch.empty(S, H, dtype=self.dtype,
                                                                                               device=dev)
+        ready = expert_block_E1[self.E + 1:] if self.counters else sorted_P  # sorted_P: a placeholder, never read
         args = (x_rows, a_PI, y_SH, sorted_P, block_expert_B, rw_S,
                 self._descriptor("up", w_up, self.up_tma) if self.up_tma else w_up, b_up,
-                self._descriptor("down", w_down, self.down_tma) if self.down_tma else w_down, b_down)
-        if len(self.parts) == 1:
-            self._gemms(stream, self.parts[0], *args)
-        elif dev.type != "cuda":  # no streams: the parts one after the other
+                self._descriptor("down", w_down, self.down_tma) if self.down_tma else w_down, b_down, ready)
+        if self.split != 1 or dev.type != "cuda":  # one stream: the parts one after the other
             for part in self.parts:
                 self._gemms(stream, part, *args)
         else:  # the side stream waits for main up to here (the alignment), main for the side stream at the end
@@ -402,36 +431,45 @@ class Plan:
         if not self.reduce or self.K == 1:
             return y_SH
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
-        self.sum(stream, y_SH, out_TH, y_SH, a_PI, bm * I * self.dtype.itemsize, expert_block_E1, self.E, self.T, H)
+        self.sum(stream, y_SH, out_TH, y_SH, a_PI, bm * I * self.dtype.itemsize, expert_block_E1, self.E, self.T, H,
+                 self.sum_waits_for)
         return out_TH
 
     def _gemms(self, stream: int, part: tuple, x_rows, a_PI, y_SH, sorted_P, block_expert_B, rw_S, w_up, b_up,
-               w_down, b_down) -> None:
-        """Gate/up then down over one part's row blocks (`_part`) on `stream`. x_rows: the tokens, or with A_TMA
-        the tokens gathered into the aligned order; w_up / w_down: the weights or their TMA descriptors."""
+               w_down, b_down, ready) -> None:
+        """Gate/up then down over one part's row blocks (`_part`, `_ready_part`: there a part may have no gate/up)
+        on `stream`. x_rows: the tokens, or with A_TMA the tokens gathered into the aligned order; w_up / w_down:
+        the weights or their TMA descriptors; ready: SPLIT 2's counters (`ready`), else a placeholder."""
         m0, up, up_scalars, down, down_scalars = part
         if m0:  # the part's arrays from its first block on; y is indexed by pair, so it is passed whole
             r0 = m0 * self.bm
             sorted_P, block_expert_B, a_PI = sorted_P[r0:], block_expert_B[m0:], a_PI[r0:]
             x_rows = x_rows[r0:] if self.a_tma_up else x_rows
-        x_arg = x_half = x_rows
-        if self.a_tma_up:
-            x_arg = _row_blocks(x_rows, self.a_boxes[0])
-            x_half = _row_blocks(x_rows, self.a_half_boxes[0]) if self.half_tail else x_arg
-        up(stream, x_arg, x_half, w_up, b_up, a_PI, sorted_P, block_expert_B, *up_scalars)
+        if up is not None:  # SPLIT 2's gate/up is one launch over every block, in its first part
+            self._up(stream, up, up_scalars, x_rows, sorted_P, block_expert_B, a_PI, w_up, b_up, ready)
         a_arg = a_half = a_PI
         if self.a_tma_down:
             a_arg = _row_blocks(a_PI, self.a_boxes[1])
             a_half = _row_blocks(a_PI, self.a_half_boxes[1]) if self.half_tail else a_arg
-        down(stream, a_arg, a_half, w_down, b_down, y_SH, rw_S, sorted_P, block_expert_B, *down_scalars)
+        down(stream, a_arg, a_half, w_down, b_down, y_SH, rw_S, sorted_P, block_expert_B, *down_scalars[:-1], ready,
+             down_scalars[-1])
+
+    def _up(self, stream: int, up, up_scalars: tuple, x_rows, sorted_P, block_expert_B, a_PI, w_up, b_up, ready
+            ) -> None:
+        """One gate/up launch over the row blocks its arrays start at (`_gemms`)."""
+        x_arg = x_half = x_rows
+        if self.a_tma_up:
+            x_arg = _row_blocks(x_rows, self.a_boxes[0])
+            x_half = _row_blocks(x_rows, self.a_half_boxes[0]) if self.half_tail else x_arg
+        up(stream, x_arg, x_half, w_up, b_up, a_PI, sorted_P, block_expert_B, *up_scalars[:-1], ready, up_scalars[-1])
 
     def _align(self, stream: int, ids_S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sorted_P, block_expert_B, expert_block_E1): the pairs in the expert-aligned order, each row block's
-        expert, each expert's first row block (`align`)."""
+        expert, each expert's first row block (`align`), then under SPLIT 2 the `ready` counters, zeroed."""
         dev, S, B = ids_S.device, self.S, self.B
         sorted_P = torch.empty(B * self.bm, dtype=torch.int32, device=dev)
         block_expert_B = torch.empty(B, dtype=torch.int32, device=dev)
-        expert_block_E1 = torch.empty(self.E + 1, dtype=torch.int32, device=dev)
+        expert_block_E1 = torch.empty(self.E + 1 + self.counters, dtype=torch.int32, device=dev)  # then `ready`'s
         if self.one_launch:
             cursor = torch.empty(self.G, self.e_pad, dtype=torch.int32, device=dev)
             self.align[0](stream, ids_S, sorted_P, block_expert_B, expert_block_E1, cursor, S, self.E, B,
@@ -471,7 +509,7 @@ class Plan:
                   rows(y_PH, down["BLOCK_N"]), block_expert_B, expert_block_E1, sorted_P, rw_S, a_PI, pair_row_S,
                   *self.down_scalars)
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
-        self.sum(stream, y_PH, out_TH, pair_row_S, y_PH, 0, expert_block_E1, self.E, self.T, H)
+        self.sum(stream, y_PH, out_TH, pair_row_S, y_PH, 0, expert_block_E1, self.E, self.T, H, 0)
         return out_TH
 
     def _layout(self, box: list[int]):

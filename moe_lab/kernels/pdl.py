@@ -10,6 +10,7 @@ wave overlap. Each kernel's first statement is `pdl_enter`:
 
 Nothing is read or written before the wait, so each kernel still sees everything the kernels before it
 wrote (each waits on the one before, which waited on the one before it), whatever precedes the chain.
+The exception is a `"SPLIT": 2` call, whose GEMMs and sum order their reads by done-counters (`ready`).
 With PDL off (`PDL=False`, older GPUs, Triton's interpreter) nothing of this is compiled.
 """
 
@@ -33,3 +34,19 @@ def pdl_enter(PDL: tl.constexpr):
 def pdl_available(device: torch.device) -> bool:
     """Whether kernels on `device` can be launched with PDL: compiled CUDA kernels, compute capability 9.0+."""
     return not INTERPRETED and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+@triton.jit
+def pdl_wait_then_launch(PDL: tl.constexpr):
+    """`pdl_enter` in the other order: the next launch goes only once this one's programs have all passed their
+    wait (gate/up under `ready`: down must not read a counter before the alignment zeroes it)."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+@triton.jit
+def pdl_launch(PDL: tl.constexpr):
+    """Let the next launch go, with no wait here: for a kernel that orders its reads itself (`ready`)."""
+    if PDL:
+        gdc_launch_dependents()

@@ -1,0 +1,48 @@
+"""Done-counters that order a `"SPLIT": 2` call's launches on one stream (`ops.Plan`).
+
+SPLIT runs the row blocks in two parts so that part one's down runs beside part two's gate/up, and part two's
+down fills part one's last wave. On two streams (`"SPLIT": 1`) the parts need a fork and a join; the join sits
+before the top-k sum, so outside a CUDA graph the sum cannot start early under PDL. SPLIT 2 keeps one stream,
+the launches chained by PDL: alignment, gate/up over all blocks, down over part one, down over part two, the
+sum. A PDL wait (`gdc_wait`) waits for the launch just before, which is not always the one a kernel reads, so:
+
+- gate/up waits for the alignment before it lets the next launch go (`pdl_wait_then_launch`), and each of its
+  programs bumps its part's counter after its stores (release, GPU scope), programs past the last block too;
+- down over a part does not wait on the launch before it: each program spins (acquire) until its part's gate/up
+  counter is full; part one's programs then bump a third counter after their stores;
+- the sum waits on part two's down (PDL) and spins on part one's counter.
+
+The alignment zeroes the three counters (stored after `expert_block`). Nothing can hang: a launch goes only once
+every program of the one before has started, so when a program spins, every program it waits for is already on
+the GPU or done, and none of those waits on a spinning one. Without PDL each launch starts after the one before
+has ended, and every counter is full before anyone reads it.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from moe_lab.kernels import INTERPRETED
+
+COUNTERS = 3  # gate/up's part one, gate/up's part two, down's part one
+_PROXY_FENCE = tl.constexpr(not INTERPRETED)  # the interpreter runs no PTX
+
+
+@triton.jit
+def signal_done(counter_ptr):
+    """After a program's stores: one more program of this counter's launch is done."""
+    tl.debug_barrier()  # every thread's stores are issued before the one thread that bumps the count
+    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def wait_done(counter_ptr, programs, A_TMA: tl.constexpr):
+    """Spin until `programs` programs have bumped the counter; with A_TMA, order the TMA loads (the async proxy)
+    after that too."""
+    while tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu") < programs:
+        pass
+    tl.debug_barrier()  # the acquiring thread's view is every thread's before any of them loads
+    if A_TMA and _PROXY_FENCE:
+        tl.inline_asm_elementwise("fence.proxy.async.global;\n\tmov.u32 $0, 0;", "=r,r", [programs], dtype=tl.int32,
+                                  is_pure=False, pack=1)
