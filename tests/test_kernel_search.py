@@ -131,7 +131,7 @@ def test_search_tries_temps_l2_on_the_best_grouped_config(fake_kernels, gain):
 @pytest.mark.parametrize("gain", [0.25, -0.25], ids=["faster", "slower"])
 def test_search_tries_split_last_on_the_best_grouped_config(fake_kernels, gain):
     """The best grouped config of all (TEMPS_L2's stage included) timed once more with `"SPLIT": 1` (row blocks in
-    two parts on two streams), kept only where faster."""
+    two parts of the row blocks), kept only where faster."""
     seen, state = fake_kernels
     experts, inputs = tiny_inputs(T=200)
     state["cost"] = lambda cfg: (2.0 - cfg.get("HALF_TAIL", 0) - 0.5 * cfg.get("TEMPS_L2", 0)

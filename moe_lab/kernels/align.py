@@ -97,7 +97,7 @@ def _label_blocks(block_expert_ptr, starts, padded, b_start, b_stop, BLOCK_M: tl
 def _pad_groups(sorted_ptr, expert_block_ptr, starts, counts, padded, S, E, E_PAD: tl.constexpr,
                 BLOCK_M: tl.constexpr, COUNTERS: tl.constexpr):
     """The sentinel S in every padding row: [start + count, start + padded) of each expert; each group's
-    first block, and the blocks in use; then COUNTERS zeros (a SPLIT 2 call's `ready` counters)."""
+    first block, and the blocks in use; then COUNTERS zeros (a SPLIT call's `ready` counters)."""
     j = tl.arange(0, BLOCK_M)[None, :]
     rows = (starts + counts)[:, None] + j
     tl.store(sorted_ptr + rows, tl.full(rows.shape, 0, tl.int32) + S, mask=j < (padded - counts)[:, None])

@@ -18,8 +18,8 @@
   path `"EVICT_FIRST"` 1 or 0 loads the weights with an evict-first L2 policy or the default one (without
   the key: evict-first at T = 1 only, see `decode_evicts_first`); `"TEMPS_L2": 1` has the tiles' GEMMs store
   the intermediate and y evict-last and the top-k sum drop their L2 lines once read (`l2_temps`);
-  `"SPLIT": 1` runs the tiles' row blocks in two parts, each part's gate/up then down, the second part on a
-  side stream, so that one part's down runs beside the other's gate/up (`ops.Plan`); `"W_PREFETCH": n` (a power
+  `"SPLIT": 1` runs down in two parts of the row blocks after one gate/up launch, ordered on the call's stream
+  by done-counters, so that part one's down starts beside gate/up's last wave (`ready`); `"W_PREFETCH": n` (a power
   of two) has gate/up's first wave, resident under PDL while the alignment runs, pull the first n 128-byte lines
   of its weight rows into L2 for the expert it guesses (`fused_moe._prefetch_guessed_tile`; sm90);
   `"SUM": {BLOCK_T, BLOCK_H, num_warps}` sets fields of the top-k sum's tile over `topk_sum.TILE`;

@@ -264,7 +264,7 @@ def _row_block(block_expert_ptr, num_blocks_m, num_pid_n, ready_ptr, wait_progra
                GROUP_M: tl.constexpr, PDL: tl.constexpr, READY_SIGNALS: tl.constexpr, READY_WAIT: tl.constexpr,
                A_TMA: tl.constexpr):
     """A grouped GEMM program's start: its wait on the kernel before (PDL), then its row block's first row,
-    its column tile and its expert (-1 past the last expert's blocks). Under SPLIT 2 (`ready`): READY_SIGNALS
+    its column tile and its expert (-1 past the last expert's blocks). Under SPLIT (`ready`): READY_SIGNALS
     (gate/up) lets the next launch go only after its wait; READY_WAIT >= 0 (down) waits instead for counter
     ready_ptr[READY_WAIT] to reach wait_programs, A_TMA whether down then loads the intermediate through TMA."""
     if READY_SIGNALS:
@@ -337,7 +337,7 @@ def _gate_up_grouped_kernel(
     (rows past it are never read: the down kernel decides the same way); `x_half_ptr` is `x_ptr` again, or
     with A_TMA a descriptor of half-height boxes.
     W_PREFETCH_LINES > 0: the first wave prefetches weights while it waits (`_prefetch_guessed_tile`).
-    READY (SPLIT 2): each program then bumps ready_ptr[0] if its row block is before split_m, else ready_ptr[1].
+    READY (SPLIT): each program then bumps ready_ptr[0] if its row block is before split_m, else ready_ptr[1].
     One path is compiled: the other's weight tiles would not match this layout's TMA box."""
     if W_PREFETCH_LINES > 0:
         _prefetch_guessed_tile(w_ptr, num_blocks_m, tl.cdiv(I, BLOCK_N), E, guess_blocks, prefetch_programs, I, H,
@@ -425,7 +425,7 @@ def _down_grouped_kernel(
 ):
     """W_TMA: `w_ptr` is a TMA descriptor of the weight's 2D view (see `_w_tile`), W_T its transposed storage.
     A_TMA: `a_ptr` is a TMA descriptor of the (P, I) intermediate. HALF_TAIL as in the gate/up kernel
-    (`a_half_ptr`: `a_ptr` again, or the half-height-box descriptor). SPLIT 2 (`ready`): READY_WAIT >= 0, each
+    (`a_half_ptr`: `a_ptr` again, or the half-height-box descriptor). SPLIT (`ready`): READY_WAIT >= 0, each
     program waits for counter ready_ptr[READY_WAIT] to reach wait_programs instead of on the launch before;
     READY_SIGNAL >= 0, it then bumps ready_ptr[READY_SIGNAL]."""
     row0, pid_n, expert = _row_block(block_expert_ptr, num_blocks_m, tl.cdiv(H, BLOCK_N), ready_ptr, wait_programs,

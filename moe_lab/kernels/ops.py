@@ -10,7 +10,6 @@ launches. Legend as in `fused_moe`.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import torch
@@ -133,11 +132,10 @@ def _tma_view(strides: tuple[int, int, int], E: int, rows: int, k: int, block_ro
 
 
 class Plan:
-    """Every launch of one experts call for fixed shapes, layout, dtype and config. With the config's `"SPLIT": 1`
-    (Triton tiles) the row blocks run in two parts, the second on a side stream (per device and thread) that forks
-    from the caller's stream after the alignment and joins it before the top-k sum (captured alike in a CUDA
-    graph). `"SPLIT": 2` runs the same two parts' downs on one stream after one gate/up launch, ordered by
-    done-counters (`ready`), so that no join stands before the sum."""
+    """Every launch of one experts call for fixed shapes, layout, dtype and config, all on the caller's stream. With
+    the config's `"SPLIT": 1` (Triton tiles) down runs in two parts of the row blocks after one gate/up launch, the
+    launches ordered by done-counters (`ready`): part one's down starts beside gate/up's last wave and part two's
+    fills part one's."""
 
     def __init__(self, T: int, K: int, E: int, H: int, I: int, dtype: torch.dtype, spec: GateSpec, config: dict,
                  up_strides: tuple[int, int, int], down_strides: tuple[int, int, int],
@@ -157,10 +155,10 @@ class Plan:
         self.decode = config["path"] == "decode"
         self.pdl = pdl = bool(pdl and config.get("PDL", 1))
         self.temps_l2 = False
-        self.split = int(config.get("SPLIT", 0))
-        if self.split not in (0, 1, 2):
-            raise ValueError(f"triton_fused: SPLIT is 0 (one part), 1 (two parts on two streams) or 2 (two parts "
-                             f"on one stream), not {self.split}")
+        self.split = config.get("SPLIT", 0)
+        if self.split not in (0, 1):
+            raise ValueError(f"triton_fused: SPLIT is 0 (down in one launch) or 1 (in two parts, `ready`), "
+                             f"not {self.split!r}")
         self.sum_tile = {**SUM_TILE, **config.get("SUM", {})}  # the top-k sum's tile: the config's "SUM" over TILE
         common = dict(HAS_BIAS=self.has_bias, PDL=pdl)
         if S == 0:
@@ -233,7 +231,7 @@ class Plan:
                                BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"], GROUP_M=up["GROUP_M"],
                                EVEN_K=H % up["BLOCK_K"] == 0, ONE_DOT=one_dot, W_TMA=self.up_tma is not None,
                                W_T=bool(self.up_tma and self.up_tma[1]), A_TMA=self.a_tma_up,
-                               HALF_TAIL=self.half_tail, W_PREFETCH_LINES=self.w_prefetch, READY=self.split == 2,
+                               HALF_TAIL=self.half_tail, W_PREFETCH_LINES=self.w_prefetch, READY=bool(self.split),
                                **common),
                           _opts(up, pdl))
         guess_blocks = E * max(1, triton.cdiv(triton.cdiv(S, E), bm))  # W_PREFETCH's guess: S / E pairs each
@@ -245,35 +243,21 @@ class Plan:
                                  W_TMA=self.down_tma is not None, W_T=bool(self.down_tma and self.down_tma[1]),
                                  A_TMA=self.a_tma_down, HALF_TAIL=self.half_tail, **common), _opts(down, pdl))
         self.down_scalars = (S, H, I, B, I, *down_strides, bd0, bd1, H)
-        # SPLIT: the row blocks in two parts, each part's gate/up then down, the second part on a side stream
-        # (the first's down then runs beside the second's gate/up: neither GEMM's last wave leaves SMs idle);
-        # SPLIT 2: one gate/up launch, then each part's down, on one stream (`ready`)
+        # parts of the row blocks, each (m0, gate/up launch or None, its scalars, down launch, its scalars), the
+        # scalars ending with the `ready` arguments (unused without SPLIT: counter 0 of a placeholder)
         m1 = B // 2
-        if self.split == 2:
-            self.parts = [self._ready_part(0, m1), self._ready_part(m1, B)]
+        if self.split:
+            self.parts = [self._split_part(0, m1), self._split_part(m1, B)]
         else:
-            self.parts = [self._part(m0, m_end) for m0, m_end in (((0, m1), (m1, B)) if self.split else ((0, B),))]
+            self.parts = [(0, self.up, (*self.up_scalars, 0), self.down, (*self.down_scalars, 0))]
         if reduce and K > 1:
-            self.sum = self._sum_launch(indirect=False, discard=self.temps_l2, wait_down=self.split == 2)
-            self.sum_waits_for = m1 * (self.down.grid[0] // B) if self.split == 2 else 0  # part one's down
+            self.sum = self._sum_launch(indirect=False, discard=self.temps_l2, wait_down=bool(self.split))
+            self.sum_waits_for = m1 * (self.down.grid[0] // B) if self.split else 0  # part one's down programs
 
-    def _part(self, m0: int, m1: int) -> tuple:
-        """(m0, gate/up launch, its scalars, down launch, its scalars) over row blocks [m0, m1): the whole
-        launches, or ones of a part's grid told the part's block count (its arrays are passed from m0 on).
-        The scalars end with the `ready` arguments, unused here (counter 0 of a placeholder)."""
-        if (m0, m1) == (0, self.B):
-            return 0, self.up, (*self.up_scalars, 0), self.down, (*self.down_scalars, 0)
-        up, down, blocks = self.up, self.down, m1 - m0
-        cols_up, cols_down = up.grid[0] // self.B, down.grid[0] // self.B
-        return (m0, _Launch(up.kernel, (blocks * cols_up,), up.consts, up.opts),
-                (*self.up_scalars[:4], blocks, *self.up_scalars[5:-1], 0 if m0 else self.up_scalars[-1], 0),
-                _Launch(down.kernel, (blocks * cols_down,), down.consts, down.opts),
-                (*self.down_scalars[:3], blocks, *self.down_scalars[4:], 0))
-
-    def _ready_part(self, m0: int, m1: int) -> tuple:
-        """SPLIT 2's part over row blocks [m0, m1), as `_part` gives it: the first part holds the one gate/up
-        launch (told where part two starts), each part its down, which waits on its part's gate/up counter
-        (part one's down then bumps counter 2 for the sum)."""
+    def _split_part(self, m0: int, m1: int) -> tuple:
+        """SPLIT's part over row blocks [m0, m1) (its arrays are passed from m0 on): the first part holds the one
+        gate/up launch (told where part two starts), each part a down launch of its blocks, which waits on its
+        part's gate/up counter (part one's then bumps counter 2 for the sum; `ready`)."""
         down, B = self.down, self.B
         cols_up, cols_down = self.up.grid[0] // B, down.grid[0] // B
         first = m0 == 0
@@ -285,10 +269,10 @@ class Plan:
 
     def _init_align(self, bm: int, config: dict) -> int:
         """The alignment launches for row blocks of bm: one launch up to ONE_LAUNCH_MAX_PAIRS pairs, else two
-        (`align`); a config's `"ONE_LAUNCH_ALIGN": 0` takes two at any size (for A/Bs). Under SPLIT 2 it also
+        (`align`); a config's `"ONE_LAUNCH_ALIGN": 0` takes two at any size (for A/Bs). Under SPLIT it also
         zeroes the `ready` counters, stored after expert_block. Returns B, the blocks' upper bound."""
         S, E, pdl = self.S, self.E, self.pdl
-        self.counters = READY_COUNTERS if self.split == 2 else 0
+        self.counters = READY_COUNTERS if self.split else 0
         self.bm = bm
         self.B = B = max_blocks(S, E, bm)
         self.e_pad = ep = e_pad(E)
@@ -345,8 +329,8 @@ class Plan:
 
     def _sum_launch(self, indirect: bool, discard: bool = False, wait_down: bool = False) -> _Launch:
         """The top-k sum over y in (t, k) order, or (indirect) over y in the aligned order through pair_row;
-        discard: then drops y's and the intermediate's L2 lines (`l2_temps`); wait_down: also waits for SPLIT
-        2's part one down (`ready`)."""
+        discard: then drops y's and the intermediate's L2 lines (`l2_temps`); wait_down: also waits for SPLIT's
+        part one down (`ready`)."""
         block_h, tile = self._sum_block_h(), self.sum_tile
         return _Launch(_topk_sum_kernel, (triton.cdiv(self.T, tile["BLOCK_T"]), triton.cdiv(self.H, block_h)),
                        dict(TOPK=self.K, BLOCK_T=tile["BLOCK_T"], BLOCK_H=block_h, INDIRECT=indirect,
@@ -416,18 +400,8 @@ class Plan:
         args = (x_rows, a_PI, y_SH, sorted_P, block_expert_B, rw_S,
                 self._descriptor("up", w_up, self.up_tma) if self.up_tma else w_up, b_up,
                 self._descriptor("down", w_down, self.down_tma) if self.down_tma else w_down, b_down, ready)
-        if self.split != 1 or dev.type != "cuda":  # one stream: the parts one after the other
-            for part in self.parts:
-                self._gemms(stream, part, *args)
-        else:  # the side stream waits for main up to here (the alignment), main for the side stream at the end
-            side, fork, join = _split_streams(dev)
-            main = torch.cuda.current_stream(dev)
-            fork.record(main)
-            self._gemms(stream, self.parts[0], *args)  # first: nothing on the host delays part one's launches
-            side.wait_event(fork)
-            self._gemms(side.cuda_stream, self.parts[1], *args)  # raw launches: torch's current stream stays main
-            join.record(side)
-            main.wait_event(join)  # every buffer was made on main, and main waits here: none is freed early
+        for part in self.parts:
+            self._gemms(stream, part, *args)
         if not self.reduce or self.K == 1:
             return y_SH
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
@@ -437,15 +411,15 @@ class Plan:
 
     def _gemms(self, stream: int, part: tuple, x_rows, a_PI, y_SH, sorted_P, block_expert_B, rw_S, w_up, b_up,
                w_down, b_down, ready) -> None:
-        """Gate/up then down over one part's row blocks (`_part`, `_ready_part`: there a part may have no gate/up)
-        on `stream`. x_rows: the tokens, or with A_TMA the tokens gathered into the aligned order; w_up / w_down:
-        the weights or their TMA descriptors; ready: SPLIT 2's counters (`ready`), else a placeholder."""
+        """Gate/up then down over one part's row blocks (`parts`; SPLIT's second part has no gate/up) on `stream`.
+        x_rows: the tokens, or with A_TMA the tokens gathered into the aligned order; w_up / w_down: the weights or
+        their TMA descriptors; ready: SPLIT's counters (`ready`), else a placeholder."""
         m0, up, up_scalars, down, down_scalars = part
         if m0:  # the part's arrays from its first block on; y is indexed by pair, so it is passed whole
             r0 = m0 * self.bm
             sorted_P, block_expert_B, a_PI = sorted_P[r0:], block_expert_B[m0:], a_PI[r0:]
             x_rows = x_rows[r0:] if self.a_tma_up else x_rows
-        if up is not None:  # SPLIT 2's gate/up is one launch over every block, in its first part
+        if up is not None:  # SPLIT's gate/up is one launch over every block, in its first part
             self._up(stream, up, up_scalars, x_rows, sorted_P, block_expert_B, a_PI, w_up, b_up, ready)
         a_arg = a_half = a_PI
         if self.a_tma_down:
@@ -465,7 +439,7 @@ class Plan:
 
     def _align(self, stream: int, ids_S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sorted_P, block_expert_B, expert_block_E1): the pairs in the expert-aligned order, each row block's
-        expert, each expert's first row block (`align`), then under SPLIT 2 the `ready` counters, zeroed."""
+        expert, each expert's first row block (`align`), then under SPLIT the `ready` counters, zeroed."""
         dev, S, B = ids_S.device, self.S, self.B
         sorted_P = torch.empty(B * self.bm, dtype=torch.int32, device=dev)
         block_expert_B = torch.empty(B, dtype=torch.int32, device=dev)
@@ -544,22 +518,6 @@ class Plan:
                 raise ValueError(f"triton_fused: TMA on the {which} weight: {err}") from None
             cached = self._descriptors[which] = (w.data_ptr(), desc)
         return cached[1]
-
-
-_SPLIT_STREAMS = threading.local()  # .by_device: device index -> (side stream, fork event, join event) of SPLIT
-
-
-def _split_streams(device: torch.device) -> tuple[torch.cuda.Stream, torch.cuda.Event, torch.cuda.Event]:
-    """SPLIT's side stream and its fork and join events, one set per device and thread, made on first use and kept:
-    a stream or events made per call cost the host more than the split saves. Recording an event again is safe:
-    a wait already queued waits for the record before it; per thread, so that no other caller records in between."""
-    index = torch.cuda.current_device() if device.index is None else device.index
-    by_device = _SPLIT_STREAMS.__dict__.setdefault("by_device", {})
-    made = by_device.get(index)
-    if made is None:
-        with torch.cuda.device(index):
-            made = by_device[index] = (torch.cuda.Stream(index), torch.cuda.Event(), torch.cuda.Event())
-    return made
 
 
 def _nvmma_layout(box: list[int], dtype: torch.dtype):

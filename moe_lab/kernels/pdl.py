@@ -10,7 +10,7 @@ wave overlap. Each kernel's first statement is `pdl_enter`:
 
 Nothing is read or written before the wait, so each kernel still sees everything the kernels before it
 wrote (each waits on the one before, which waited on the one before it), whatever precedes the chain.
-The exception is a `"SPLIT": 2` call, whose GEMMs and sum order their reads by done-counters (`ready`).
+The exception is a `"SPLIT": 1` call, whose GEMMs and sum order their reads by done-counters (`ready`).
 With PDL off (`PDL=False`, older GPUs, Triton's interpreter) nothing of this is compiled.
 """
 

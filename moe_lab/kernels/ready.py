@@ -1,10 +1,9 @@
-"""Done-counters that order a `"SPLIT": 2` call's launches on one stream (`ops.Plan`).
+"""Done-counters that order a `"SPLIT": 1` call's launches on its one stream (`ops.Plan`).
 
-SPLIT runs the row blocks in two parts so that part one's down runs beside part two's gate/up, and part two's
-down fills part one's last wave. On two streams (`"SPLIT": 1`) the parts need a fork and a join; the join sits
-before the top-k sum, so outside a CUDA graph the sum cannot start early under PDL. SPLIT 2 keeps one stream,
-the launches chained by PDL: alignment, gate/up over all blocks, down over part one, down over part two, the
-sum. A PDL wait (`gdc_wait`) waits for the launch just before, which is not always the one a kernel reads, so:
+SPLIT runs down in two parts of the row blocks, so that part one's down starts beside gate/up's last wave and
+part two's down fills part one's last wave. The launches are chained by PDL: alignment, gate/up over all blocks,
+down over part one, down over part two, the top-k sum. A PDL wait (`gdc_wait`) waits for the launch just
+before, which is not always the one a kernel reads, so:
 
 - gate/up waits for the alignment before it lets the next launch go (`pdl_wait_then_launch`), and each of its
   programs bumps its part's counter after its stores (release, GPU scope), programs past the last block too;
@@ -16,6 +15,11 @@ The alignment zeroes the three counters (stored after `expert_block`). Nothing c
 every program of the one before has started, so when a program spins, every program it waits for is already on
 the GPU or done, and none of those waits on a spinning one. Without PDL each launch starts after the one before
 has ended, and every counter is full before anyone reads it.
+
+Until run 28 the second part ran on a side stream, forked from the caller's after the alignment and joined
+before the sum. That raced: under PDL the caller's stream runs gate/up ahead of the alignment's end, and the fork
+event recorded between the two could let the side stream start on an alignment still being written (calls queued
+back to back gave wrong rows at qwen1.5 T=256 and 1024; notes, "Run 28").
 """
 
 from __future__ import annotations

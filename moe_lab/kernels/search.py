@@ -11,8 +11,8 @@ are timed again with the weights loaded through TMA descriptors, then the best o
 activations through TMA too (tokens gathered into the aligned order first); last, each BLOCK_M's best (from 32
 on) with its experts' last row blocks run as half-height tiles where they fit (`HALF_TAIL`), and the best
 decode config with its weights' other L2 policy (`EVICT_FIRST`, `configs.decode_evicts_first`), the best grouped
-config with its temporaries kept in L2 (`TEMPS_L2`), then the best of all with its row blocks run in two parts on
-two streams (`SPLIT`, `ops.Plan`), then (GPUs with TMA, where gate/up's weight loads without it) the best with
+config with its temporaries kept in L2 (`TEMPS_L2`), then the best of all with down run in two parts of the row
+blocks (`SPLIT`, `ready`), then (GPUs with TMA, where gate/up's weight loads without it) the best with
 gate/up's first wave prefetching `W_PREFETCH_SPACE` lines of its weight rows during the alignment, then (with
 TEMPS_L2) the best with the top-k sum's tile at 4 warps (`SUM`); on an sm90 GPU,
 the best grouped config with each of `WS_SPACE` as its `"ws"` entry, whole-height and with half-height last
@@ -236,7 +236,7 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
             time_it({**json.loads(best_key), "HALF_TAIL": 1})
     if best := _best_grouped(timed):  # the best grouped config again with its temporaries kept in L2 (`l2_temps`)
         time_it({**best, "TEMPS_L2": 1})
-    if best := _best_grouped(timed):  # then in two parts of row blocks on two streams (`ops.Plan`'s SPLIT)
+    if best := _best_grouped(timed):  # then with down in two parts of the row blocks (`ready`'s SPLIT)
         time_it({**best, "SPLIT": 1})
     if tma and (best := _best_grouped(timed)) and not best["up"].get("TMA"):  # then prefetching weights (sm90)
         for lines in W_PREFETCH_SPACE:

@@ -8,7 +8,7 @@ moved, as few as a sum can. DISCARD (`l2_temps`, the call's last kernel): each p
 L2 lines of the y it has read (rows of a multiple of 128 bytes from a line-aligned y, as the plan makes
 them: whole lines, one element each over its TOPK_P2 >= TOPK pairs) and its share of the dead
 intermediate's (dead_ptr; the row blocks gate/up wrote, of dead_block_bytes each: their count is at E in the
-alignment's expert_block), none of them written back. READY_WAIT (a SPLIT 2 call, `ready`): the launch before
+alignment's expert_block), none of them written back. READY_WAIT (a SPLIT call, `ready`): the launch before
 is the second part's down; each program also waits for the first part's down (wait_programs programs).
 
 TILE: the one tile within 4% of the best of 24 at every (model, T) measured on the H100, where torch's
@@ -40,7 +40,7 @@ def _topk_sum_kernel(y_ptr, out_ptr, pair_row_ptr, dead_ptr, dead_block_bytes, e
                      INDIRECT: tl.constexpr = False, DISCARD: tl.constexpr = False, TOPK_P2: tl.constexpr = 1,
                      READY_WAIT: tl.constexpr = False, PDL: tl.constexpr = False):
     pdl_enter(PDL)
-    if READY_WAIT:  # SPLIT 2: the launch before is part two's down; part one's counts at expert_block[E + 3]
+    if READY_WAIT:  # SPLIT: the launch before is part two's down; part one's counts at expert_block[E + 3]
         wait_done(expert_block_ptr + E + 3, wait_programs, False)
     if DISCARD:
         dead_bytes = tl.load(expert_block_ptr + E).to(tl.int64) * dead_block_bytes  # first: its wait overlaps y's
