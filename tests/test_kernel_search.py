@@ -130,7 +130,7 @@ def test_search_tries_temps_l2_on_the_best_grouped_config(fake_kernels, gain):
 
 @pytest.mark.parametrize("gain", [0.25, -0.25], ids=["faster", "slower"])
 def test_search_tries_split_last_on_the_best_grouped_config(fake_kernels, gain):
-    """The best grouped config of all (TEMPS_L2's stage included) timed once more with `"SPLIT": 1` (row blocks in
+    """The best grouped config of all (TEMPS_L2's stage included) timed once more with `"SPLIT": 1` (down in
     two parts of the row blocks), kept only where faster."""
     seen, state = fake_kernels
     experts, inputs = tiny_inputs(T=200)
