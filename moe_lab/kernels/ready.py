@@ -7,7 +7,7 @@ before, which is not always the one a kernel reads, so:
 
 - gate/up waits for the alignment before it lets the next launch go (`pdl_wait_then_launch`), and each of its
   programs bumps its part's counter after its stores (release, GPU scope), programs past the last block too;
-- down over a part does not wait on the launch before it: each program spins (acquire) until its part's gate/up
+- down over a part does not wait on the launch before it: each program spins (acquiring loads) until its part's gate/up
   counter is full; part one's programs then bump a third counter after their stores;
 - the sum waits on part two's down (PDL) and spins on part one's counter.
 
@@ -30,7 +30,7 @@ import triton.language as tl
 from moe_lab.kernels import INTERPRETED
 
 COUNTERS = 3  # gate/up's part one, gate/up's part two, down's part one
-_PROXY_FENCE = tl.constexpr(not INTERPRETED)  # the interpreter runs no PTX
+_PROXY_FENCE = tl.constexpr(not INTERPRETED)  # the interpreter runs no PTX (no fence, no inline load)
 
 
 @triton.jit
@@ -41,12 +41,23 @@ def signal_done(counter_ptr):
 
 
 @triton.jit
+def _load_acquire(counter_ptr):
+    """The counter, read with acquire semantics at GPU scope by a plain load: hundreds of programs spin on one
+    counter, and an atomic read-modify-write (the interpreter's way) would queue them at its L2 line."""
+    if _PROXY_FENCE:
+        got = tl.inline_asm_elementwise("ld.global.acquire.gpu.b32 $0, [$1];", "=r,l", [counter_ptr + tl.arange(0, 1)],
+                                        dtype=tl.int32, is_pure=False, pack=1)
+        return tl.max(got, axis=0)
+    return tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+
+
+@triton.jit
 def wait_done(counter_ptr, programs, A_TMA: tl.constexpr):
     """Spin until `programs` programs have bumped the counter; with A_TMA, order the TMA loads (the async proxy)
     after that too."""
-    while tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu") < programs:
+    while _load_acquire(counter_ptr) < programs:
         pass
-    tl.debug_barrier()  # the acquiring thread's view is every thread's before any of them loads
+    tl.debug_barrier()  # every thread's view is the acquiring loads' before any of them loads
     if A_TMA and _PROXY_FENCE:
         tl.inline_asm_elementwise("fence.proxy.async.global;\n\tmov.u32 $0, 0;", "=r,r", [programs], dtype=tl.int32,
                                   is_pure=False, pack=1)
