@@ -256,6 +256,43 @@ def test_tma_variants_fit_block_k_to_the_reduction_size(fake_kernels):
     assert search._fit_block_k((64, 128, 8, 8, 3), 2048) == (64, 128, 8, 8, 3)
 
 
+@pytest.mark.parametrize("wide", [False, True])
+def test_wide_searches_around_the_best_ws_entry_one_knob_at_a_time(fake_kernels, wide):
+    """With `wide`, after the warp-specialized stages, each WS_KNOBS knob's settings are timed on the best entry
+    so far: the search walks to the cheapest setting of each knob of a separable cost, passing over one that
+    does not fit (down at 6 stages); without `wide` none of that runs."""
+    seen, state = fake_kernels
+    experts, inputs = tiny_inputs(T=200)
+    target_down = search.WS_SPACE[1]["down"]
+
+    def cost(cfg):
+        ws = cfg.get("ws")
+        if not ws:
+            return 10.0
+        if ws["down"]["STAGES"] == 6:
+            return float("inf")
+        return (2.0 - 0.5 * ws.get("HALF_TAIL", 0) - 0.25 * (ws["up"]["GROUP_M"] == 16)
+                - 0.125 * (ws["up"]["STAGES"] == 5)
+                - 0.5 * ({k: v for k, v in ws["down"].items() if k != "STAGES"} ==
+                         {k: v for k, v in target_down.items() if k != "STAGES"})
+                - 0.0625 * (ws["down"]["STAGES"] == 4))
+
+    state["cost"] = cost
+    incumbent = configs.heuristic_config(200, 8, 128, 96, 2)
+    results = search.search_bucket(experts, inputs, incumbent, wide=wide, reps=1, log=print, ws=True, ws_only=True)
+    best = json.loads(results[0][1])["ws"]
+    if not wide:
+        assert best["up"]["STAGES"] != 5 and all(json.loads(k).get("ws", {}).get("down", {}).get("STAGES") != 6
+                                                 for _, k in results)
+        return
+    assert best["HALF_TAIL"] == 1 and best["up"]["GROUP_M"] == 16 and best["up"]["STAGES"] == 5
+    assert {k: v for k, v in best["down"].items() if k != "STAGES"} == \
+        {k: v for k, v in target_down.items() if k != "STAGES"} and best["down"]["STAGES"] == 4
+    assert results[0][0] == 2.0 - 0.5 - 0.25 - 0.125 - 0.5 - 0.0625
+    assert results[-1][0] == float("inf")  # down at 6 stages ran and failed
+    assert len({k for _, k in results}) == len(results)
+
+
 def test_search_keeps_the_incumbent_when_nothing_beats_it(fake_kernels):
     seen, state = fake_kernels
     experts, inputs = tiny_inputs(T=1)

@@ -18,7 +18,8 @@ TEMPS_L2) the best with the top-k sum's tile at 4 warps (`SUM`); on an sm90 GPU,
 the best grouped config with each of `WS_SPACE` as its `"ws"` entry, whole-height and with half-height last
 blocks, then the best of those with expert-aligned groups of row blocks (`EXPERT_GROUPS`) in one GEMM or both,
 then the best with gate/up's two weight tiles as one wgmma (`ONE_MMA`, a concatenated gate), then the best with
-up to 8 MiB of the token rows kept in L2 by gate/up (`X_L2_LAST`)
+up to 8 MiB of the token rows kept in L2 by gate/up (`X_L2_LAST`), and with `wide` a coordinate search around
+the best of those (`WS_KNOBS`: half-height last blocks, down's tile, each GEMM's GROUP_M and STAGES)
 (the warp-specialized GEMMs, `ws_grouped`; `ws_only` times just those on top of the config in force).
 Before it is timed, each candidate's output is checked against moe_lab's grouped_mm backend on the same
 inputs; one that differs by more than the dtype's tolerance is logged and never chosen. Every candidate is
@@ -170,7 +171,8 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
     """(ms, config JSON) of every config timed for one token count, fastest first; inf where it failed.
     `tma`: per BLOCK_M, the best tiles again with the gate/up weight, the down weight or both through TMA.
     `expected_TH`: the right output; a config whose output differs beyond the dtype's tolerance fails.
-    `ws`: the best grouped config again with each `WS_SPACE` entry; `ws_only`: only that, on the incumbent."""
+    `ws`: the best grouped config again with each `WS_SPACE` entry (with `wide`, then `_refine_ws_entry`);
+    `ws_only`: only that, on the incumbent."""
     from moe_lab.backends.common import down_weight_EIH, num_experts
     from moe_lab.backends.triton_fused import triton_fused_experts
     from moe_lab.kernels.configs import decode_evicts_first
@@ -200,6 +202,8 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
     gated = bool(experts.has_gate and experts.is_concatenated)
     if ws_only:
         _time_ws_entries(time_it, timed, gated, x_TH.numel() * x_TH.element_size())
+        if wide:
+            _refine_ws_entry(time_it, timed)
         return sorted((ms, key) for key, ms in timed.items())
     if S <= DECODE_MAX_PAIRS:
         best_up = min(DECODE_UP, key=lambda u: time_it(decode_config(u, DECODE_DOWN[1])))
@@ -245,6 +249,8 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
         time_it({**best, "SUM": SUM_DISCARD_TILE})
     if ws:
         _time_ws_entries(time_it, timed, gated, x_TH.numel() * x_TH.element_size())
+    if ws and wide:
+        _refine_ws_entry(time_it, timed)
     return sorted((ms, key) for key, ms in timed.items())
 
 
@@ -309,6 +315,35 @@ def _time_ws_entries(time_it, timed: dict, gated: bool, token_bytes: int) -> Non
     if math.isfinite(best_ms):
         best = json.loads(best_key)
         time_it({**best, "ws": {**best["ws"], "up": {**best["ws"]["up"], "X_L2_LAST": x_l2_eighths(token_bytes)}}})
+
+
+WS_KNOBS = {  # `wide`'s coordinate search around the best "ws" entry: knob -> its settings
+    "HALF_TAIL": (0, 1), "down tile": tuple(range(len(WS_SPACE))),  # down's tile as in that WS_SPACE entry
+    "up GROUP_M": (4, 8, 16), "down GROUP_M": (4, 8, 16), "up STAGES": (3, 4, 5), "down STAGES": (3, 4, 5, 6),
+}
+
+
+def _ws_setting(ws: dict, knob: str, value: int) -> dict:
+    """The "ws" entry `ws` with one WS_KNOBS knob set; a down tile from WS_SPACE keeps the entry's EXPERT_GROUPS."""
+    if knob == "down tile":
+        groups = {k: v for k, v in ws["down"].items() if k == "EXPERT_GROUPS"}
+        return {**ws, "down": {**WS_SPACE[value]["down"], **groups}}
+    if knob == "HALF_TAIL":
+        return {**{k: v for k, v in ws.items() if k != "HALF_TAIL"}, **({"HALF_TAIL": 1} if value else {})}
+    gemm, key = knob.split()
+    return {**ws, gemm: {**ws[gemm], key: value}}
+
+
+def _refine_ws_entry(time_it, timed: dict) -> None:
+    """A coordinate search around the fastest config with a "ws" entry: one WS_KNOBS knob at a time, each
+    setting timed on the fastest entry so far (one that does not fit in shared memory fails, as any)."""
+    for knob, values in WS_KNOBS.items():
+        best_ms, best_key = min((ms, k) for k, ms in timed.items() if "ws" in json.loads(k))
+        if not math.isfinite(best_ms):
+            return
+        best = json.loads(best_key)
+        for value in values:
+            time_it({**best, "ws": _ws_setting(best["ws"], knob, value)})
 
 
 def search(models: list[str], tokens: list[int], dtype: torch.dtype = torch.bfloat16, device: str = "cuda",
@@ -410,7 +445,8 @@ def add_tune_kernels_parser(sub) -> None:
     p.add_argument("--tokens", default=",".join(map(str, DEFAULT_TOKENS)), help="comma-separated token counts")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--wide", action="store_true", help="also the wide space where pairs per expert are many")
+    p.add_argument("--wide", action="store_true", help="also the wide space where pairs per expert are many, "
+                                                       "and a search around the best warp-specialized entry")
     p.add_argument("--no-tma", dest="tma", action="store_false", default=None,
                    help="leave out the configs that load weights through TMA (default: in where the GPU has TMA)")
     p.add_argument("--no-ws", dest="ws", action="store_false", default=None,
