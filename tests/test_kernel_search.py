@@ -293,6 +293,26 @@ def test_wide_searches_around_the_best_ws_entry_one_knob_at_a_time(fake_kernels,
     assert len({k for _, k in results}) == len(results)
 
 
+def test_a_ws_entry_that_does_not_apply_fails_where_they_run(fake_kernels, monkeypatch):
+    """On a GPU that runs the warp-specialized GEMMs, an entry the plan turns down (it would run the config's
+    Triton tiles instead) is logged as failed, not timed as if it ran."""
+    import moe_lab.backends.triton_fused as tf
+    from moe_lab.kernels import ops
+
+    seen, state = fake_kernels
+    experts, inputs = tiny_inputs(T=200)
+    state["cost"] = lambda cfg: 1.0 if cfg.get("ws", {}).get("HALF_TAIL") else 2.0  # the refused ones look fastest
+    monkeypatch.setattr(ops, "ws_available", lambda device: 132)
+    monkeypatch.setattr(tf, "ran_warp_specialized", lambda experts, cfg: not cfg["ws"].get("HALF_TAIL"))
+    lines = []
+    results = search.search_bucket(experts, inputs, configs.heuristic_config(200, 8, 128, 96, 2), wide=True,
+                                   reps=1, log=lines.append, ws=True, ws_only=True)
+    assert "HALF_TAIL" not in json.loads(results[0][1]).get("ws", {}) and results[0][0] == 2.0
+    refused = [ms for ms, k in results if json.loads(k).get("ws", {}).get("HALF_TAIL")]
+    assert refused and all(ms == float("inf") for ms in refused)
+    assert any("warp-specialized entry does not apply" in line for line in lines)
+
+
 def test_search_keeps_the_incumbent_when_nothing_beats_it(fake_kernels):
     seen, state = fake_kernels
     experts, inputs = tiny_inputs(T=1)

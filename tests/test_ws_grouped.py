@@ -158,6 +158,9 @@ def test_every_layout_runs_or_is_refused_by_name(layout, seed):
     lay = LAYOUTS[layout]
     applies = (lay.is_concatenated or not lay.has_gate) and not lay.has_bias and not lay.has_post_expert_norm
     assert plan.ws == applies, layout
+    from moe_lab.backends.triton_fused import ran_warp_specialized
+
+    assert ran_warp_specialized(experts, {**TRITON_TILES, "ws": SMALL_WS}) == applies, "what the tuner reads"
 
 
 @gpu

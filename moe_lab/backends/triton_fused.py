@@ -175,6 +175,13 @@ def triton_fused_experts(
     return y_SH.view(T, K, -1).sum(dim=1).to(x_TH.dtype)
 
 
+def ran_warp_specialized(experts: torch.nn.Module, config: dict) -> bool:
+    """Whether a call of `experts` with `config` ran its `"ws"` entry's warp-specialized GEMMs (the plan built
+    for it runs the config's Triton tiles where `ops.ws_refusal` turns the entry down)."""
+    key = json.dumps(config, sort_keys=True)
+    return any(k[-1] == key and plan.ws for k, plan in _PLANS.get(experts, {}).items())
+
+
 def _config_file() -> str | None:
     """The tuned-config file named by the environment (part of the plan key: set it, and plans follow)."""
     from moe_lab.kernels.configs import CONFIG_ENV  # lazily: moe_lab.kernels decides on the interpreter

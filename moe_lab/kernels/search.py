@@ -174,14 +174,17 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
     `ws`: the best grouped config again with each `WS_SPACE` entry (with `wide`, then `_refine_ws_entry`);
     `ws_only`: only that, on the incumbent."""
     from moe_lab.backends.common import down_weight_EIH, num_experts
-    from moe_lab.backends.triton_fused import triton_fused_experts
+    from moe_lab.backends import triton_fused
     from moe_lab.kernels.configs import decode_evicts_first
+    from moe_lab.kernels.ops import ws_available
     from moe_lab.reference import relative_error
 
     x_TH, ids_TK, _ = inputs
     T, K = ids_TK.shape
     S, E, H, I = T * K, num_experts(experts), x_TH.shape[1], down_weight_EIH(experts).shape[1]
     timed: dict[str, float] = {}
+    run = triton_fused.triton_fused_experts
+    ws_here = ws_available(x_TH.device) > 0  # elsewhere a "ws" entry runs its Triton tiles, by design
 
     def time_it(cfg: dict) -> float:
         key = _config_key(cfg)
@@ -189,10 +192,13 @@ def search_bucket(experts, inputs: tuple, incumbent: dict, wide: bool, reps: int
             try:
                 with torch.no_grad():
                     if expected_TH is not None:
-                        err = relative_error(triton_fused_experts(experts, *inputs, config=cfg), expected_TH)
+                        err = relative_error(run(experts, *inputs, config=cfg), expected_TH)
                         if not err <= RESULT_TOLERANCE[x_TH.dtype]:
                             raise ValueError(f"wrong result: relative error {err:.2e} against grouped_mm")
-                    timed[key] = gpu_ms(lambda: triton_fused_experts(experts, *inputs, config=cfg), x_TH.device, reps)
+                    ms = gpu_ms(lambda: run(experts, *inputs, config=cfg), x_TH.device, reps)
+                    if ws_here and "ws" in cfg and not triton_fused.ran_warp_specialized(experts, cfg):
+                        raise ValueError("its warp-specialized entry does not apply (ops.ws_refusal)")
+                    timed[key] = ms
             except Exception as err:  # noqa: BLE001  (a config that does not fit: too much shared memory)
                 log(f"T={T}: config failed: {key} ({str(err).splitlines()[0][:100]})")
                 timed[key] = math.inf
