@@ -53,6 +53,12 @@ def test_every_filter_must_match(results):
     assert kept(results) == [ROWS[0], ROWS[1], ROWS[2], ROWS[4]]
 
 
+def test_sizes_select_rows_as_written(results):
+    """Sizes match as the CSV writes them: the cells of some sequence lengths, of one backend."""
+    assert prune(results, backend=["triton_fused"], seq_len=["3", "5"]) == [(results, 1, 5)]
+    assert kept(results) == [ROWS[0], ROWS[1], ROWS[3], ROWS[4]]
+
+
 def test_status_matches_whole_or_by_kind(results):
     assert prune(results, status=["oom: out of memory on cuda"], dry_run=True) == [(results, 1, 5)]
     assert prune(results, status=["oom"], dry_run=True) == [(results, 1, 5)]

@@ -1,7 +1,8 @@
 """Drop rows from results CSVs so that a sweep measures those cells again (`moe-lab prune`).
 
 For rows that a change has made stale: a backend's code changed, or a status (`oom`, `error`) came from
-a bug fixed since. Rows are chosen by exact values of cell fields, by status (the whole status or its
+a bug fixed since (or a tuned config changed for some token counts: `--tokens`). Rows are chosen by exact
+values of cell fields (numbers as the CSV writes them), by status (the whole status or its
 kind, the part before the first colon: `oom` matches `oom: out of memory on cuda`), and by `--before`
 (rows that finished before a UTC time); every filter given must match. A resumed `moe-lab sweep`, or
 `moe-lab batch --force` (each notebook again, measuring only the cells without a row), then reruns
@@ -17,7 +18,8 @@ import pandas as pd
 
 from moe_lab.harness.sweep import RESULTS_MARKER, expand_paths, load_results, read_rows, rewrite_rows
 
-FILTER_FIELDS = ("level", "model", "backend", "compile_mode", "dtype", "device", "routing", "status")
+FILTER_FIELDS = ("level", "model", "backend", "compile_mode", "dtype", "device", "routing", "batch_size", "seq_len",
+                 "tokens", "status")
 
 
 def _utc(value: str) -> pd.Timestamp:
