@@ -242,85 +242,6 @@ def test_split_parts_equal_the_whole_call(config, routing, seed):
     assert relative_error(split_TH, reference_experts(experts, x_TH, ids_TK, weights_TK)) <= TOL[torch.bfloat16]
 
 
-@pytest.mark.parametrize("lag", ["least", "past_every_block"])
-@pytest.mark.parametrize("config", ["grouped16", "half_tail_rows_tma"])
-@pytest.mark.parametrize("routing", ["uniform", "skewed"])
-def test_interleaved_gemms_equal_two_launches(config, routing, lag, seed):
-    """`"INTERLEAVE": lag` runs gate/up's and down's tiles in one launch, down's tiles waiting on their row block's
-    counter (`interleaved`): the same bits as two launches, at the least lag allowed and at one past every row
-    block (all gate/up tiles first)."""
-    from test_backends import Case
-
-    from moe_lab.backends.triton_fused import _PLANS
-    from moe_lab.kernels.interleaved import min_lag
-
-    c = Case(E=6, H=80, I=48, K=2, T=45, routing=routing)
-    cfg = CONFIGS["grouped16"] if config == "grouped16" else half_tail_config(LAYOUTS["gated_silu"], True)
-    lag = min_lag(cfg["up"]["GROUP_M"], cfg["down"]["GROUP_M"]) if lag == "least" else 1000
-    experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, DEVICE, seed)
-    x_TH, ids_TK, weights_TK = make_inputs(c, torch.bfloat16, DEVICE, seed)
-    with torch.no_grad():
-        two_TH = triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config=cfg)
-        one_TH = triton_fused_experts(experts, x_TH, ids_TK, weights_TK, config={**cfg, "INTERLEAVE": lag})
-    assert [p.interleave for p in _PLANS[experts].values()] == [0, lag]
-    assert torch.equal(one_TH, two_TH)
-    assert relative_error(one_TH, reference_experts(experts, x_TH, ids_TK, weights_TK)) <= TOL[torch.bfloat16]
-
-
-if RUNS_HERE:
-    import triton
-    import triton.language as tl
-
-    from moe_lab.kernels.interleaved import _ticket_item
-
-    @triton.jit
-    def _tickets_kernel(out_ptr, num_blocks_m, lag, cu, cd):
-        """Each program's ticket item as `interleaved` computes it: (is_up, pid) at out[2t], out[2t + 1]."""
-        t = tl.program_id(0)
-        is_up, pid = _ticket_item(t, num_blocks_m, lag, cu, cd)
-        tl.store(out_ptr + 2 * t, is_up.to(tl.int32))
-        tl.store(out_ptr + 2 * t + 1, pid)
-
-
-@pytest.mark.parametrize("B,lag,cu,cd", [(7, 2, 3, 2), (5, 1, 1, 4), (4, 4, 2, 3), (9, 3, 4, 4)])
-def test_interleaved_tickets_name_every_tile_once_after_its_wait(B, lag, cu, cd):
-    """`interleaved._ticket_item`: every gate/up tile and every down tile has exactly one ticket, each GEMM's
-    tiles come in their own order, and down's come `lag` row blocks of gate/up tiles behind."""
-    n = B * (cu + cd)
-    out = torch.full((n, 2), -1, dtype=torch.int32, device=DEVICE)
-    _tickets_kernel[(n,)](out, B, lag, cu, cd)
-    items = [(bool(u), int(p)) for u, p in out.tolist()]
-    assert [p for u, p in items if u] == list(range(B * cu))
-    assert [p for u, p in items if not u] == list(range(B * cd))
-    for t, (is_up, pid) in enumerate(items):
-        if not is_up:  # every gate/up tile of the row blocks up to this down tile's own + lag - 1 came before
-            ups_before = sum(u for u, _ in items[:t])
-            assert ups_before >= min(B, pid // cd + lag) * cu, (t, pid, ups_before)
-
-
-def test_interleaved_plan():
-    """INTERLEAVE (`interleaved`): one launch of every gate/up and down tile, the ticket and a counter per row block
-    after expert_block, the sum waiting on the launch alone; refused below the least safe lag, with SPLIT, or with
-    tiles that differ in warps or stages (no launch here)."""
-    from moe_lab.kernels.ops import GateSpec, Plan
-
-    E, H, I, K, T = 4, 128, 64, 2, 40
-    make = functools.partial(Plan, T, K, E, H, I, torch.bfloat16, GateSpec(1, 0))
-    args = ((2 * I * H, H, 1), (H * I, I, 1), None, (H, 1), True)
-    cfg = {**CONFIGS["grouped16"], "INTERLEAVE": 2}
-    plan = make(cfg, *args)
-    assert plan.parts == [] and plan.counters == 1 + plan.B
-    assert plan.gemms.grid[0] == plan.up.grid[0] + plan.down.grid[0]
-    assert (plan.gemms.consts["UP_GROUP_M"], plan.gemms.consts["DOWN_BLOCK_N"]) == (2, 32)
-    assert not plan.sum.consts["READY_WAIT"] and plan.sum_waits_for == 0
-    with pytest.raises(ValueError, match="INTERLEAVE 1 is below"):
-        make({**cfg, "INTERLEAVE": 1}, *args)
-    with pytest.raises(ValueError, match="not with SPLIT"):
-        make({**cfg, "SPLIT": 1}, *args)
-    with pytest.raises(ValueError, match="num_stages must match"):
-        make({**cfg, "down": {**cfg["down"], "num_stages": 3}}, *args)
-
-
 def test_half_tail_refused_below_32_rows(seed):
     c = CASES["small"]
     experts = make_experts(c, LAYOUTS["gated_silu"], torch.bfloat16, DEVICE, seed)
@@ -664,11 +585,10 @@ def test_output_is_the_same_bit_for_bit_every_call(T, seed):
             assert torch.equal(triton_fused_experts(experts, x_TH, ids_TK, weights_TK), first_TH)
 
 
-def _back_to_back_both_ways(model: str, T: int, n: int, key: str, seed: int, on: int = 1, up: dict | None = None,
-                            fields: dict | None = None):
+def _back_to_back_both_ways(model: str, T: int, n: int, key: str, seed: int, on: int = 1, up: dict | None = None):
     """`n` calls of `model`'s tuned config on fresh routing each (uniform and skewed in turn), queued back to back
     without a sync, once with the config's `key` = on and once 0: (experts, calls, {on: outputs, 0: outputs}).
-    `up`: fields set in the config's gate/up tile; `fields`: top-level fields set in both."""
+    `up`: fields set in the config's gate/up tile."""
     from moe_lab.kernels.configs import get_config
     from moe_lab.shapes import build_hf_experts, get_shape
 
@@ -684,7 +604,6 @@ def _back_to_back_both_ways(model: str, T: int, n: int, key: str, seed: int, on:
     tuned = get_config("h100", "bfloat16", T, shape.experts, shape.hidden, shape.intermediate, shape.top_k)
     if up:
         tuned = {**tuned, "up": {**tuned["up"], **up}}
-    tuned = {**tuned, **(fields or {})}
     outs = {}
     with torch.no_grad():
         for value in (on, 0):
@@ -729,23 +648,6 @@ def test_split_changes_no_bit(model, T, seed):
     for i, (on_TH, off_TH) in enumerate(zip(outs[1], outs[0])):
         assert torch.equal(on_TH, off_TH), f"call {i}"
     assert relative_error(outs[1][0], reference_experts(experts, *calls[0])) <= TOL[torch.bfloat16]
-
-
-@pytest.mark.skipif(not HAS_CUDA, reason="programmatic dependent launch and spinning programs: the GPU")
-@pytest.mark.parametrize("model,T,lag", [("olmoe-1b-7b", 512, 14), ("olmoe-1b-7b", 512, 200),
-                                         ("qwen3-30b-a3b", 600, 14), ("qwen3-30b-a3b", 1024, 14),
-                                         ("olmoe-1b-7b", 16, 1)])
-def test_interleave_changes_no_bit(model, T, lag, seed):
-    """`"INTERLEAVE": lag` on the tuned tiles (SPLIT off in both), calls on fresh routing queued back to back
-    without a sync (a down tile reading before its row block's counter is full, or a counter or ticket left from
-    the call before, would show): the same bits as two launches, and the reference."""
-    from moe_lab.backends.triton_fused import _PLANS
-
-    experts, calls, outs = _back_to_back_both_ways(model, T, 8, "INTERLEAVE", seed, on=lag, fields={"SPLIT": 0})
-    assert [p.interleave for p in _PLANS[experts].values()] == [lag, 0]
-    for i, (on_TH, off_TH) in enumerate(zip(outs[lag], outs[0])):
-        assert torch.equal(on_TH, off_TH), f"call {i}"
-    assert relative_error(outs[lag][0], reference_experts(experts, *calls[0])) <= TOL[torch.bfloat16]
 
 
 def test_split_plan():

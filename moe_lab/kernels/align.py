@@ -97,15 +97,15 @@ def _label_blocks(block_expert_ptr, starts, padded, b_start, b_stop, BLOCK_M: tl
 def _pad_groups(sorted_ptr, expert_block_ptr, starts, counts, padded, S, E, E_PAD: tl.constexpr,
                 BLOCK_M: tl.constexpr, COUNTERS: tl.constexpr):
     """The sentinel S in every padding row: [start + count, start + padded) of each expert; each group's
-    first block, and the blocks in use; then COUNTERS zeros (the done-counters of a SPLIT or INTERLEAVE call)."""
+    first block, and the blocks in use; then COUNTERS zeros (a SPLIT call's `ready` counters)."""
     j = tl.arange(0, BLOCK_M)[None, :]
     rows = (starts + counts)[:, None] + j
     tl.store(sorted_ptr + rows, tl.full(rows.shape, 0, tl.int32) + S, mask=j < (padded - counts)[:, None])
     e = tl.arange(0, E_PAD)
     tl.store(expert_block_ptr + e, starts // BLOCK_M, mask=e < E)
     tl.store(expert_block_ptr + E, tl.sum(padded, axis=0) // BLOCK_M)
-    for c0 in tl.static_range(0, COUNTERS, 128):
-        c = c0 + tl.arange(0, 128)
+    if COUNTERS > 0:
+        c = tl.arange(0, 4)
         tl.store(expert_block_ptr + E + 1 + c, tl.zeros_like(c), mask=c < COUNTERS)
 
 

@@ -23,9 +23,6 @@ from moe_lab.kernels.align import (CHUNK, LABEL_BLOCKS, ONE_LAUNCH_MAX_PAIRS, SC
 from moe_lab.kernels.configs import decode_evicts_first
 from moe_lab.kernels.fused_moe import (_down_decode_kernel, _down_grouped_kernel, _gate_up_decode_kernel,
                                        _gate_up_grouped_kernel)
-from moe_lab.kernels.interleaved import _interleaved_kernel
-from moe_lab.kernels.interleaved import counters as interleaved_counters
-from moe_lab.kernels.interleaved import min_lag
 from moe_lab.kernels.l2_temps import LINE, l2_hints_available
 from moe_lab.kernels.pdl import pdl_available
 from moe_lab.kernels.ready import COUNTERS as READY_COUNTERS
@@ -138,8 +135,7 @@ class Plan:
     """Every launch of one experts call for fixed shapes, layout, dtype and config, all on the caller's stream. With
     the config's `"SPLIT": 1` (Triton tiles) down runs in two parts of the row blocks after one gate/up launch, the
     launches ordered by done-counters (`ready`): part one's down starts beside gate/up's last wave and part two's
-    fills part one's. With `"INTERLEAVE": lag` (Triton tiles) both GEMMs are one launch, down's tiles interleaved
-    with gate/up's `lag` row blocks behind them (`interleaved`)."""
+    fills part one's."""
 
     def __init__(self, T: int, K: int, E: int, H: int, I: int, dtype: torch.dtype, spec: GateSpec, config: dict,
                  up_strides: tuple[int, int, int], down_strides: tuple[int, int, int],
@@ -163,10 +159,6 @@ class Plan:
         if self.split not in (0, 1):
             raise ValueError(f"triton_fused: SPLIT is 0 (down in one launch) or 1 (in two parts, `ready`), "
                              f"not {self.split!r}")
-        self.interleave = config.get("INTERLEAVE", 0)
-        if not isinstance(self.interleave, int) or self.interleave < 0 or (self.interleave and self.split):
-            raise ValueError(f"triton_fused: INTERLEAVE is 0 (two launches) or a lag of row blocks >= 1, and not "
-                             f"with SPLIT (INTERLEAVE {self.interleave!r}, SPLIT {self.split!r})")
         self.sum_tile = {**SUM_TILE, **config.get("SUM", {})}  # the top-k sum's tile: the config's "SUM" over TILE
         common = dict(HAS_BIAS=self.has_bias, PDL=pdl)
         if S == 0:
@@ -256,37 +248,11 @@ class Plan:
         m1 = B // 2
         if self.split:
             self.parts = [self._split_part(0, m1), self._split_part(m1, B)]
-        elif self.interleave:
-            self.parts = []
-            self.gemms = self._interleaved_launch(up, down)
         else:
             self.parts = [(0, self.up, (*self.up_scalars, 0), self.down, (*self.down_scalars, 0))]
         if reduce and K > 1:
             self.sum = self._sum_launch(indirect=False, discard=self.temps_l2, wait_down=bool(self.split))
             self.sum_waits_for = m1 * (self.down.grid[0] // B) if self.split else 0  # part one's down programs
-
-    def _interleaved_launch(self, up: dict, down: dict) -> _Launch:
-        """Gate/up and down as one launch of `interleaved._interleaved_kernel`, with the consts of the two
-        launches built above; ValueError where the config's lag could hang or the two tiles disagree on what a
-        launch fixes (warps, stages)."""
-        lag = min_lag(up["GROUP_M"], down["GROUP_M"])
-        if self.interleave < lag:
-            raise ValueError(f"triton_fused: INTERLEAVE {self.interleave} is below GROUP_M (gate/up) + GROUP_M "
-                             f"(down) - 2 = {lag} row blocks: a down tile could wait on a gate/up tile not yet "
-                             "started")
-        for key in ("num_warps", "num_stages"):
-            if up[key] != down[key]:
-                raise ValueError(f"triton_fused: INTERLEAVE runs both GEMMs in one launch: gate/up's and down's "
-                                 f"{key} must match ({up[key]} and {down[key]})")
-        u, d = self.up.consts, self.down.consts
-        consts = dict(GATE_MODE=u["GATE_MODE"], ACT=u["ACT"], HAS_BIAS=u["HAS_BIAS"], MUL_WEIGHT=d["MUL_WEIGHT"],
-                      DOT_MODE=u["DOT_MODE"], BLOCK_M=u["BLOCK_M"], HALF_TAIL=u["HALF_TAIL"],
-                      **{f"UP_{k}": u[k] for k in ("BLOCK_N", "BLOCK_K", "GROUP_M", "EVEN_K", "W_TMA", "W_T", "A_TMA")},
-                      ONE_DOT=u["ONE_DOT"],
-                      **{f"DOWN_{k}": d[k] for k in ("BLOCK_N", "BLOCK_K", "GROUP_M", "EVEN_K", "W_TMA", "W_T",
-                                                     "A_TMA")},
-                      PDL=u["PDL"], OUT_EVICT=u["OUT_EVICT"], W_PREFETCH_LINES=u["W_PREFETCH_LINES"])
-        return _Launch(_interleaved_kernel, (self.up.grid[0] + self.down.grid[0],), consts, self.up.opts)
 
     def _split_part(self, m0: int, m1: int) -> tuple:
         """SPLIT's part over row blocks [m0, m1) (its arrays are passed from m0 on): the first part holds the one
@@ -306,9 +272,9 @@ class Plan:
         (`align`); a config's `"ONE_LAUNCH_ALIGN": 0` takes two at any size (for A/Bs). Under SPLIT it also
         zeroes the `ready` counters, stored after expert_block. Returns B, the blocks' upper bound."""
         S, E, pdl = self.S, self.E, self.pdl
+        self.counters = READY_COUNTERS if self.split else 0
         self.bm = bm
         self.B = B = max_blocks(S, E, bm)
-        self.counters = READY_COUNTERS if self.split else interleaved_counters(B) if self.interleave else 0
         self.e_pad = ep = e_pad(E)
         self.G = G = triton.cdiv(S, CHUNK)
         self.one_launch = S <= ONE_LAUNCH_MAX_PAIRS and bool(config.get("ONE_LAUNCH_ALIGN", 1))
@@ -436,8 +402,6 @@ class Plan:
                 self._descriptor("down", w_down, self.down_tma) if self.down_tma else w_down, b_down, ready)
         for part in self.parts:
             self._gemms(stream, part, *args)
-        if self.interleave:
-            self._interleaved(stream, *args)
         if not self.reduce or self.K == 1:
             return y_SH
         out_TH = torch.empty(self.T, H, dtype=self.dtype, device=dev)
@@ -463,23 +427,6 @@ class Plan:
             a_half = _row_blocks(a_PI, self.a_half_boxes[1]) if self.half_tail else a_arg
         down(stream, a_arg, a_half, w_down, b_down, y_SH, rw_S, sorted_P, block_expert_B, *down_scalars[:-1], ready,
              down_scalars[-1])
-
-    def _interleaved(self, stream: int, x_rows, a_PI, y_SH, sorted_P, block_expert_B, rw_S, w_up, b_up, w_down, b_down,
-                     counters) -> None:
-        """Both GEMMs in one launch (`interleaved`); arguments as in `_gemms`, counters: the ticket and the row
-        blocks' counters."""
-        x_arg = x_half = x_rows
-        if self.a_tma_up:
-            x_arg = _row_blocks(x_rows, self.a_boxes[0])
-            x_half = _row_blocks(x_rows, self.a_half_boxes[0]) if self.half_tail else x_arg
-        a_arg = a_half = a_PI
-        if self.a_tma_down:
-            a_arg = _row_blocks(a_PI, self.a_boxes[1])
-            a_half = _row_blocks(a_PI, self.a_half_boxes[1]) if self.half_tail else a_arg
-        S, K, H, I, B = self.up_scalars[:5]
-        self.gemms(stream, x_arg, x_half, w_up, b_up, a_PI, a_arg, a_half, w_down, b_down, y_SH, rw_S, sorted_P,
-                   block_expert_B, counters, S, K, H, I, B, min(self.interleave, B), *self.up_scalars[5:10],
-                   *self.up_scalars[10:12], *self.down_scalars[5:10], *self.up_scalars[13:])
 
     def _up(self, stream: int, up, up_scalars: tuple, x_rows, sorted_P, block_expert_B, a_PI, w_up, b_up, ready
             ) -> None:
