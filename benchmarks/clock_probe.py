@@ -6,8 +6,8 @@
 each (model, T) is called `--calls` times on the bench's inputs (`triton_gpu.inputs`), each call timed alone by
 CUDA events after an L2 flush (`moe_lab.tune.sample_ms`) and stamped with the wall time at its end. Each call
 is then matched to the last sample before its end. Writes `nvidia_smi.csv` (raw), `calls.csv` (a row per call:
-ms, the floor's fraction, the matched sample) and `summary.csv`: per point, the median over all calls, over the
-calls at the full clock with no power cap, and over the capped ones.
+ms, the floor's fraction, the matched sample) and `summary.csv` (`summarize`: a point's first calls against its
+calls under sustained load). `--summarize DIR` writes DIR's summary.csv again from its calls.csv, with no GPU.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ from moe_lab.tune import median_ms, sample_ms
 
 SMI_FIELDS = "timestamp,clocks.current.sm,power.draw,clocks_event_reasons.active"
 SW_POWER_CAP = 0x4  # clocks_event_reasons bit: the software power cap
+STAMP = ["device", "torch", "triton", "transformers", "bandwidth_gbps", "peak_tflops"]  # where the calls ran
+FIRST_CALLS = 8  # a point's first calls, summarized as the GPU coming from rest
+SETTLED_CALL = 100  # calls from this one on, summarized as sustained load
 
 
 def smi_samples(path: Path) -> pd.DataFrame:
@@ -58,18 +61,20 @@ def time_calls(model: str, T: int, calls: int, roof) -> list[dict]:
     return rows
 
 
-def summarize(calls: pd.DataFrame) -> pd.DataFrame:
-    """Per point: calls and median ms / fraction over all calls, the full-clock uncapped ones, the capped ones."""
+def summarize(calls: pd.DataFrame, first: int = FIRST_CALLS, settled: int = SETTLED_CALL) -> pd.DataFrame:
+    """Per point: median ms and fraction of the floor over its first `first` calls (the GPU coming from rest, as
+    in the bench's rounds of a few calls) and over the calls from `settled` on (under sustained load), with the
+    sampled SM clock, power and share of power-capped samples over the latter. The sampler's readings lag the
+    GPU by tens of milliseconds, so they describe the stretch, not a single call."""
     out = []
     for (model, T), g in calls.groupby(["model", "T"], sort=False):
-        row = dict(model=model, T=T, floor_ms=g["floor_ms"].iloc[0])
-        full = g[(~g["capped"]) & (g["sm_mhz"] >= g["sm_mhz"].max())]
-        for name, part in (("all", g), ("full_clock", full), ("capped", g[g["capped"]])):
-            row[f"{name}_calls"] = len(part)
-            row[f"{name}_ms"] = round(part["ms"].median(), 5) if len(part) else None
-            row[f"{name}_frac"] = round(row["floor_ms"] / part["ms"].median(), 4) if len(part) else None
-        row["capped_mhz_median"] = g.loc[g["capped"], "sm_mhz"].median() if g["capped"].any() else None
-        out.append(row)
+        fl = g["floor_ms"].iloc[0]
+        head, tail = g[g["call"] < first], g[g["call"] >= settled]
+        out.append(dict(model=model, T=T, floor_ms=fl, calls=len(g),
+                        first_ms=round(head["ms"].median(), 5), first_frac=round(fl / head["ms"].median(), 4),
+                        sustained_ms=round(tail["ms"].median(), 5), sustained_frac=round(fl / tail["ms"].median(), 4),
+                        sustained_sm_mhz=tail["sm_mhz"].median(), sustained_power_w=tail["power_w"].median(),
+                        sustained_capped_share=round(tail["capped"].mean(), 3)))
     return pd.DataFrame(out)
 
 
@@ -80,7 +85,11 @@ def main(argv=None) -> int:
     p.add_argument("--calls", type=int, default=600)
     p.add_argument("--sample-ms", type=int, default=20)
     p.add_argument("--out", default=os.environ.get("OUT", "out"))
+    p.add_argument("--summarize", metavar="DIR", help="only write DIR/summary.csv again from DIR/calls.csv")
     args = p.parse_args(argv)
+    if args.summarize:
+        write_summary(pd.read_csv(Path(args.summarize) / "calls.csv"), Path(args.summarize))
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device("cuda")
@@ -100,13 +109,18 @@ def main(argv=None) -> int:
     samples = smi_samples(smi_path)
     calls = pd.merge_asof(pd.DataFrame(rows).sort_values("end_s"), samples, left_on="end_s", right_on="wall_s")
     calls["sample_age_ms"] = ((calls["end_s"] - calls["wall_s"]) * 1e3).round(1)
-    stamp = versions()
+    stamp = {**versions(), "bandwidth_gbps": round(roof.bandwidth_gbps), "peak_tflops": round(roof.peak_tflops)}
     write_rows([{**r, **stamp} for r in calls.drop(columns="wall_s").to_dict("records")], out, "calls.csv")
-    summary = summarize(calls)
-    write_rows([{**r, **stamp, "bandwidth_gbps": round(roof.bandwidth_gbps), "peak_tflops": round(roof.peak_tflops)}
-                for r in summary.to_dict("records")], out, "summary.csv")
-    print(summary.to_string(index=False))
+    write_summary(pd.read_csv(out / "calls.csv"), out)
     return 0
+
+
+def write_summary(calls: pd.DataFrame, out: Path) -> None:
+    """`summarize` of a calls.csv, with its device, versions and roofline columns, as out/summary.csv (printed)."""
+    stamp = calls[STAMP].iloc[0].to_dict()
+    summary = summarize(calls)
+    write_rows([{**r, **stamp} for r in summary.to_dict("records")], out, "summary.csv")
+    print(summary.to_string(index=False))
 
 
 if __name__ == "__main__":
